@@ -1,0 +1,442 @@
+//! The owner shard's half: each channel's members (for WHO and to know which shards to fan
+//! out to) and its DuckChat federation tree: join flooding, say forwarding with random ids,
+//! loop detection, pruning and soft state (`shared/spec/duckchat.md`, "Federation").
+
+use super::clients::NO_CHANNEL;
+use super::{Config, DropReason, Engine, IdSet, Lossy, Outbox, S2s, ShardMsg, COMMON};
+use crate::proto::duckchat::{self, Inbound, S2sSay};
+use crate::proto::{Name, Text};
+use ahash::AHashMap;
+use smallvec::SmallVec;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+struct Member {
+    client: SocketAddr,
+    user: Name,
+}
+
+/// A neighbor in this channel's tree, and when it last sent S2S_JOIN for it.
+#[derive(Clone, Copy)]
+struct Subscriber {
+    neighbor: u16,
+    last_join: Duration,
+}
+
+struct Channel {
+    members: Vec<Member>,
+    /// Members per home shard: fan-out goes only to shards with members.
+    per_shard: SmallVec<[u32; 8]>,
+    /// Whether this server is part of the channel's tree.
+    subscribed: bool,
+    neighbors: SmallVec<[Subscriber; 4]>,
+}
+
+impl Channel {
+    fn record(&mut self, neighbor: u16, now: Duration) {
+        match self.neighbors.iter_mut().find(|s| s.neighbor == neighbor) {
+            Some(s) => s.last_join = now,
+            None => self.neighbors.push(Subscriber {
+                neighbor,
+                last_join: now,
+            }),
+        }
+    }
+
+    fn forget(&mut self, neighbor: u16) {
+        self.neighbors.retain(|s| s.neighbor != neighbor);
+    }
+
+    fn unused(&self) -> bool {
+        self.members.is_empty() && self.neighbors.is_empty()
+    }
+}
+
+pub(super) struct Channels {
+    owned: AHashMap<Name, Channel>,
+    seen: IdSet,
+    shards: u16,
+    who_scratch: Vec<Name>,
+    expired: Vec<(Name, u16)>,
+}
+
+impl Channels {
+    pub(super) fn new(cfg: &Config, id_hash: ahash::RandomState, shards: u16) -> Self {
+        Self {
+            owned: AHashMap::new(),
+            seen: IdSet::new(cfg.limits.recent_ids, id_hash),
+            shards,
+            who_scratch: Vec::new(),
+            expired: Vec::new(),
+        }
+    }
+
+    pub(super) fn create(&mut self, name: Name) {
+        let shards = self.shards as usize;
+        self.owned.entry(name).or_insert_with(|| Channel {
+            members: Vec::new(),
+            per_shard: SmallVec::from_elem(0, shards),
+            subscribed: false,
+            neighbors: SmallVec::new(),
+        });
+    }
+}
+
+impl Engine {
+    /// Creates the channel if needed and tells every shard's directory about it.
+    fn ensure_channel(&mut self, name: Name, out: &mut Outbox) {
+        if !self.channels.owned.contains_key(&name) {
+            self.channels.create(name);
+            self.to_all_shards(ShardMsg::ChannelAdded(name), out);
+        }
+    }
+
+    pub(super) fn member_joined(
+        &mut self,
+        now: Duration,
+        name: Name,
+        client: SocketAddr,
+        user: Name,
+        home: u16,
+        out: &mut Outbox,
+    ) {
+        self.ensure_channel(name, out);
+        let Some(channel) = self.channels.owned.get_mut(&name) else {
+            return;
+        };
+        if let Some(m) = channel.members.iter_mut().find(|m| m.client == client) {
+            m.user = user; // a rename
+            return;
+        }
+        channel.members.push(Member { client, user });
+        channel.per_shard[home as usize] += 1;
+        if !channel.subscribed {
+            self.subscribe(now, name, None, out);
+        }
+    }
+
+    pub(super) fn member_left(
+        &mut self,
+        name: Name,
+        client: SocketAddr,
+        home: u16,
+        out: &mut Outbox,
+    ) {
+        let Some(channel) = self.channels.owned.get_mut(&name) else {
+            return;
+        };
+        if let Some(i) = channel.members.iter().position(|m| m.client == client) {
+            channel.members.swap_remove(i);
+            channel.per_shard[home as usize] -= 1;
+        }
+        self.collect(name, out);
+    }
+
+    /// Joins the channel's tree: S2S_JOIN to every neighbor but `from`, each recorded as
+    /// subscribed (they will all join in turn), and `from` recorded as well.
+    fn subscribe(&mut self, now: Duration, name: Name, from: Option<u16>, out: &mut Outbox) {
+        let Some(channel) = self.channels.owned.get_mut(&name) else {
+            return;
+        };
+        channel.subscribed = true;
+        for n in 0..self.cfg.neighbors.len() as u16 {
+            channel.record(n, now);
+        }
+        for n in 0..self.cfg.neighbors.len() as u16 {
+            if Some(n) != from {
+                self.send_s2s(
+                    n,
+                    Inbound::S2sJoin {
+                        channel: name.as_bytes(),
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Leaves the tree and forgets the channel once no member and no neighbor needs it.
+    fn collect(&mut self, name: Name, out: &mut Outbox) {
+        let Some(channel) = self.channels.owned.get_mut(&name) else {
+            return;
+        };
+        if !channel.unused() {
+            return;
+        }
+        channel.subscribed = false;
+        if name.as_bytes() != COMMON.as_bytes() {
+            self.channels.owned.remove(&name);
+            self.to_all_shards(ShardMsg::ChannelRemoved(name), out);
+        }
+    }
+
+    pub(super) fn local_say(&mut self, name: Name, user: Name, text: Text, out: &mut Outbox) {
+        if !self.channels.owned.contains_key(&name) {
+            return;
+        }
+        let id = loop {
+            let id = self.rng.next_u64();
+            if self.channels.seen.insert(id) {
+                break id;
+            }
+        };
+        self.forward_say(id, name, user, text, None, out);
+        self.fan_out(name, user, text, out);
+    }
+
+    /// Sends the S2S_SAY to every subscribed neighbor except `except`.
+    fn forward_say(
+        &mut self,
+        id: u64,
+        name: Name,
+        user: Name,
+        text: Text,
+        except: Option<u16>,
+        out: &mut Outbox,
+    ) {
+        let Some(channel) = self.channels.owned.get(&name) else {
+            return;
+        };
+        let targets: SmallVec<[u16; 8]> = channel
+            .neighbors
+            .iter()
+            .map(|s| s.neighbor)
+            .filter(|&n| Some(n) != except)
+            .collect();
+        let say = S2sSay {
+            id,
+            user: user.as_bytes(),
+            channel: name.as_bytes(),
+            text: text.as_bytes(),
+        };
+        for n in targets {
+            self.send_s2s(n, Inbound::S2sSay(say), out);
+        }
+    }
+
+    /// Hands the message to every shard that is home to a member.
+    fn fan_out(&mut self, name: Name, user: Name, text: Text, out: &mut Outbox) {
+        let Some(channel) = self.channels.owned.get(&name) else {
+            return;
+        };
+        let shards: SmallVec<[u16; 16]> = (0..self.shards)
+            .filter(|&s| channel.per_shard[s as usize] > 0)
+            .collect();
+        for shard in shards {
+            self.to_shard(
+                shard,
+                ShardMsg::Deliver {
+                    channel: name,
+                    user,
+                    text,
+                },
+                out,
+            );
+        }
+    }
+
+    pub(super) fn neighbor_s2s(&mut self, now: Duration, from: u16, s2s: S2s, out: &mut Outbox) {
+        match s2s {
+            S2s::Join { channel: name } => {
+                if !self.channels.owned.contains_key(&name)
+                    && self.channels.owned.len() >= self.cfg.limits.channels_per_shard
+                {
+                    return self.counters.dropped(DropReason::ChannelLimit);
+                }
+                self.ensure_channel(name, out);
+                let Some(channel) = self.channels.owned.get_mut(&name) else {
+                    return;
+                };
+                if channel.subscribed {
+                    channel.record(from, now);
+                } else {
+                    self.subscribe(now, name, Some(from), out);
+                }
+            }
+            S2s::Leave { channel: name } => {
+                if let Some(channel) = self.channels.owned.get_mut(&name) {
+                    channel.forget(from);
+                    self.collect(name, out);
+                }
+            }
+            S2s::Say {
+                id,
+                channel: name,
+                user,
+                text,
+            } => {
+                if !self.channels.seen.insert(id) {
+                    // A loop: cut the redundant link.
+                    self.counters.duplicates.inc();
+                    return self.send_s2s(
+                        from,
+                        Inbound::S2sLeave {
+                            channel: name.as_bytes(),
+                        },
+                        out,
+                    );
+                }
+                let needed = self.channels.owned.get(&name).is_some_and(|c| {
+                    c.subscribed
+                        && (!c.members.is_empty() || c.neighbors.iter().any(|s| s.neighbor != from))
+                });
+                if !needed {
+                    // Prune: no one here or beyond wants this channel from us.
+                    self.send_s2s(
+                        from,
+                        Inbound::S2sLeave {
+                            channel: name.as_bytes(),
+                        },
+                        out,
+                    );
+                    if let Some(channel) = self.channels.owned.get_mut(&name) {
+                        channel.forget(from);
+                        self.collect(name, out);
+                    }
+                    return;
+                }
+                self.forward_say(id, name, user, text, Some(from), out);
+                self.fan_out(name, user, text, out);
+            }
+        }
+    }
+
+    pub(super) fn answer_who(&mut self, name: Name, client: SocketAddr, out: &mut Outbox) {
+        let Some(channel) = self.channels.owned.get(&name) else {
+            return self.error_about(client, NO_CHANNEL, &name, out);
+        };
+        let users = &mut self.channels.who_scratch;
+        users.clear();
+        users.extend(channel.members.iter().map(|m| m.user));
+        users.sort_unstable();
+        let per = duckchat::names_per_datagram(duckchat::TXT_WHO_HEAD, duckchat::SPLIT_LIMIT);
+        let mut chunks = users.chunks(per).peekable();
+        if chunks.peek().is_none() {
+            out.send_new(client, duckchat::TXT_WHO_HEAD, |buf| {
+                duckchat::encode_txt_who(buf, &name, [].iter())
+            });
+        }
+        for chunk in chunks {
+            out.send_new(
+                client,
+                duckchat::TXT_WHO_HEAD + chunk.len() * duckchat::NAME_FIELD,
+                |buf| duckchat::encode_txt_who(buf, &name, chunk.iter()),
+            );
+        }
+    }
+
+    /// Soft state: forget neighbors that have not refreshed a channel within the S2S timeout.
+    pub(super) fn expire_neighbors(&mut self, now: Duration, out: &mut Outbox) {
+        let timeout = self.cfg.s2s_timeout;
+        let mut expired = std::mem::take(&mut self.channels.expired);
+        for (name, channel) in &self.channels.owned {
+            for s in &channel.neighbors {
+                if now.saturating_sub(s.last_join) > timeout {
+                    expired.push((*name, s.neighbor));
+                }
+            }
+        }
+        for (name, neighbor) in expired.drain(..) {
+            self.counters.neighbors_expired.inc();
+            if self.cfg.verbose {
+                out.log(format_args!(
+                    "{} {} expired from {}",
+                    self.cfg.local,
+                    self.neighbor_addr(neighbor),
+                    name
+                ));
+            }
+            if let Some(channel) = self.channels.owned.get_mut(&name) {
+                channel.forget(neighbor);
+                self.collect(name, out);
+            }
+        }
+        self.channels.expired = expired;
+    }
+
+    /// Soft state: S2S_JOIN for every subscribed channel to every neighbor.
+    pub(super) fn refresh_subscriptions(&mut self, out: &mut Outbox) {
+        let names: Vec<Name> = self
+            .channels
+            .owned
+            .iter()
+            .filter(|(_, c)| c.subscribed)
+            .map(|(n, _)| *n)
+            .collect();
+        for name in names {
+            for n in 0..self.cfg.neighbors.len() as u16 {
+                self.send_s2s(
+                    n,
+                    Inbound::S2sJoin {
+                        channel: name.as_bytes(),
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// A neighbor's datagram, received on this shard: decoded here, decided by the owner.
+    pub(super) fn from_neighbor(
+        &mut self,
+        _now: Duration,
+        neighbor: u16,
+        src: SocketAddr,
+        inbound: Inbound<'_>,
+        out: &mut Outbox,
+    ) {
+        self.counters.s2s_in.inc();
+        let s2s = match inbound {
+            Inbound::S2sJoin { channel } => S2s::Join {
+                channel: Name::truncating(channel),
+            },
+            Inbound::S2sLeave { channel } => S2s::Leave {
+                channel: Name::truncating(channel),
+            },
+            Inbound::S2sSay(say) => S2s::Say {
+                id: say.id,
+                channel: Name::truncating(say.channel),
+                user: Name::truncating(say.user),
+                text: Text::truncating(say.text),
+            },
+            _ => return,
+        };
+        if self.cfg.verbose {
+            self.log_s2s(src, "recv", &inbound, out);
+        }
+        self.to_owner(ShardMsg::FromNeighbor { neighbor, s2s }, out);
+    }
+
+    fn send_s2s(&mut self, neighbor: u16, datagram: Inbound<'_>, out: &mut Outbox) {
+        let dst = self.neighbor_addr(neighbor);
+        if self.cfg.verbose {
+            self.log_s2s(dst, "send", &datagram, out);
+        }
+        self.counters.s2s_out.inc();
+        let layout = self.cfg.say_layout;
+        out.send_new(dst, duckchat::S2S_SAY_LEN, |buf| {
+            datagram.encode(buf, layout)
+        });
+    }
+
+    fn log_s2s(&self, peer: SocketAddr, dir: &str, datagram: &Inbound<'_>, out: &mut Outbox) {
+        let local = self.cfg.local;
+        match *datagram {
+            Inbound::S2sJoin { channel } => out.log(format_args!(
+                "{local} {peer} {dir} S2S Join {}",
+                Lossy(channel)
+            )),
+            Inbound::S2sLeave { channel } => out.log(format_args!(
+                "{local} {peer} {dir} S2S Leave {}",
+                Lossy(channel)
+            )),
+            Inbound::S2sSay(s) => out.log(format_args!(
+                "{local} {peer} {dir} S2S say {} {} \"{}\"",
+                Lossy(s.user),
+                Lossy(s.channel),
+                Lossy(s.text)
+            )),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Per-shard counters. Each shard is the only writer of its own counters (a relaxed load and
+//! store, no locked instruction); any thread may read them for stats lines and the shutdown report.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Only the owning shard calls this, so load + store cannot lose an increment.
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    pub fn inc(&self) {
+        self.add(1)
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Why a datagram or a message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// An S2S datagram from an address that is not a configured neighbor.
+    NotNeighbor,
+    /// A bounded queue between shards was full.
+    QueueFull,
+    /// The kernel refused a send.
+    SendFailed,
+    /// The shard already holds its maximum number of sessions.
+    SessionLimit,
+    /// A user tried to join more channels than allowed.
+    UserChannelLimit,
+    /// A neighbor tried to create more channels than allowed.
+    ChannelLimit,
+    /// No receive buffer was free (io_uring ENOBUFS).
+    NoBuffer,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::NotNeighbor,
+        DropReason::QueueFull,
+        DropReason::SendFailed,
+        DropReason::SessionLimit,
+        DropReason::UserChannelLimit,
+        DropReason::ChannelLimit,
+        DropReason::NoBuffer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NotNeighbor => "not_neighbor",
+            DropReason::QueueFull => "queue_full",
+            DropReason::SendFailed => "send_failed",
+            DropReason::SessionLimit => "session_limit",
+            DropReason::UserChannelLimit => "user_channel_limit",
+            DropReason::ChannelLimit => "channel_limit",
+            DropReason::NoBuffer => "no_buffer",
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+#[repr(align(128))] // one shard's counters never share a cache line with another's
+pub struct Counters {
+    pub datagrams_in: Counter,
+    pub datagrams_out: Counter,
+    pub deliveries: Counter,
+    pub decode_errors: Counter,
+    pub errors_sent: Counter,
+    pub s2s_in: Counter,
+    pub s2s_out: Counter,
+    pub duplicates: Counter,
+    pub users_expired: Counter,
+    pub neighbors_expired: Counter,
+    drops: [Counter; DropReason::ALL.len()],
+}
+
+impl Counters {
+    pub fn dropped(&self, why: DropReason) {
+        self.drops[why as usize].inc();
+    }
+
+    pub fn drops(&self, why: DropReason) -> u64 {
+        self.drops[why as usize].get()
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(Counter::get).sum()
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "in={} out={} deliveries={} decode_errors={} errors_sent={} s2s_in={} s2s_out={} \
+             duplicates={} users_expired={} neighbors_expired={}",
+            self.datagrams_in.get(),
+            self.datagrams_out.get(),
+            self.deliveries.get(),
+            self.decode_errors.get(),
+            self.errors_sent.get(),
+            self.s2s_in.get(),
+            self.s2s_out.get(),
+            self.duplicates.get(),
+            self.users_expired.get(),
+            self.neighbors_expired.get(),
+        )?;
+        write!(f, " drops:")?;
+        for why in DropReason::ALL {
+            write!(f, " {}={}", why.name(), self.drops(why))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,372 @@
+//! The per-shard state machine, sans I/O: `handle_datagram`, `handle_message` and
+//! `handle_timeout` update state and write what must happen into an [`Outbox`]. It never calls
+//! the OS and never reads the clock, so the same code runs under the real runtime, under a
+//! deterministic simulation and in benchmarks.
+//!
+//! Where state lives (`shared/design.md`):
+//! - the **home shard** of a client (the shard the kernel hands its datagrams to) owns its
+//!   session and the channel's *local member list* for the members it is home to ([`clients`]);
+//! - the **owner shard** of a channel (`hash(channel) % shards`) owns what is decided once per
+//!   channel: the full member list (for WHO), which shards have members, the federation tree and
+//!   the loop-detection ids ([`channels`]);
+//! - every shard keeps a replica of the channel directory (names only, updated by the owners
+//!   when a channel appears or disappears), so LIST and "No channel by the name" stay local.
+//!
+//! Shards exchange [`ShardMsg`]s: small `Copy` values that travel through bounded queues.
+
+mod channels;
+mod clients;
+mod counters;
+mod idset;
+mod outbox;
+
+pub use counters::{Counter, Counters, DropReason};
+pub use idset::IdSet;
+pub use outbox::{Outbox, PayloadId, Send};
+
+use crate::proto::duckchat::{self, Inbound, SayLayout};
+use crate::proto::{Name, Text};
+use crate::rng::Rng;
+use ahash::AHashMap;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one channel that exists from start-up and is never deleted.
+pub const COMMON: &str = "Common";
+
+/// Bounds on everything the network can make the engine remember.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub sessions_per_shard: usize,
+    pub channels_per_user: usize,
+    pub channels_per_shard: usize,
+    /// How many recent S2S_SAY ids each owner shard remembers.
+    pub recent_ids: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions_per_shard: 250_000,
+            channels_per_user: 256,
+            channels_per_shard: 100_000,
+            recent_ids: 1 << 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This server's address, as neighbors and log lines know it.
+    pub local: SocketAddr,
+    pub neighbors: Vec<SocketAddr>,
+    pub user_timeout: Duration,
+    pub s2s_refresh: Duration,
+    pub s2s_timeout: Duration,
+    pub say_layout: SayLayout,
+    /// Course-format log lines into [`Outbox::log_text`].
+    pub verbose: bool,
+    pub limits: Limits,
+    /// Seeds of the channel-ownership hash: the same on every shard of one server.
+    pub hash_seeds: [u64; 4],
+}
+
+impl Config {
+    pub fn new(local: SocketAddr) -> Self {
+        Self {
+            local,
+            neighbors: Vec::new(),
+            user_timeout: Duration::from_secs(120),
+            s2s_refresh: Duration::from_secs(60),
+            s2s_timeout: Duration::from_secs(120),
+            say_layout: SayLayout::UserFirst,
+            verbose: false,
+            limits: Limits::default(),
+            hash_seeds: [0x5eed, 1, 2, 3],
+        }
+    }
+}
+
+/// A federation datagram, decoded by whichever shard received it and handed to the channel's owner.
+#[derive(Debug, Clone, Copy)]
+pub enum S2s {
+    Join {
+        channel: Name,
+    },
+    Leave {
+        channel: Name,
+    },
+    Say {
+        id: u64,
+        channel: Name,
+        user: Name,
+        text: Text,
+    },
+}
+
+/// What shards tell each other.
+#[derive(Debug, Clone, Copy)]
+pub enum ShardMsg {
+    /// Home -> owner: a local user joined (or, when already a member, was renamed).
+    Joined {
+        channel: Name,
+        client: SocketAddr,
+        user: Name,
+        home: u16,
+    },
+    /// Home -> owner: a local user left, logged out or expired.
+    Left {
+        channel: Name,
+        client: SocketAddr,
+        home: u16,
+    },
+    /// Home -> owner: a local user said something.
+    Said {
+        channel: Name,
+        user: Name,
+        text: Text,
+    },
+    /// Home -> owner: answer WHO to this client.
+    Who {
+        channel: Name,
+        client: SocketAddr,
+    },
+    /// Receiving shard -> owner: a neighbor's datagram.
+    FromNeighbor {
+        neighbor: u16,
+        s2s: S2s,
+    },
+    /// Owner -> every shard with members: send this TXT_SAY to your local members.
+    Deliver {
+        channel: Name,
+        user: Name,
+        text: Text,
+    },
+    /// Owner -> every shard: directory updates.
+    ChannelAdded(Name),
+    ChannelRemoved(Name),
+}
+
+impl ShardMsg {
+    fn channel(&self) -> Option<&Name> {
+        match self {
+            ShardMsg::Joined { channel, .. }
+            | ShardMsg::Left { channel, .. }
+            | ShardMsg::Said { channel, .. }
+            | ShardMsg::Who { channel, .. }
+            | ShardMsg::Deliver { channel, .. }
+            | ShardMsg::ChannelAdded(channel)
+            | ShardMsg::ChannelRemoved(channel) => Some(channel),
+            ShardMsg::FromNeighbor { s2s, .. } => Some(match s2s {
+                S2s::Join { channel } | S2s::Leave { channel } | S2s::Say { channel, .. } => {
+                    channel
+                }
+            }),
+        }
+    }
+}
+
+pub struct Engine {
+    shard: u16,
+    shards: u16,
+    cfg: Arc<Config>,
+    owner_hash: ahash::RandomState,
+    neighbor_index: AHashMap<SocketAddr, u16>,
+    counters: Arc<Counters>,
+    rng: Rng,
+    /// Messages this shard sends to itself, handled after the current event (FIFO like a queue).
+    loopback: VecDeque<ShardMsg>,
+    clients: clients::Clients,
+    channels: channels::Channels,
+    next_refresh: Duration,
+    next_sweep: Duration,
+}
+
+impl Engine {
+    /// Shard `shard` of `shards`; `seed` feeds the S2S id generator (use OS randomness in production).
+    pub fn new(shard: u16, shards: u16, cfg: Arc<Config>, seed: u64, now: Duration) -> Self {
+        assert!(shard < shards, "shard {shard} of {shards}");
+        let [a, b, c, d] = cfg.hash_seeds;
+        let owner_hash = ahash::RandomState::with_seeds(a, b, c, d);
+        let mut rng = Rng::new(seed);
+        let id_hash = ahash::RandomState::with_seeds(rng.next_u64(), rng.next_u64(), 0, 0);
+        let neighbor_index = cfg
+            .neighbors
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (a, i as u16))
+            .collect();
+        let mut engine = Self {
+            shard,
+            shards,
+            neighbor_index,
+            counters: Arc::new(Counters::default()),
+            rng,
+            loopback: VecDeque::with_capacity(64),
+            clients: clients::Clients::default(),
+            channels: channels::Channels::new(&cfg, id_hash, shards),
+            next_refresh: now + cfg.s2s_refresh,
+            next_sweep: now + Self::sweep_period(&cfg),
+            owner_hash,
+            cfg,
+        };
+        let common = Name::from(COMMON);
+        engine.clients.directory.insert(common);
+        if engine.owner(&common) == shard {
+            engine.channels.create(common);
+        }
+        engine
+    }
+
+    fn sweep_period(cfg: &Config) -> Duration {
+        (cfg.user_timeout.min(cfg.s2s_timeout) / 4)
+            .clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    /// The shard that owns `channel`.
+    pub fn owner(&self, channel: &Name) -> u16 {
+        (self.owner_hash.hash_one(channel) % self.shards as u64) as u16
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn next_timeout(&self) -> Duration {
+        self.next_refresh.min(self.next_sweep)
+    }
+
+    /// One datagram received on this shard's socket.
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        buf: &[u8],
+        out: &mut Outbox,
+    ) {
+        self.counters.datagrams_in.inc();
+        match duckchat::decode_inbound(buf, self.cfg.say_layout) {
+            Ok(inbound) => match self.neighbor_index.get(&src) {
+                Some(&n) if is_s2s(&inbound) => self.from_neighbor(now, n, src, inbound, out),
+                _ if is_s2s(&inbound) => self.counters.dropped(DropReason::NotNeighbor),
+                _ => self.client_request(now, src, inbound, out),
+            },
+            Err(duckchat::DecodeError::UnknownType(_)) => {
+                self.counters.decode_errors.inc();
+                self.unknown_command(now, src, out);
+            }
+            Err(_) => self.counters.decode_errors.inc(),
+        }
+        self.drain_loopback(now, out);
+    }
+
+    /// One message from another shard (or from this one, through the runtime's queues).
+    pub fn handle_message(&mut self, now: Duration, msg: ShardMsg, out: &mut Outbox) {
+        self.dispatch(now, msg, out);
+        self.drain_loopback(now, out);
+    }
+
+    /// Timers: user expiry, neighbor expiry, S2S_JOIN refresh.
+    pub fn handle_timeout(&mut self, now: Duration, out: &mut Outbox) {
+        if now >= self.next_sweep {
+            self.next_sweep = now + Self::sweep_period(&self.cfg);
+            self.expire_users(now, out);
+            self.expire_neighbors(now, out);
+        }
+        if now >= self.next_refresh {
+            self.next_refresh = now + self.cfg.s2s_refresh;
+            self.refresh_subscriptions(out);
+        }
+        self.drain_loopback(now, out);
+    }
+
+    fn dispatch(&mut self, now: Duration, msg: ShardMsg, out: &mut Outbox) {
+        match msg {
+            ShardMsg::Joined {
+                channel,
+                client,
+                user,
+                home,
+            } => self.member_joined(now, channel, client, user, home, out),
+            ShardMsg::Left {
+                channel,
+                client,
+                home,
+            } => self.member_left(channel, client, home, out),
+            ShardMsg::Said {
+                channel,
+                user,
+                text,
+            } => self.local_say(channel, user, text, out),
+            ShardMsg::Who { channel, client } => self.answer_who(channel, client, out),
+            ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
+            ShardMsg::Deliver {
+                channel,
+                user,
+                text,
+            } => self.deliver(channel, user, text, out),
+            ShardMsg::ChannelAdded(c) => {
+                self.clients.directory.insert(c);
+            }
+            ShardMsg::ChannelRemoved(c) => {
+                if c.as_bytes() != COMMON.as_bytes() {
+                    self.clients.directory.remove(&c);
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` to `shard`; to itself it goes through the loopback queue.
+    fn to_shard(&mut self, shard: u16, msg: ShardMsg, out: &mut Outbox) {
+        if shard == self.shard {
+            self.loopback.push_back(msg);
+        } else {
+            out.to_shard(shard, msg);
+        }
+    }
+
+    /// Sends `msg` to the owner of its channel.
+    fn to_owner(&mut self, msg: ShardMsg, out: &mut Outbox) {
+        let owner = msg.channel().map_or(0, |c| self.owner(c));
+        self.to_shard(owner, msg, out);
+    }
+
+    fn to_all_shards(&mut self, msg: ShardMsg, out: &mut Outbox) {
+        for shard in 0..self.shards {
+            self.to_shard(shard, msg, out);
+        }
+    }
+
+    fn drain_loopback(&mut self, now: Duration, out: &mut Outbox) {
+        while let Some(msg) = self.loopback.pop_front() {
+            self.dispatch(now, msg, out);
+        }
+    }
+
+    fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {
+        self.cfg.neighbors[neighbor as usize]
+    }
+}
+
+fn is_s2s(inbound: &Inbound<'_>) -> bool {
+    matches!(
+        inbound,
+        Inbound::S2sJoin { .. } | Inbound::S2sLeave { .. } | Inbound::S2sSay(_)
+    )
+}
+
+/// Names and texts in log lines: lossy UTF-8, as the course servers print them.
+struct Lossy<'a>(&'a [u8]);
+
+impl std::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&String::from_utf8_lossy(self.0), f)
+    }
+}

@@ -1,0 +1,120 @@
+//! What one engine step produces: datagrams to send, messages for other shards, log lines.
+//!
+//! Payloads are encoded once into an arena and referenced by every send that carries them, so
+//! fanning one TXT_SAY out to a thousand members copies 132 bytes once, not a thousand times.
+//! The vectors keep their capacity across [`Outbox::clear`], so after warm-up nothing allocates.
+
+use super::ShardMsg;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadId(u32);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Send {
+    pub dst: SocketAddr,
+    pub payload: PayloadId,
+}
+
+#[derive(Default)]
+pub struct Outbox {
+    arena: Vec<u8>,
+    payloads: Vec<(u32, u32)>,
+    sends: Vec<Send>,
+    msgs: Vec<(u16, ShardMsg)>,
+    log: String,
+}
+
+impl Outbox {
+    pub fn with_capacity(sends: usize) -> Self {
+        Self {
+            arena: Vec::with_capacity(sends * 64),
+            payloads: Vec::with_capacity(sends),
+            sends: Vec::with_capacity(sends),
+            msgs: Vec::with_capacity(sends),
+            log: String::new(),
+        }
+    }
+
+    /// Encodes a payload of at most `max` bytes with `encode`; `None` when the encoder fails.
+    pub fn payload<E>(
+        &mut self,
+        max: usize,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Option<PayloadId> {
+        let start = self.arena.len();
+        self.arena.resize(start + max, 0);
+        match encode(&mut self.arena[start..]) {
+            Ok(n) => {
+                self.arena.truncate(start + n);
+                self.payloads.push((start as u32, n as u32));
+                Some(PayloadId(self.payloads.len() as u32 - 1))
+            }
+            Err(_) => {
+                self.arena.truncate(start);
+                None
+            }
+        }
+    }
+
+    pub fn send(&mut self, dst: SocketAddr, payload: PayloadId) {
+        self.sends.push(Send { dst, payload });
+    }
+
+    /// Encodes and sends to one destination.
+    pub fn send_new<E>(
+        &mut self,
+        dst: SocketAddr,
+        max: usize,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) {
+        if let Some(p) = self.payload(max, encode) {
+            self.send(dst, p);
+        }
+    }
+
+    pub fn bytes(&self, payload: PayloadId) -> &[u8] {
+        let (start, len) = self.payloads[payload.0 as usize];
+        &self.arena[start as usize..(start + len) as usize]
+    }
+
+    pub fn sends(&self) -> &[Send] {
+        &self.sends
+    }
+
+    pub(super) fn to_shard(&mut self, shard: u16, msg: ShardMsg) {
+        self.msgs.push((shard, msg));
+    }
+
+    /// Messages for other shards, in the order they were produced.
+    pub fn msgs(&self) -> &[(u16, ShardMsg)] {
+        &self.msgs
+    }
+
+    pub fn take_msgs(&mut self) -> std::vec::Drain<'_, (u16, ShardMsg)> {
+        self.msgs.drain(..)
+    }
+
+    /// Appends one log line (only called when verbose logging is on).
+    pub(super) fn log(&mut self, line: std::fmt::Arguments<'_>) {
+        let _ = self.log.write_fmt(line);
+        self.log.push('\n');
+    }
+
+    pub fn log_text(&self) -> &str {
+        &self.log
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.msgs.is_empty() && self.log.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.payloads.clear();
+        self.sends.clear();
+        self.msgs.clear();
+        self.log.clear();
+    }
+}

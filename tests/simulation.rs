@@ -1,0 +1,468 @@
+//! Deterministic simulations of single servers and federations (see `sim/mod.rs`). Every test
+//! runs with one shard per server and with three, so cross-shard paths are exercised too.
+
+mod sim;
+
+use chat_router::proto::duckchat::{self, Inbound};
+use sim::{addr, Sim};
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_millis(200);
+const SHARDS: [u16; 2] = [1, 3];
+
+fn say(sim: &mut Sim, client: u16, server: u16, channel: &str, text: &str) {
+    sim.send(
+        addr(client),
+        server,
+        Inbound::Say {
+            channel: channel.as_bytes(),
+            text: text.as_bytes(),
+        },
+    );
+}
+
+#[test]
+fn single_server_client_behaviour() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(1, shards, &[(4000, &[])]);
+        let (a, b) = (addr(50001), addr(50002));
+        sim.send(a, 4000, Inbound::Join { channel: b"x" });
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(a), ["error Not logged in"]);
+
+        sim.login(a, 4000, "zed");
+        sim.login(b, 4000, "amy");
+        sim.run_for(SETTLE);
+        say(&mut sim, 50001, 4000, "Common", "hello");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.says(a), ["Common zed hello"], "echo to the sender");
+        assert_eq!(sim.says(b), ["Common zed hello"]);
+
+        sim.send(b, 4000, Inbound::Join { channel: b"dev" });
+        sim.send(b, 4000, Inbound::Join { channel: b"dev" }); // silently accepted
+        sim.run_for(SETTLE);
+        sim.clear_inboxes();
+        sim.send(a, 4000, Inbound::List);
+        sim.send(a, 4000, Inbound::Who { channel: b"Common" });
+        sim.send(a, 4000, Inbound::Who { channel: b"nope" });
+        sim.send(a, 4000, Inbound::Leave { channel: b"dev" });
+        sim.send(a, 4000, Inbound::Leave { channel: b"nope" });
+        sim.send(
+            a,
+            4000,
+            Inbound::Say {
+                channel: b"dev",
+                text: b"x",
+            },
+        );
+        sim.run_for(SETTLE);
+        let mut got = sim.decoded(a);
+        got.sort(); // replies to different requests may come from different shards
+        assert_eq!(
+            got,
+            [
+                "error No channel by the name nope",
+                "error No channel by the name nope",
+                "error You are not in channel dev",
+                "error You are not in channel dev",
+                "list Common,dev",
+                "who Common amy,zed",
+            ]
+        );
+
+        // Unknown type codes, short datagrams, rename, logout.
+        sim.clear_inboxes();
+        sim.send_raw(a, 4000, 42i32.to_le_bytes().to_vec());
+        sim.send_raw(a, 4000, vec![2, 0, 0, 0, b'x']); // a JOIN too short: dropped, counted
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(a), ["error *Unknown command"]);
+        sim.send(a, 4000, Inbound::Login { user: b"aaron" });
+        sim.run_for(SETTLE);
+        sim.send(b, 4000, Inbound::Who { channel: b"Common" });
+        sim.send(b, 4000, Inbound::Leave { channel: b"dev" });
+        sim.run_for(SETTLE);
+        sim.send(b, 4000, Inbound::List);
+        sim.send(a, 4000, Inbound::Logout);
+        sim.run_for(SETTLE);
+        sim.send(a, 4000, Inbound::List);
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(a).last().unwrap(), "error Not logged in");
+        let got = sim.decoded(b);
+        assert!(got.contains(&"who Common aaron,amy".to_string()), "{got:?}");
+        assert!(
+            got.contains(&"list Common".to_string()),
+            "dev deleted with its last member: {got:?}"
+        );
+        let decode_errors: u64 = sim
+            .engines(4000)
+            .map(|e| e.counters().decode_errors.get())
+            .sum();
+        assert_eq!(decode_errors, 2);
+    }
+}
+
+#[test]
+fn who_and_list_are_sorted_and_split_across_datagrams() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(2, shards, &[(4000, &[])]);
+        let asker = addr(40000);
+        sim.login(asker, 4000, "asker");
+        for i in 0..100u16 {
+            let c = addr(41000 + i);
+            sim.send(
+                c,
+                4000,
+                Inbound::Login {
+                    user: format!("user{:03}", 99 - i).as_bytes(),
+                },
+            );
+            sim.send(c, 4000, Inbound::Join { channel: b"big" });
+            sim.send(
+                c,
+                4000,
+                Inbound::Join {
+                    channel: format!("ch{i:03}").as_bytes(),
+                },
+            );
+        }
+        sim.run_for(SETTLE);
+        sim.send(asker, 4000, Inbound::Who { channel: b"big" });
+        sim.run_for(SETTLE);
+        sim.send(asker, 4000, Inbound::List);
+        sim.run_for(SETTLE);
+        let datagrams = &sim.inbox[&asker];
+        assert!(datagrams.iter().all(|d| d.len() <= duckchat::SPLIT_LIMIT));
+        let got = sim.decoded(asker);
+        let who: Vec<String> = got
+            .iter()
+            .filter_map(|l| l.strip_prefix("who big "))
+            .flat_map(|l| l.split(','))
+            .map(String::from)
+            .collect();
+        let expected: Vec<String> = (0..100).map(|i| format!("user{i:03}")).collect();
+        assert_eq!(who, expected);
+        assert!(
+            got.iter().filter(|l| l.starts_with("who ")).count() >= 3,
+            "split"
+        );
+        let list: Vec<&str> = got
+            .iter()
+            .filter_map(|l| l.strip_prefix("list "))
+            .flat_map(|l| l.split(','))
+            .collect();
+        assert_eq!(list.len(), 102);
+        assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted: {list:?}");
+    }
+}
+
+#[test]
+fn silent_users_are_logged_out_and_keep_alive_keeps_them() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(3, shards, &[(4000, &[])]);
+        let (quiet, alive, watcher) = (addr(50001), addr(50002), addr(50003));
+        sim.login(quiet, 4000, "quiet");
+        sim.login(alive, 4000, "alive");
+        sim.login(watcher, 4000, "watcher");
+        for _ in 0..5 {
+            sim.run_for(Duration::from_secs(5));
+            sim.send(alive, 4000, Inbound::KeepAlive);
+            sim.send(watcher, 4000, Inbound::KeepAlive);
+        }
+        sim.send(watcher, 4000, Inbound::Who { channel: b"Common" });
+        sim.send(quiet, 4000, Inbound::List);
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(watcher), ["who Common alive,watcher"]);
+        assert_eq!(sim.decoded(quiet), ["error Not logged in"]);
+    }
+}
+
+#[test]
+fn two_servers_exchange_messages_once() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(4, shards, &[(4000, &[4001]), (4001, &[4000])]);
+        let (a, b) = (addr(50001), addr(50002));
+        sim.login(a, 4000, "a");
+        sim.login(b, 4001, "b");
+        sim.run_for(SETTLE);
+        for i in 0..10 {
+            say(&mut sim, 50001, 4000, "Common", &format!("a{i}"));
+            say(&mut sim, 50002, 4001, "Common", &format!("b{i}"));
+        }
+        sim.run_for(SETTLE);
+        for c in [a, b] {
+            let got = sim.says(c);
+            assert_eq!(got.len(), 20, "{got:?}");
+            assert!(Sim::unique(&got));
+        }
+        // Per-sender order is kept on the sender's server (the S2S network here reorders,
+        // and DuckChat promises no order across servers).
+        let from_a: Vec<String> = sim
+            .says(a)
+            .into_iter()
+            .filter(|s| s.contains(" a a"))
+            .collect();
+        assert_eq!(
+            from_a,
+            (0..10)
+                .map(|i| format!("Common a a{i}"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn a_line_of_three_forwards_through_the_middle() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(
+            5,
+            shards,
+            &[(4000, &[4001]), (4001, &[4000, 4002]), (4002, &[4001])],
+        );
+        let (a, c) = (addr(50001), addr(50003));
+        sim.login(a, 4000, "a");
+        sim.login(c, 4002, "c");
+        sim.send(a, 4000, Inbound::Join { channel: b"side" });
+        sim.send(c, 4002, Inbound::Join { channel: b"side" });
+        sim.run_for(SETTLE);
+        say(&mut sim, 50001, 4000, "side", "hi");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.says(c), ["side a hi"]);
+        assert_eq!(sim.says(a), ["side a hi"]);
+    }
+}
+
+#[test]
+fn triangle_delivers_each_message_exactly_once() {
+    for shards in SHARDS {
+        for seed in 0..5 {
+            let mut sim = Sim::topology(
+                10 + seed,
+                shards,
+                &[
+                    (4000, &[5000, 6000]),
+                    (5000, &[4000, 6000]),
+                    (6000, &[4000, 5000]),
+                ],
+            );
+            let users = [(50001, 4000), (50002, 5000), (50003, 6000)];
+            for (c, s) in users {
+                sim.login(addr(c), s, &format!("u{c}"));
+            }
+            sim.run_for(SETTLE);
+            // One message at a time, as the course tested: concurrent senders can make the
+            // spec's duplicate->S2S_LEAVE rule cut more links than the loops need, which only
+            // the next soft-state refresh repairs.
+            for round in 0..5 {
+                for (c, s) in users {
+                    say(&mut sim, c, s, "Common", &format!("{c}-{round}"));
+                    sim.run_for(SETTLE);
+                }
+            }
+            for (c, _) in users {
+                let got = sim.says(addr(c));
+                assert_eq!(got.len(), 15, "seed {seed} shards {shards} {c}: {got:?}");
+                assert!(Sim::unique(&got), "{got:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn capital_h_produces_exactly_the_three_leaves_of_the_spec() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(
+            20,
+            shards,
+            &[
+                (4000, &[4001]),
+                (4001, &[4000, 4002, 4003]),
+                (4002, &[4001]),
+                (4003, &[4001, 4005]),
+                (4004, &[4005]),
+                (4005, &[4004, 4003, 4006]),
+                (4006, &[4005]),
+            ],
+        );
+        let (a, b) = (addr(50000), addr(50005));
+        sim.login(a, 4000, "a");
+        sim.login(b, 4005, "b");
+        sim.run_for(SETTLE);
+        let since = sim.now;
+        say(&mut sim, 50000, 4000, "Common", "across");
+        sim.run_for(SETTLE);
+        let mut leaves = sim.s2s_sent(duckchat::S2S_LEAVE, since);
+        leaves.sort();
+        assert_eq!(leaves, [(4002, 4001), (4004, 4005), (4006, 4005)]);
+        assert_eq!(sim.says(b), ["Common a across"]);
+        // The pruned tree now carries messages only along the path.
+        let since = sim.now;
+        say(&mut sim, 50005, 4005, "Common", "back");
+        sim.run_for(SETTLE);
+        let mut says = sim.s2s_sent(duckchat::S2S_SAY, since);
+        says.sort();
+        assert_eq!(says, [(4001, 4000), (4003, 4001), (4005, 4003)]);
+        assert_eq!(sim.says(a), ["Common a across", "Common b back"]);
+    }
+}
+
+#[test]
+fn grid_delivers_exactly_once_and_prunes_its_loops() {
+    let grid: &[(u16, &[u16])] = &[
+        (8100, &[8101, 8103]),
+        (8101, &[8100, 8102, 8104]),
+        (8102, &[8101, 8105]),
+        (8103, &[8100, 8104, 8106]),
+        (8104, &[8101, 8103, 8105, 8107]),
+        (8105, &[8102, 8104, 8108]),
+        (8106, &[8103, 8107]),
+        (8107, &[8106, 8104, 8108]),
+        (8108, &[8105, 8107]),
+    ];
+    for shards in SHARDS {
+        for seed in 0..3 {
+            let mut sim = Sim::topology(30 + seed, shards, grid);
+            let users = [
+                (50000, 8100),
+                (50002, 8102),
+                (50006, 8106),
+                (50008, 8108),
+                (50004, 8104),
+            ];
+            for (c, s) in users {
+                sim.login(addr(c), s, &format!("u{c}"));
+            }
+            sim.run_for(SETTLE);
+            for round in 0..4 {
+                for (c, s) in users {
+                    say(&mut sim, c, s, "Common", &format!("{c}-{round}"));
+                    sim.run_for(SETTLE);
+                }
+            }
+            for (c, _) in users {
+                let got = sim.says(addr(c));
+                assert_eq!(
+                    got.len(),
+                    20,
+                    "seed {seed} shards {shards} client {c}: {got:?}"
+                );
+                assert!(Sim::unique(&got));
+            }
+            let dups: u64 = sim
+                .ports()
+                .iter()
+                .flat_map(|&p| sim.engines(p))
+                .map(|e| e.counters().duplicates.get())
+                .sum();
+            assert!(
+                dups > 0,
+                "the grid has loops, so duplicates were seen and cut"
+            );
+            // After pruning, a message crosses each tree link at most once: at most 8 S2S_SAYs
+            // (a spanning tree of 9 servers) per message.
+            let since = sim.now;
+            say(&mut sim, 50000, 8100, "Common", "last");
+            sim.run_for(SETTLE);
+            let says = sim.s2s_sent(duckchat::S2S_SAY, since);
+            assert!(says.len() <= 8, "{says:?}");
+            for (c, _) in users {
+                assert_eq!(sim.says(addr(c)).len(), 21);
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_state_expires_a_silent_neighbor_and_rejoins_when_it_returns() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(40, shards, &[(4000, &[4001]), (4001, &[4000])]);
+        let (a, b) = (addr(50001), addr(50002));
+        sim.login(a, 4000, "a");
+        sim.login(b, 4001, "b");
+        sim.run_for(SETTLE);
+        sim.crash(4001);
+        // Keep a's session alive across the S2S timeout (10s) and beyond.
+        for _ in 0..4 {
+            sim.run_for(Duration::from_secs(4));
+            sim.send(a, 4000, Inbound::KeepAlive);
+        }
+        let expired: u64 = sim
+            .engines(4000)
+            .map(|e| e.counters().neighbors_expired.get())
+            .sum();
+        assert!(expired >= 1, "4001 expired from Common's tree at 4000");
+        let since = sim.now;
+        say(&mut sim, 50001, 4000, "Common", "alone");
+        sim.run_for(SETTLE);
+        assert!(
+            sim.s2s_sent(duckchat::S2S_SAY, since).is_empty(),
+            "nothing forwarded to the dead neighbor"
+        );
+
+        // 4001 comes back with no state; 4000's periodic S2S_JOIN rebuilds the tree, and b's login floods too.
+        sim.restart(4001);
+        sim.login(b, 4001, "b");
+        sim.run_for(Duration::from_secs(6));
+        sim.clear_inboxes();
+        say(&mut sim, 50001, 4000, "Common", "again");
+        say(&mut sim, 50002, 4001, "Common", "back");
+        sim.run_for(SETTLE);
+        for c in [a, b] {
+            let mut got = sim.says(c);
+            got.sort();
+            assert_eq!(got, ["Common a again", "Common b back"]);
+        }
+    }
+}
+
+#[test]
+fn s2s_from_strangers_is_dropped_and_counted() {
+    let mut sim = Sim::topology(50, 1, &[(4000, &[4001])]);
+    let user = addr(50001);
+    sim.login(user, 4000, "u");
+    sim.run_for(SETTLE);
+    let mut buf = [0u8; 140];
+    let say = duckchat::S2sSay {
+        id: 7,
+        user: b"mallory",
+        channel: b"Common",
+        text: b"spoof",
+    };
+    let n = say
+        .encode(&mut buf, duckchat::SayLayout::UserFirst)
+        .unwrap();
+    sim.send_raw(addr(6666), 4000, buf[..n].to_vec());
+    sim.run_for(SETTLE);
+    assert!(sim.says(user).is_empty());
+    assert_eq!(
+        sim.engine(4000, 0)
+            .counters()
+            .drops(chat_router::engine::DropReason::NotNeighbor),
+        1
+    );
+}
+
+#[test]
+fn a_duplicate_id_is_answered_with_leave_and_not_delivered() {
+    let mut sim = Sim::topology(60, 1, &[(4000, &[4001, 4002])]);
+    let user = addr(50001);
+    sim.login(user, 4000, "u");
+    sim.run_for(SETTLE);
+    let mut buf = [0u8; 140];
+    let say = duckchat::S2sSay {
+        id: 99,
+        user: b"far",
+        channel: b"Common",
+        text: b"once",
+    };
+    let n = say
+        .encode(&mut buf, duckchat::SayLayout::UserFirst)
+        .unwrap();
+    // 4001 and 4002 are configured but not simulated: inject as them.
+    sim.send_raw(addr(4001), 4000, buf[..n].to_vec());
+    sim.run_for(SETTLE);
+    let since = sim.now;
+    sim.send_raw(addr(4002), 4000, buf[..n].to_vec());
+    sim.run_for(SETTLE);
+    assert_eq!(sim.says(user), ["Common far once"]);
+    assert_eq!(sim.s2s_sent(duckchat::S2S_LEAVE, since), [(4000, 4002)]);
+}
