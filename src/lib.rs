@@ -1,3 +1,6 @@
+pub mod config;
 pub mod engine;
+pub mod io;
 pub mod proto;
 pub mod rng;
+pub mod runtime;

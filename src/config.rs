@@ -1,0 +1,156 @@
+//! Parsing of what users type: durations with units and `host port` endpoints. Each error
+//! names the offending text, so the command line can report it in one line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid duration '{0}': expected a number with a unit, e.g. 500ms, 2s, 1m")]
+    Duration(String),
+    #[error("invalid port '{0}': expected a number from 1 to 65535")]
+    Port(String),
+    #[error("cannot resolve host '{0}'")]
+    Host(String),
+    #[error("invalid address '{0}': expected HOST:PORT, e.g. 127.0.0.1:4000")]
+    Address(String),
+    #[error(
+        "expected HOST PORT [NEIGHBOR_HOST NEIGHBOR_PORT]..., got an odd number of arguments: {0}"
+    )]
+    OddArguments(String),
+    #[error("give the listen address either as HOST PORT or with --listen, not both")]
+    ListenTwice,
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+/// `500ms`, `2s`, `1m`, `1h`, `250us`; fractions allowed (`1.5s`).
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let err = || ConfigError::Duration(text.to_string());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(err)?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| err())?;
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| err())
+}
+
+/// A port from 1 to 65535 (0 is allowed only where `allow_zero`).
+pub fn parse_port(text: &str, allow_zero: bool) -> Result<u16, ConfigError> {
+    match text.parse::<u16>() {
+        Ok(0) if !allow_zero => Err(ConfigError::Port(text.to_string())),
+        Ok(port) => Ok(port),
+        Err(_) => Err(ConfigError::Port(text.to_string())),
+    }
+}
+
+/// Resolves `host` (a name such as `localhost` or a literal address), preferring IPv4 as the
+/// course servers do.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| ConfigError::Host(host.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| ConfigError::Host(host.to_string()))
+}
+
+/// `HOST:PORT` (also `[v6]:PORT`).
+pub fn parse_address(text: &str) -> Result<SocketAddr, ConfigError> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::Address(text.to_string()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(ConfigError::Address(text.to_string()));
+    }
+    resolve(host, parse_port(port, true)?)
+}
+
+/// The course form `HOST PORT [NEIGHBOR_HOST NEIGHBOR_PORT]...`: (listen, neighbors).
+pub fn parse_course_args(args: &[String]) -> Result<(SocketAddr, Vec<SocketAddr>), ConfigError> {
+    if args.len() % 2 != 0 {
+        return Err(ConfigError::OddArguments(args.join(" ")));
+    }
+    let mut pairs = args
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| resolve(&pair[0], parse_port(&pair[1], i == 0)?));
+    let listen = pairs
+        .next()
+        .unwrap_or(Err(ConfigError::OddArguments(String::new())))?;
+    Ok((listen, pairs.collect::<Result<_, _>>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["5", "s", "", "-1s", "1x", "1.2.3s", "1e400s"] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(ConfigError::Duration(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn course_arguments_resolve_names_and_pair_up() {
+        let args: Vec<String> = ["localhost", "4000", "127.0.0.1", "5000"]
+            .map(String::from)
+            .to_vec();
+        let (listen, neighbors) = parse_course_args(&args).unwrap();
+        assert_eq!(listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(neighbors, vec!["127.0.0.1:5000".parse().unwrap()]);
+        let odd: Vec<String> = ["localhost", "4000", "x"].map(String::from).to_vec();
+        assert!(matches!(
+            parse_course_args(&odd),
+            Err(ConfigError::OddArguments(_))
+        ));
+        let bad_port: Vec<String> = ["localhost", "99999"].map(String::from).to_vec();
+        assert_eq!(
+            parse_course_args(&bad_port),
+            Err(ConfigError::Port("99999".into()))
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_address("127.0.0.1:4000"),
+            Ok("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_address("[::1]:4000"),
+            Ok("[::1]:4000".parse().unwrap())
+        );
+        assert!(matches!(
+            parse_address("4000"),
+            Err(ConfigError::Address(_))
+        ));
+        assert!(matches!(
+            parse_address("host.invalid.:1"),
+            Err(ConfigError::Host(_))
+        ));
+    }
+}

@@ -1,0 +1,303 @@
+//! Threads and queues: one shard per core, each pinned, with its own SO_REUSEPORT socket, its
+//! own I/O backend and its own engine. Shards talk through a full mesh of bounded lock-free
+//! queues (`queues[from * n + to]`, each with one producer and one consumer); a producer writes
+//! the consumer's eventfd only when the consumer has said it is about to sleep. The main thread
+//! owns nothing on the hot path: it waits for SIGINT/SIGTERM, prints stats, and stops the shards.
+
+use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
+use crate::io::{self, sys, Backend, IoKind};
+use crossbeam_queue::ArrayQueue;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Messages in flight from one shard to another before drops start (counted as `queue_full`).
+const QUEUE_CAPACITY: usize = 8192;
+/// Messages handled from one queue before the shard turns back to its socket.
+const DRAIN_BUDGET: usize = 1024;
+/// The longest a shard sleeps, so that a stop request is seen promptly even without a wake-up.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub engine: Config,
+    pub cores: usize,
+    pub io: IoKind,
+    pub stats_every: Option<Duration>,
+}
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("io_uring unavailable: {0}")]
+    Uring(String),
+    #[error("cannot start shard {shard}: {source}")]
+    Shard {
+        shard: usize,
+        source: std::io::Error,
+    },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What every shard shares.
+struct Shared {
+    queues: Vec<ArrayQueue<ShardMsg>>,
+    wakers: Vec<Waker>,
+    stop: AtomicBool,
+    epoch: Instant,
+    shards: usize,
+}
+
+struct Waker {
+    eventfd: sys::EventFd,
+    sleeping: AtomicBool,
+}
+
+impl Shared {
+    fn queue(&self, from: usize, to: usize) -> &ArrayQueue<ShardMsg> {
+        &self.queues[from * self.shards + to]
+    }
+}
+
+/// Starts the shards, blocks until SIGINT or SIGTERM, then stops them and prints their counters.
+pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
+    let signals = [libc::SIGINT, libc::SIGTERM];
+    sys::block_signals(&signals).map_err(RuntimeError::Signals)?;
+    let (io_kind, fallback) = io::choose(cfg.io).map_err(RuntimeError::Uring)?;
+    if let Some(why) = fallback {
+        println!("router: io_uring unavailable ({why}); using recvmmsg/sendmmsg");
+    }
+    let shards = cfg.cores.max(1);
+    let addr = cfg.engine.local;
+    let sockets = (0..shards)
+        .map(|_| sys::bind_reuseport(addr).map_err(|source| RuntimeError::Bind { addr, source }))
+        .collect::<Result<Vec<OwnedFd>, _>>()?;
+    let mut engine_cfg = cfg.engine.clone();
+    if addr.port() == 0 {
+        // Port 0: every shard must share the port the kernel picked for the first socket.
+        engine_cfg.local =
+            sys::local_addr(&sockets[0]).map_err(|source| RuntimeError::Bind { addr, source })?;
+    }
+    let engine_cfg = Arc::new(engine_cfg);
+    let wakers = (0..shards)
+        .map(|shard| {
+            let eventfd =
+                sys::EventFd::new().map_err(|source| RuntimeError::Shard { shard, source })?;
+            Ok(Waker {
+                eventfd,
+                sleeping: AtomicBool::new(false),
+            })
+        })
+        .collect::<Result<Vec<_>, RuntimeError>>()?;
+    let shared = Arc::new(Shared {
+        queues: (0..shards * shards)
+            .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
+            .collect(),
+        wakers,
+        stop: AtomicBool::new(false),
+        epoch: Instant::now(),
+        shards,
+    });
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut counters: Vec<Arc<Counters>> = Vec::with_capacity(shards);
+    let mut threads = Vec::with_capacity(shards);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for (shard, socket) in sockets.into_iter().enumerate() {
+        let engine = Engine::new(
+            shard as u16,
+            shards as u16,
+            engine_cfg.clone(),
+            sys::random_u64(),
+            shared.epoch.elapsed(),
+        );
+        counters.push(engine.counters().clone());
+        let shared = shared.clone();
+        let core = (!cores.is_empty()).then(|| cores[shard % cores.len()]);
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{shard}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let counters = engine.counters().clone();
+                match Backend::new(
+                    io_kind,
+                    socket,
+                    shared.wakers[shard].eventfd.raw(),
+                    counters,
+                ) {
+                    Ok(backend) => {
+                        let _ = ready.send(Ok(()));
+                        shard_loop(shard, engine, backend, &shared);
+                    }
+                    Err(source) => {
+                        let _ = ready.send(Err(RuntimeError::Shard { shard, source }));
+                    }
+                }
+            })
+            .map_err(|source| RuntimeError::Shard { shard, source })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..shards {
+        if let Ok(Err(e)) = ready_rx.recv() {
+            failure.get_or_insert(e);
+        }
+    }
+    if failure.is_none() {
+        let backend = match io_kind {
+            IoKind::Mmsg => "recvmmsg/sendmmsg",
+            _ => "io_uring",
+        };
+        println!(
+            "router: listening on {} with {shards} shard(s), {backend} backend",
+            engine_cfg.local
+        );
+        let _ = std::io::stdout().flush();
+        wait_for_stop(&signals, cfg.stats_every, &counters, shared.epoch);
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    for waker in &shared.wakers {
+        waker.eventfd.notify();
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    for (shard, c) in counters.iter().enumerate() {
+        println!("shard {shard}: {c}");
+    }
+    Ok(())
+}
+
+fn wait_for_stop(
+    signals: &[libc::c_int],
+    every: Option<Duration>,
+    counters: &[Arc<Counters>],
+    epoch: Instant,
+) {
+    let period = every.unwrap_or(Duration::from_secs(3600));
+    let mut last = (epoch.elapsed(), Totals::of(counters));
+    loop {
+        if sys::wait_signal(signals, period).is_some() {
+            return;
+        }
+        if every.is_some() {
+            let now = (epoch.elapsed(), Totals::of(counters));
+            let secs = (now.0 - last.0).as_secs_f64().max(1e-9);
+            let rate = |a: u64, b: u64| (a - b) as f64 / secs;
+            println!(
+                "stats: in={} ({:.0}/s) out={} ({:.0}/s) deliveries={} ({:.0}/s) drops={} decode_errors={}",
+                now.1.datagrams_in,
+                rate(now.1.datagrams_in, last.1.datagrams_in),
+                now.1.datagrams_out,
+                rate(now.1.datagrams_out, last.1.datagrams_out),
+                now.1.deliveries,
+                rate(now.1.deliveries, last.1.deliveries),
+                now.1.drops,
+                now.1.decode_errors,
+            );
+            let _ = std::io::stdout().flush();
+            last = now;
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    datagrams_in: u64,
+    datagrams_out: u64,
+    deliveries: u64,
+    drops: u64,
+    decode_errors: u64,
+}
+
+impl Totals {
+    fn of(counters: &[Arc<Counters>]) -> Self {
+        counters.iter().fold(Self::default(), |t, c| Self {
+            datagrams_in: t.datagrams_in + c.datagrams_in.get(),
+            datagrams_out: t.datagrams_out + c.datagrams_out.get(),
+            deliveries: t.deliveries + c.deliveries.get(),
+            drops: t.drops + c.total_drops(),
+            decode_errors: t.decode_errors + c.decode_errors.get(),
+        })
+    }
+}
+
+fn shard_loop(me: usize, mut engine: Engine, mut backend: Backend, shared: &Shared) {
+    let mut out = Outbox::with_capacity(4096);
+    let counters = engine.counters().clone();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = shared.epoch.elapsed();
+        let mut work =
+            backend.recv(&mut |src, bytes| engine.handle_datagram(now, src, bytes, &mut out));
+        for from in 0..shared.shards {
+            let queue = shared.queue(from, me);
+            for _ in 0..DRAIN_BUDGET {
+                let Some(msg) = queue.pop() else { break };
+                engine.handle_message(now, msg, &mut out);
+                work += 1;
+            }
+        }
+        if now >= engine.next_timeout() {
+            engine.handle_timeout(now, &mut out);
+        }
+        flush(me, &mut out, &mut backend, &counters, shared);
+        if work == 0 {
+            sleep(me, &engine, &mut backend, shared);
+        }
+    }
+}
+
+fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters, shared: &Shared) {
+    if out.is_empty() {
+        return;
+    }
+    if !out.log_text().is_empty() {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.log_text().as_bytes());
+        let _ = stdout.flush();
+    }
+    if !out.sends().is_empty() {
+        backend.send(out, counters);
+    }
+    for (to, msg) in out.take_msgs() {
+        let to = to as usize;
+        if shared.queue(me, to).push(msg).is_err() {
+            counters.dropped(DropReason::QueueFull);
+            continue;
+        }
+        // Clearing the flag makes this the only notification until the consumer sleeps again.
+        if shared.wakers[to].sleeping.swap(false, Ordering::SeqCst) {
+            shared.wakers[to].eventfd.notify();
+        }
+    }
+    out.clear();
+}
+
+/// Announces the intent to sleep, re-checks the queues (a producer that pushed before seeing the
+/// flag would not wake us), then sleeps until a datagram, a wake-up or the next timer.
+fn sleep(me: usize, engine: &Engine, backend: &mut Backend, shared: &Shared) {
+    let waker = &shared.wakers[me];
+    waker.sleeping.store(true, Ordering::SeqCst);
+    let pending = (0..shared.shards).any(|from| !shared.queue(from, me).is_empty());
+    if !pending && !shared.stop.load(Ordering::SeqCst) {
+        let until_timer = engine.next_timeout().saturating_sub(shared.epoch.elapsed());
+        backend.wait(until_timer.min(MAX_SLEEP));
+        waker.eventfd.clear();
+    }
+    waker.sleeping.store(false, Ordering::SeqCst);
+}
