@@ -78,8 +78,9 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     }
     let shards = cfg.cores.max(1);
     let addr = cfg.engine.local;
+    claim(addr)?;
     let sockets = (0..shards)
-        .map(|_| sys::bind_reuseport(addr).map_err(|source| RuntimeError::Bind { addr, source }))
+        .map(|_| sys::bind_udp(addr, true).map_err(|source| RuntimeError::Bind { addr, source }))
         .collect::<Result<Vec<OwnedFd>, _>>()?;
     let mut engine_cfg = cfg.engine.clone();
     if addr.port() == 0 {
@@ -183,6 +184,26 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Makes sure no other socket holds `addr` before the shards bind it with SO_REUSEPORT:
+/// otherwise a second router (or the socket of a just-killed one, which the kernel may keep
+/// alive while it tears the dead process's io_uring down) would silently share the port and
+/// take a share of its clients. Waits a little for such a dying socket to go.
+fn claim(addr: SocketAddr) -> Result<(), RuntimeError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match sys::bind_udp(addr, false) {
+            Ok(_probe) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => return Err(RuntimeError::Bind { addr, source }),
+        }
+    }
+}
+
 fn wait_for_stop(
     signals: &[libc::c_int],
     every: Option<Duration>,
@@ -242,16 +263,14 @@ fn shard_loop(me: usize, mut engine: Engine, mut backend: Backend, shared: &Shar
     let counters = engine.counters().clone();
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.epoch.elapsed();
-        let mut work =
-            backend.recv(&mut |src, bytes| engine.handle_datagram(now, src, bytes, &mut out));
-        for from in 0..shared.shards {
-            let queue = shared.queue(from, me);
-            for _ in 0..DRAIN_BUDGET {
-                let Some(msg) = queue.pop() else { break };
-                engine.handle_message(now, msg, &mut out);
-                work += 1;
-            }
-        }
+        let mut work = drain_inbox(me, now, &mut engine, &mut out, shared);
+        work += backend.recv(&mut |src, bytes| {
+            // Causality: a message another shard queued before this datagram arrived (say, the
+            // directory entry for a channel whose creation the sender has already seen
+            // acknowledged) is handled first. Empty queues cost a few loads.
+            drain_inbox(me, now, &mut engine, &mut out, shared);
+            engine.handle_datagram(now, src, bytes, &mut out)
+        });
         if now >= engine.next_timeout() {
             engine.handle_timeout(now, &mut out);
         }
@@ -262,19 +281,33 @@ fn shard_loop(me: usize, mut engine: Engine, mut backend: Backend, shared: &Shar
     }
 }
 
+/// Handles what other shards queued for this one (a bounded amount per queue).
+fn drain_inbox(
+    me: usize,
+    now: Duration,
+    engine: &mut Engine,
+    out: &mut Outbox,
+    shared: &Shared,
+) -> usize {
+    let mut handled = 0;
+    for from in 0..shared.shards {
+        let queue = shared.queue(from, me);
+        for _ in 0..DRAIN_BUDGET {
+            let Some(msg) = queue.pop() else { break };
+            engine.handle_message(now, msg, out);
+            handled += 1;
+        }
+    }
+    handled
+}
+
+/// Queues messages for other shards before sending datagrams, so that whatever a client does
+/// after seeing a reply happens after those messages were queued.
 fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters, shared: &Shared) {
     if out.is_empty() {
         return;
     }
-    if !out.log_text().is_empty() {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.log_text().as_bytes());
-        let _ = stdout.flush();
-    }
-    if !out.sends().is_empty() {
-        backend.send(out, counters);
-    }
-    for (to, msg) in out.take_msgs() {
+    for &(to, msg) in out.msgs() {
         let to = to as usize;
         if shared.queue(me, to).push(msg).is_err() {
             counters.dropped(DropReason::QueueFull);
@@ -284,6 +317,14 @@ fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters
         if shared.wakers[to].sleeping.swap(false, Ordering::SeqCst) {
             shared.wakers[to].eventfd.notify();
         }
+    }
+    if !out.log_text().is_empty() {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.log_text().as_bytes());
+        let _ = stdout.flush();
+    }
+    if !out.sends().is_empty() {
+        backend.send(out, counters);
     }
     out.clear();
 }

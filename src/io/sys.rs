@@ -34,9 +34,10 @@ fn set_int_opt(
     check(ret).map(drop)
 }
 
-/// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT, so that every shard can bind
-/// its own socket to the same address and the kernel spreads clients across them.
-pub fn bind_reuseport(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// A non-blocking UDP socket bound to `addr`. With `reuseport`, every shard binds its own socket
+/// to the same address and the kernel spreads clients across them; without, the bind fails
+/// while any other socket holds the address (how a router makes sure the port is its own).
+pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -51,7 +52,9 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: `raw` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if reuseport {
+        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     // Large buffers absorb bursts; the kernel caps them at net.core.*mem_max, which is fine.
     let _ = set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 8 << 20);
     let _ = set_int_opt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);

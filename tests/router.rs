@@ -1,0 +1,283 @@
+//! End to end: real `router` processes on loopback, driven by the test's own DuckChat client,
+//! for `--cores 1` and `--cores 2` and both I/O backends.
+
+mod support;
+
+use support::{free_port, say_text, until_federated, Client, Reply, Router};
+
+/// Every (cores, io) combination the router must work with.
+const MATRIX: [(&str, &str); 4] = [("1", "mmsg"), ("2", "mmsg"), ("1", "uring"), ("2", "uring")];
+
+/// Short soft-state timers so that expiry and re-join happen within a test.
+fn flags<'a>(cores: &'a str, io: &'a str) -> Vec<&'a str> {
+    vec![
+        "--cores",
+        cores,
+        "--io",
+        io,
+        "--s2s-refresh",
+        "300ms",
+        "--s2s-timeout",
+        "1s",
+        "--user-timeout",
+        "5s",
+    ]
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn single_server(cores: &str, io: &str) {
+    let router = Router::start(free_port(), &[], &flags(cores, io));
+    let stranger = Client::new(router.addr());
+    stranger.join("x");
+    assert_eq!(stranger.expect(), Reply::Error("Not logged in".into()));
+
+    let zed = Client::connect(router.addr(), "zed");
+    let amy = Client::connect(router.addr(), "amy");
+    zed.say("Common", "hello");
+    let hello = Reply::Say {
+        channel: "Common".into(),
+        user: "zed".into(),
+        text: "hello".into(),
+    };
+    assert_eq!(zed.expect(), hello, "echo to the sender");
+    assert_eq!(amy.expect(), hello);
+
+    amy.join("dev");
+    amy.who("dev"); // answered after the join: same client, same shard, in order
+    assert_eq!(
+        amy.expect(),
+        Reply::Who {
+            channel: "dev".into(),
+            users: vec!["amy".into()]
+        }
+    );
+    zed.who("Common");
+    assert_eq!(
+        zed.expect(),
+        Reply::Who {
+            channel: "Common".into(),
+            users: vec!["amy".into(), "zed".into()]
+        }
+    );
+    zed.list();
+    assert_eq!(
+        zed.expect(),
+        Reply::List(vec!["Common".into(), "dev".into()])
+    );
+    zed.leave("dev");
+    assert_eq!(
+        zed.expect(),
+        Reply::Error("You are not in channel dev".into())
+    );
+    zed.who("nope");
+    assert_eq!(
+        zed.expect(),
+        Reply::Error("No channel by the name nope".into())
+    );
+    zed.say("nope", "x");
+    assert_eq!(
+        zed.expect(),
+        Reply::Error("No channel by the name nope".into())
+    );
+    zed.raw(&99i32.to_le_bytes());
+    assert_eq!(zed.expect(), Reply::Error("*Unknown command".into()));
+
+    // Per-client order through the shards.
+    for i in 0..50 {
+        zed.say("Common", &format!("m{i}"));
+    }
+    let got: Vec<String> = (0..50)
+        .map(|_| say_text(&amy.expect()).unwrap().to_string())
+        .collect();
+    assert_eq!(got, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
+
+    amy.logout();
+    zed.drain();
+    zed.who("Common");
+    assert_eq!(
+        zed.expect(),
+        Reply::Who {
+            channel: "Common".into(),
+            users: vec!["zed".into()]
+        }
+    );
+
+    let (status, output) = router.interrupt();
+    assert!(status.success(), "clean exit on SIGINT: {output:?}");
+    let shard_lines = output.iter().filter(|l| l.starts_with("shard ")).count();
+    assert_eq!(shard_lines, cores.parse::<usize>().unwrap(), "{output:?}");
+}
+
+fn two_servers(cores: &str, io: &str) {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Router::start(pa, &[pb], &flags(cores, io));
+    let b = Router::start(pb, &[pa], &flags(cores, io));
+    let alice = Client::connect(a.addr(), "alice");
+    let bob = Client::connect(b.addr(), "bob");
+    until_federated(&alice, &bob, "probe");
+    for i in 0..20 {
+        alice.say("Common", &format!("a{i}"));
+        bob.say("Common", &format!("b{i}"));
+    }
+    for c in [&alice, &bob] {
+        let got: Vec<String> = c
+            .drain()
+            .iter()
+            .filter_map(say_text)
+            .map(String::from)
+            .collect();
+        let mut expected: Vec<String> = (0..20)
+            .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+            .collect();
+        expected.sort();
+        assert_eq!(sorted(got), expected, "each message exactly once");
+    }
+}
+
+fn triangle(cores: &str, io: &str) {
+    let p = [free_port(), free_port(), free_port()];
+    let routers: Vec<Router> = (0..3)
+        .map(|i| Router::start(p[i], &[p[(i + 1) % 3], p[(i + 2) % 3]], &flags(cores, io)))
+        .collect();
+    let users: Vec<Client> = routers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Client::connect(r.addr(), &format!("u{i}")))
+        .collect();
+    until_federated(&users[0], &users[1], "probe");
+    until_federated(&users[1], &users[2], "probe");
+    until_federated(&users[2], &users[0], "probe");
+    for round in 0..5 {
+        for (i, sender) in users.iter().enumerate() {
+            let text = format!("{i}-{round}");
+            sender.say("Common", &text);
+            for u in &users {
+                u.wait_for(|r| say_text(r) == Some(text.as_str()));
+            }
+        }
+    }
+    for u in &users {
+        let extra: Vec<Reply> = u.drain();
+        assert!(extra.is_empty(), "no duplicates: {extra:?}");
+    }
+}
+
+fn neighbor_killed_and_restarted(cores: &str, io: &str) {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Router::start(pa, &[pb], &flags(cores, io));
+    let mut b = Router::start(pb, &[pa], &flags(cores, io));
+    let alice = Client::connect(a.addr(), "alice");
+    let bob = Client::connect(b.addr(), "bob");
+    until_federated(&alice, &bob, "before");
+    b.kill();
+    // alice's server keeps serving her while its neighbor is gone.
+    alice.say("Common", "alone");
+    assert_eq!(say_text(&alice.expect()), Some("alone"));
+    let b = Router::start(pb, &[pa], &flags(cores, io));
+    let bob = Client::connect(b.addr(), "bob");
+    until_federated(&alice, &bob, "after");
+    until_federated(&bob, &alice, "back");
+}
+
+fn malformed_flood(cores: &str, io: &str) {
+    let router = Router::start(free_port(), &[], &flags(cores, io));
+    let mut rng = chat_router::rng::Rng::new(7);
+    let attackers: Vec<Client> = (0..8).map(|_| Client::new(router.addr())).collect();
+    for i in 0..20_000usize {
+        let len = rng.below(200) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if len >= 4 && i % 2 == 0 {
+            bytes[..4].copy_from_slice(&(rng.below(12) as i32 - 1).to_le_bytes());
+        }
+        attackers[i % 8].raw(&bytes);
+    }
+    let user = Client::connect(router.addr(), "survivor");
+    user.say("Common", "still here");
+    let reply = user.wait_for(|r| matches!(r, Reply::Say { .. }));
+    assert_eq!(say_text(&reply), Some("still here"));
+    let (status, output) = router.interrupt();
+    assert!(status.success());
+    let decode_errors: u64 = output
+        .iter()
+        .filter_map(|l| l.split("decode_errors=").nth(1))
+        .map(|s| s.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(decode_errors > 1000, "garbage was counted: {output:?}");
+}
+
+macro_rules! matrix {
+    ($($name:ident => $body:ident,)*) => {$(
+        #[test]
+        fn $name() {
+            for (cores, io) in MATRIX {
+                eprintln!("--cores {cores} --io {io}");
+                $body(cores, io);
+            }
+        }
+    )*};
+}
+
+matrix! {
+    single_server_behaviour_and_errors => single_server,
+    two_server_federation => two_servers,
+    triangle_delivers_each_message_once => triangle,
+    a_killed_neighbor_rejoins_after_restart => neighbor_killed_and_restarted,
+    a_flood_of_malformed_datagrams_leaves_it_answering => malformed_flood,
+}
+
+#[test]
+fn bad_arguments_give_one_line_and_a_nonzero_exit() {
+    for args in [
+        &["127.0.0.1"][..],
+        &["127.0.0.1", "notaport"],
+        &["--user-timeout", "5"],
+        &["--cores", "0"],
+        &["--bogus"],
+        &["--io", "carrier-pigeon"],
+        &["no.such.host.invalid.", "4000"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("router: "), "{stderr}");
+    }
+}
+
+#[test]
+fn a_second_router_on_a_taken_port_refuses_to_start() {
+    let first = Router::start(free_port(), &[], &["--cores", "2"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
+        .args(["--listen", &first.addr().to_string(), "--cores", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot bind {}", first.addr())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn verbose_prints_the_course_log_lines() {
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Router::start(pa, &[pb], &["--cores", "1", "-v"]);
+    let _b = Router::start(pb, &[pa], &["--cores", "1"]);
+    let _alice = Client::connect(a.addr(), "alice");
+    a.wait_for_line("recv Request login alice", support::WAIT);
+    a.wait_for_line("recv Request join alice Common", support::WAIT);
+    let line = a.wait_for_line("send S2S Join Common", support::WAIT);
+    assert_eq!(
+        line,
+        format!("127.0.0.1:{pa} 127.0.0.1:{pb} send S2S Join Common")
+    );
+}

@@ -1,0 +1,306 @@
+//! Real `router` processes on loopback and a DuckChat client written here from the spec's
+//! struct layouts (deliberately not the router's own codec). Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long silence must last before "nothing more arrives" is believed.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A port that was free a moment ago (the kernel hands out ephemeral ports at random).
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Router {
+    pub child: Child,
+    pub port: u16,
+    lines: Receiver<String>,
+    pub output: Vec<String>,
+}
+
+impl Router {
+    /// Starts `router 127.0.0.1 PORT [127.0.0.1 NEIGHBOR]... EXTRA...` and waits until it listens.
+    pub fn start(port: u16, neighbors: &[u16], extra: &[&str]) -> Router {
+        let mut args = vec!["127.0.0.1".to_string(), port.to_string()];
+        for n in neighbors {
+            args.push("127.0.0.1".into());
+            args.push(n.to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start router");
+        let (tx, lines) = channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut router = Router {
+            child,
+            port,
+            lines,
+            output: Vec::new(),
+        };
+        router.wait_for_line("listening on", WAIT);
+        router
+    }
+
+    /// Waits for an output line containing `needle`; panics with the output so far if none comes.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.output.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "router on {} never printed {needle:?}; output: {:#?}",
+            self.port, self.output
+        );
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGINT, then the exit status and everything it printed.
+    pub fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "router did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.output.push(line);
+        }
+        (status, std::mem::take(&mut self.output))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Say {
+        channel: String,
+        user: String,
+        text: String,
+    },
+    List(Vec<String>),
+    Who {
+        channel: String,
+        users: Vec<String>,
+    },
+    Error(String),
+    Other(Vec<u8>),
+}
+
+fn cstr(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+fn names(bytes: &[u8], count_at: usize, from: usize) -> Vec<String> {
+    let n = i32::from_le_bytes(bytes[count_at..count_at + 4].try_into().unwrap()).max(0) as usize;
+    bytes[from..].chunks_exact(32).take(n).map(cstr).collect()
+}
+
+fn parse(b: &[u8]) -> Reply {
+    let kind = if b.len() >= 4 {
+        i32::from_le_bytes(b[..4].try_into().unwrap())
+    } else {
+        -1
+    };
+    match (kind, b.len()) {
+        (0, 132) => Reply::Say {
+            channel: cstr(&b[4..36]),
+            user: cstr(&b[36..68]),
+            text: cstr(&b[68..132]),
+        },
+        (1, n) if n >= 8 => Reply::List(names(b, 4, 8)),
+        (2, n) if n >= 40 => Reply::Who {
+            channel: cstr(&b[8..40]),
+            users: names(b, 4, 40),
+        },
+        (3, 68) => Reply::Error(cstr(&b[4..68])),
+        _ => Reply::Other(b.to_vec()),
+    }
+}
+
+pub struct Client {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+fn with_field(mut buf: Vec<u8>, s: &str, width: usize) -> Vec<u8> {
+    let mut field = vec![0u8; width];
+    let n = s.len().min(width - 1);
+    field[..n].copy_from_slice(&s.as_bytes()[..n]);
+    buf.extend_from_slice(&field);
+    buf
+}
+
+fn head(kind: i32) -> Vec<u8> {
+    kind.to_le_bytes().to_vec()
+}
+
+impl Client {
+    pub fn new(server: SocketAddr) -> Client {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Client { sock, server }
+    }
+
+    /// Logs in and joins Common, as the stock client does, then waits until WHO lists the
+    /// user: the join has then reached the channel's owner shard, so messages said from now on
+    /// reach this client. (Two clients' datagrams may land on different shards, and nothing
+    /// orders one client's JOIN before another client's SAY.)
+    #[track_caller]
+    pub fn connect(server: SocketAddr, name: &str) -> Client {
+        let c = Client::new(server);
+        c.login(name);
+        c.join("Common");
+        c.who("Common");
+        c.wait_for(|r| matches!(r, Reply::Who { users, .. } if users.iter().any(|u| u == name)));
+        c
+    }
+
+    pub fn raw(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.server).unwrap();
+    }
+
+    pub fn login(&self, name: &str) {
+        self.raw(&with_field(head(0), name, 32));
+    }
+    pub fn logout(&self) {
+        self.raw(&head(1));
+    }
+    pub fn join(&self, channel: &str) {
+        self.raw(&with_field(head(2), channel, 32));
+    }
+    pub fn leave(&self, channel: &str) {
+        self.raw(&with_field(head(3), channel, 32));
+    }
+    pub fn say(&self, channel: &str, text: &str) {
+        self.raw(&with_field(with_field(head(4), channel, 32), text, 64));
+    }
+    pub fn list(&self) {
+        self.raw(&head(5));
+    }
+    pub fn who(&self, channel: &str) {
+        self.raw(&with_field(head(6), channel, 32));
+    }
+    pub fn keep_alive(&self) {
+        self.raw(&head(7));
+    }
+
+    /// The next datagram, or None after `limit`.
+    pub fn recv(&self, limit: Duration) -> Option<Reply> {
+        self.sock
+            .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 65536];
+        match self.sock.recv_from(&mut buf) {
+            Ok((n, _)) => Some(parse(&buf[..n])),
+            Err(_) => None,
+        }
+    }
+
+    /// The next datagram; panics if none arrives in time.
+    #[track_caller]
+    pub fn expect(&self) -> Reply {
+        self.recv(WAIT).expect("a reply within the wait limit")
+    }
+
+    /// Waits for a reply that satisfies `want`, skipping others; panics after the wait limit.
+    #[track_caller]
+    pub fn wait_for(&self, want: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Some(r) = self.recv(left) {
+                if want(&r) {
+                    return r;
+                }
+            }
+        }
+        panic!("no matching reply within {WAIT:?}");
+    }
+
+    /// Everything that arrives until the line is quiet for [`QUIET`].
+    pub fn drain(&self) -> Vec<Reply> {
+        let mut got = Vec::new();
+        while let Some(r) = self.recv(QUIET) {
+            got.push(r);
+        }
+        got
+    }
+}
+
+pub fn say_text(r: &Reply) -> Option<&str> {
+    match r {
+        Reply::Say { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+/// Repeats `send(i)` until `receiver` sees one of them: the federation's trees are then in place.
+pub fn until_federated(sender: &Client, receiver: &Client, tag: &str) {
+    let deadline = Instant::now() + WAIT;
+    for i in 0.. {
+        assert!(Instant::now() < deadline, "federation never carried {tag}");
+        sender.say("Common", &format!("{tag}{i}"));
+        if let Some(Reply::Say { text, .. }) = receiver.recv(Duration::from_millis(100)) {
+            if text.starts_with(tag) {
+                break;
+            }
+        }
+    }
+    // Let stragglers of the probe arrive and discard them.
+    sender.drain();
+    receiver.drain();
+}
