@@ -82,7 +82,7 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, ConfigError> {
 
 /// The course form `HOST PORT [NEIGHBOR_HOST NEIGHBOR_PORT]...`: (listen, neighbors).
 pub fn parse_course_args(args: &[String]) -> Result<(SocketAddr, Vec<SocketAddr>), ConfigError> {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Err(ConfigError::OddArguments(args.join(" ")));
     }
     let mut pairs = args

@@ -87,7 +87,7 @@ impl Engine {
     fn ensure_channel(&mut self, name: Name, out: &mut Outbox) {
         if !self.channels.owned.contains_key(&name) {
             self.channels.create(name);
-            self.to_all_shards(ShardMsg::ChannelAdded(name), out);
+            self.broadcast(ShardMsg::ChannelAdded(name), out);
         }
     }
 
@@ -166,7 +166,7 @@ impl Engine {
         channel.subscribed = false;
         if name.as_bytes() != COMMON.as_bytes() {
             self.channels.owned.remove(&name);
-            self.to_all_shards(ShardMsg::ChannelRemoved(name), out);
+            self.broadcast(ShardMsg::ChannelRemoved(name), out);
         }
     }
 
@@ -223,7 +223,7 @@ impl Engine {
             .filter(|&s| channel.per_shard[s as usize] > 0)
             .collect();
         for shard in shards {
-            self.to_shard(
+            self.send_to_shard(
                 shard,
                 ShardMsg::Deliver {
                     channel: name,
@@ -377,9 +377,8 @@ impl Engine {
     }
 
     /// A neighbor's datagram, received on this shard: decoded here, decided by the owner.
-    pub(super) fn from_neighbor(
+    pub(super) fn neighbor_datagram(
         &mut self,
-        _now: Duration,
         neighbor: u16,
         src: SocketAddr,
         inbound: Inbound<'_>,
@@ -404,7 +403,7 @@ impl Engine {
         if self.cfg.verbose {
             self.log_s2s(src, "recv", &inbound, out);
         }
-        self.to_owner(ShardMsg::FromNeighbor { neighbor, s2s }, out);
+        self.send_to_owner(ShardMsg::FromNeighbor { neighbor, s2s }, out);
     }
 
     fn send_s2s(&mut self, neighbor: u16, datagram: Inbound<'_>, out: &mut Outbox) {

@@ -56,7 +56,7 @@ impl Engine {
                 let channel = Name::truncating(channel);
                 if self.require_member(src, &channel, out) {
                     let text = Text::truncating(text);
-                    self.to_owner(
+                    self.send_to_owner(
                         ShardMsg::Said {
                             channel,
                             user,
@@ -69,7 +69,7 @@ impl Engine {
             Inbound::List => self.answer_list(src, out),
             Inbound::Who { channel } => {
                 let channel = Name::truncating(channel);
-                self.to_owner(
+                self.send_to_owner(
                     ShardMsg::Who {
                         channel,
                         client: src,
@@ -115,7 +115,7 @@ impl Engine {
                     user: name,
                     home: self.shard,
                 };
-                self.to_owner(msg, out);
+                self.send_to_owner(msg, out);
             }
             return;
         }
@@ -138,7 +138,7 @@ impl Engine {
         };
         for channel in session.channels {
             self.remove_local_member(&channel, src);
-            self.to_owner(
+            self.send_to_owner(
                 ShardMsg::Left {
                     channel,
                     client: src,
@@ -170,7 +170,7 @@ impl Engine {
             user,
             home: self.shard,
         };
-        self.to_owner(msg, out);
+        self.send_to_owner(msg, out);
     }
 
     fn leave(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
@@ -181,7 +181,7 @@ impl Engine {
             session.channels.retain(|c| *c != channel);
         }
         self.remove_local_member(&channel, src);
-        self.to_owner(
+        self.send_to_owner(
             ShardMsg::Left {
                 channel,
                 client: src,

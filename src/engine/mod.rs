@@ -254,7 +254,7 @@ impl Engine {
         self.counters.datagrams_in.inc();
         match duckchat::decode_inbound(buf, self.cfg.say_layout) {
             Ok(inbound) => match self.neighbor_index.get(&src) {
-                Some(&n) if is_s2s(&inbound) => self.from_neighbor(now, n, src, inbound, out),
+                Some(&n) if is_s2s(&inbound) => self.neighbor_datagram(n, src, inbound, out),
                 _ if is_s2s(&inbound) => self.counters.dropped(DropReason::NotNeighbor),
                 _ => self.client_request(now, src, inbound, out),
             },
@@ -324,23 +324,23 @@ impl Engine {
     }
 
     /// Sends `msg` to `shard`; to itself it goes through the loopback queue.
-    fn to_shard(&mut self, shard: u16, msg: ShardMsg, out: &mut Outbox) {
+    fn send_to_shard(&mut self, shard: u16, msg: ShardMsg, out: &mut Outbox) {
         if shard == self.shard {
             self.loopback.push_back(msg);
         } else {
-            out.to_shard(shard, msg);
+            out.queue(shard, msg);
         }
     }
 
     /// Sends `msg` to the owner of its channel.
-    fn to_owner(&mut self, msg: ShardMsg, out: &mut Outbox) {
+    fn send_to_owner(&mut self, msg: ShardMsg, out: &mut Outbox) {
         let owner = msg.channel().map_or(0, |c| self.owner(c));
-        self.to_shard(owner, msg, out);
+        self.send_to_shard(owner, msg, out);
     }
 
-    fn to_all_shards(&mut self, msg: ShardMsg, out: &mut Outbox) {
+    fn broadcast(&mut self, msg: ShardMsg, out: &mut Outbox) {
         for shard in 0..self.shards {
-            self.to_shard(shard, msg, out);
+            self.send_to_shard(shard, msg, out);
         }
     }
 

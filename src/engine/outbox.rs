@@ -83,7 +83,7 @@ impl Outbox {
         &self.sends
     }
 
-    pub(super) fn to_shard(&mut self, shard: u16, msg: ShardMsg) {
+    pub(super) fn queue(&mut self, shard: u16, msg: ShardMsg) {
         self.msgs.push((shard, msg));
     }
 
