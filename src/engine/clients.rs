@@ -137,15 +137,7 @@ impl Engine {
             return;
         };
         for channel in session.channels {
-            self.remove_local_member(&channel, src);
-            self.send_to_owner(
-                ShardMsg::Left {
-                    channel,
-                    client: src,
-                    home: self.shard,
-                },
-                out,
-            );
+            self.part(src, channel, out);
         }
     }
 
@@ -180,15 +172,7 @@ impl Engine {
         if let Some(session) = self.clients.sessions.get_mut(&src) {
             session.channels.retain(|c| *c != channel);
         }
-        self.remove_local_member(&channel, src);
-        self.send_to_owner(
-            ShardMsg::Left {
-                channel,
-                client: src,
-                home: self.shard,
-            },
-            out,
-        );
+        self.part(src, channel, out);
     }
 
     /// True when the user at `src` is in `channel`; otherwise answers with the right error.
@@ -209,15 +193,22 @@ impl Engine {
         member
     }
 
-    fn remove_local_member(&mut self, channel: &Name, src: SocketAddr) {
-        if let Some(members) = self.clients.local.get_mut(channel) {
+    /// Takes `src` off this shard's member list of `channel` and tells the channel's owner.
+    fn part(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
+        if let Some(members) = self.clients.local.get_mut(&channel) {
             if let Some(i) = members.iter().position(|&m| m == src) {
                 members.swap_remove(i);
             }
             if members.is_empty() {
-                self.clients.local.remove(channel);
+                self.clients.local.remove(&channel);
             }
         }
+        let msg = ShardMsg::Left {
+            channel,
+            client: src,
+            home: self.shard,
+        };
+        self.send_to_owner(msg, out);
     }
 
     fn answer_list(&mut self, src: SocketAddr, out: &mut Outbox) {
