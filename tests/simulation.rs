@@ -466,3 +466,25 @@ fn a_duplicate_id_is_answered_with_leave_and_not_delivered() {
     assert_eq!(sim.says(user), ["Common far once"]);
     assert_eq!(sim.s2s_sent(duckchat::S2S_LEAVE, since), [(4000, 4002)]);
 }
+
+#[test]
+fn error_texts_never_ping_pong_between_servers() {
+    // Two servers that are not each other's neighbors; a spoofed datagram "from" 4001 makes
+    // 4000 answer 4001 with an error. Neither server may answer an error with an error.
+    let mut sim = Sim::topology(70, 1, &[(4000, &[]), (4001, &[])]);
+    sim.send_raw(addr(4001), 4000, 42i32.to_le_bytes().to_vec());
+    sim.run_for(SETTLE);
+    let errors = sim.s2s_sent(duckchat::TXT_ERROR, Duration::ZERO);
+    assert_eq!(errors, [(4000, 4001)], "one error, then silence");
+    let suppressed: u64 = [4000, 4001]
+        .iter()
+        .map(|&p| sim.engine(p, 0).counters().errors_suppressed.get())
+        .sum();
+    assert_eq!(suppressed, 1);
+
+    // And a configured neighbor never gets an error text.
+    let mut sim = Sim::topology(71, 1, &[(4000, &[4001])]);
+    sim.send_raw(addr(4001), 4000, 42i32.to_le_bytes().to_vec());
+    sim.run_for(SETTLE);
+    assert!(sim.s2s_sent(duckchat::TXT_ERROR, Duration::ZERO).is_empty());
+}

@@ -244,6 +244,10 @@ impl Engine {
     }
 
     pub(super) fn error(&mut self, dst: SocketAddr, message: &[u8], out: &mut Outbox) {
+        if self.mute_errors || self.neighbor_index.contains_key(&dst) {
+            // Servers never get error texts: they would answer them (see handle_datagram).
+            return self.counters.errors_suppressed.inc();
+        }
         self.counters.errors_sent.inc();
         out.send_new(dst, duckchat::TXT_ERROR_LEN, |buf| {
             duckchat::encode_txt_error(buf, message)

@@ -73,6 +73,7 @@ pub struct Counters {
     pub deliveries: Counter,
     pub decode_errors: Counter,
     pub errors_sent: Counter,
+    pub errors_suppressed: Counter,
     pub s2s_in: Counter,
     pub s2s_out: Counter,
     pub duplicates: Counter,
@@ -99,13 +100,14 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "in={} out={} deliveries={} decode_errors={} errors_sent={} s2s_in={} s2s_out={} \
-             duplicates={} users_expired={} neighbors_expired={}",
+            "in={} out={} deliveries={} decode_errors={} errors_sent={} errors_suppressed={} \
+             s2s_in={} s2s_out={} duplicates={} users_expired={} neighbors_expired={}",
             self.datagrams_in.get(),
             self.datagrams_out.get(),
             self.deliveries.get(),
             self.decode_errors.get(),
             self.errors_sent.get(),
+            self.errors_suppressed.get(),
             self.s2s_in.get(),
             self.s2s_out.get(),
             self.duplicates.get(),

@@ -182,6 +182,8 @@ pub struct Engine {
     channels: channels::Channels,
     next_refresh: Duration,
     next_sweep: Duration,
+    /// Set while handling a datagram that must not be answered with an error.
+    mute_errors: bool,
 }
 
 impl Engine {
@@ -209,6 +211,7 @@ impl Engine {
             channels: channels::Channels::new(&cfg, id_hash, shards),
             next_refresh: now + cfg.s2s_refresh,
             next_sweep: now + Self::sweep_period(&cfg),
+            mute_errors: false,
             owner_hash,
             cfg,
         };
@@ -252,6 +255,11 @@ impl Engine {
         out: &mut Outbox,
     ) {
         self.counters.datagrams_in.inc();
+        // A TXT_ERROR another server sent us reads as a LEAVE request (type 3, longer than its
+        // struct); answering it with an error of our own would start an endless ping-pong
+        // between two servers (one spoofed datagram is enough). Such datagrams get no error.
+        self.mute_errors = buf.len() == duckchat::TXT_ERROR_LEN
+            && duckchat::type_code(buf) == Some(duckchat::TXT_ERROR);
         match duckchat::decode_inbound(buf, self.cfg.say_layout) {
             Ok(inbound) => match self.neighbor_index.get(&src) {
                 Some(&n) if is_s2s(&inbound) => self.neighbor_datagram(n, src, inbound, out),
