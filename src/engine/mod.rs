@@ -150,7 +150,8 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
-    fn channel(&self) -> Option<&Name> {
+    /// The channel a message is about: it decides the owner shard.
+    fn channel(&self) -> &Name {
         match self {
             ShardMsg::Joined { channel, .. }
             | ShardMsg::Left { channel, .. }
@@ -158,12 +159,12 @@ impl ShardMsg {
             | ShardMsg::Who { channel, .. }
             | ShardMsg::Deliver { channel, .. }
             | ShardMsg::ChannelAdded(channel)
-            | ShardMsg::ChannelRemoved(channel) => Some(channel),
-            ShardMsg::FromNeighbor { s2s, .. } => Some(match s2s {
+            | ShardMsg::ChannelRemoved(channel) => channel,
+            ShardMsg::FromNeighbor { s2s, .. } => match s2s {
                 S2s::Join { channel } | S2s::Leave { channel } | S2s::Say { channel, .. } => {
                     channel
                 }
-            }),
+            },
         }
     }
 }
@@ -342,7 +343,7 @@ impl Engine {
 
     /// Sends `msg` to the owner of its channel.
     fn send_to_owner(&mut self, msg: ShardMsg, out: &mut Outbox) {
-        let owner = msg.channel().map_or(0, |c| self.owner(c));
+        let owner = self.owner(msg.channel());
         self.send_to_shard(owner, msg, out);
     }
 
