@@ -130,13 +130,7 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                let counters = engine.counters().clone();
-                match Backend::new(
-                    io_kind,
-                    socket,
-                    shared.wakers[shard].eventfd.raw(),
-                    counters,
-                ) {
+                match Backend::new(io_kind, socket, shared.wakers[shard].eventfd.raw()) {
                     Ok(backend) => {
                         let _ = ready.send(Ok(()));
                         shard_loop(shard, engine, backend, &shared);
@@ -264,7 +258,7 @@ fn shard_loop(me: usize, mut engine: Engine, mut backend: Backend, shared: &Shar
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.epoch.elapsed();
         let mut work = drain_inbox(me, now, &mut engine, &mut out, shared);
-        work += backend.recv(&mut |src, bytes| {
+        work += backend.recv(&counters, &mut |src, bytes| {
             // Causality: a message another shard queued before this datagram arrived (say, the
             // directory entry for a channel whose creation the sender has already seen
             // acknowledged) is handled first. Empty queues cost a few loads.

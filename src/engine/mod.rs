@@ -233,10 +233,6 @@ impl Engine {
         &self.counters
     }
 
-    pub fn shard(&self) -> u16 {
-        self.shard
-    }
-
     /// The shard that owns `channel`.
     pub fn owner(&self, channel: &Name) -> u16 {
         (self.owner_hash.hash_one(channel) % self.shards as u64) as u16

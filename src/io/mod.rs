@@ -10,7 +10,6 @@ mod uring;
 use crate::engine::{Counters, Outbox};
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Receive buffer size: every DuckChat datagram is far smaller; longer ones are truncated,
@@ -48,23 +47,18 @@ pub enum Backend {
 
 impl Backend {
     /// A backend of `kind` (Uring or Mmsg, as returned by [`choose`]) over `socket`.
-    pub fn new(
-        kind: IoKind,
-        socket: OwnedFd,
-        wake: RawFd,
-        counters: Arc<Counters>,
-    ) -> std::io::Result<Self> {
+    pub fn new(kind: IoKind, socket: OwnedFd, wake: RawFd) -> std::io::Result<Self> {
         Ok(match kind {
             IoKind::Uring | IoKind::Auto => {
-                Backend::Uring(Box::new(uring::Uring::new(socket, wake, counters)?))
+                Backend::Uring(Box::new(uring::Uring::new(socket, wake)?))
             }
             IoKind::Mmsg => Backend::Mmsg(Box::new(mmsg::Mmsg::new(socket, wake))),
         })
     }
 
-    pub fn recv(&mut self, on: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
+    pub fn recv(&mut self, counters: &Counters, on: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
         match self {
-            Backend::Uring(b) => b.recv(on),
+            Backend::Uring(b) => b.recv(counters, on),
             Backend::Mmsg(b) => b.recv(on),
         }
     }

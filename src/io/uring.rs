@@ -105,7 +105,6 @@ pub struct Uring {
     bufs: BufRing,
     fd: OwnedFd,
     wake: RawFd,
-    counters: std::sync::Arc<Counters>,
     recv_hdr: Box<libc::msghdr>,
     recv_armed: bool,
     wake_armed: bool,
@@ -115,7 +114,7 @@ pub struct Uring {
 }
 
 impl Uring {
-    pub fn new(fd: OwnedFd, wake: RawFd, counters: std::sync::Arc<Counters>) -> io::Result<Self> {
+    pub fn new(fd: OwnedFd, wake: RawFd) -> io::Result<Self> {
         let ring = IoUring::builder().setup_cqsize(8192).build(1024)?;
         let bufs = BufRing::new()?;
         // SAFETY: the ring memory stays mapped until `bufs` drops, after `ring` (field order).
@@ -140,7 +139,6 @@ impl Uring {
             bufs,
             fd,
             wake,
-            counters,
             recv_hdr,
             recv_armed: false,
             wake_armed: false,
@@ -178,16 +176,16 @@ impl Uring {
     }
 
     /// Handles every completion that is ready; returns how many datagrams were handled.
-    pub fn recv(&mut self, on: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
+    pub fn recv(&mut self, counters: &Counters, on: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
         let mut handled = 0;
         while let Some((data, result, flags)) = self.pending.pop_front() {
-            handled += self.complete(data, result, flags, on);
+            handled += self.complete(counters, data, result, flags, on);
         }
         loop {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
             };
-            handled += self.complete(cqe.user_data(), cqe.result(), cqe.flags(), on);
+            handled += self.complete(counters, cqe.user_data(), cqe.result(), cqe.flags(), on);
         }
         if !(self.recv_armed && self.wake_armed) {
             let _ = self.arm();
@@ -197,6 +195,7 @@ impl Uring {
 
     fn complete(
         &mut self,
+        counters: &Counters,
         data: u64,
         result: i32,
         flags: u32,
@@ -208,7 +207,7 @@ impl Uring {
                     self.recv_armed = false;
                 }
                 if result == -libc::ENOBUFS {
-                    self.counters.dropped(DropReason::NoBuffer);
+                    counters.dropped(DropReason::NoBuffer);
                 }
                 let Some(bid) = cqueue::buffer_select(flags) else {
                     return 0;
