@@ -206,10 +206,17 @@ fn wait_for_stop(
 ) {
     let period = every.unwrap_or(Duration::from_secs(3600));
     let mut last = (epoch.elapsed(), Totals::of(counters));
+    let mut next = last.0 + period;
     loop {
-        if sys::wait_signal(signals, period).is_some() {
+        // sigtimedwait can return early (EINTR), so the period is kept by deadline.
+        let left = next.saturating_sub(epoch.elapsed());
+        if sys::wait_signal(signals, left).is_some() {
             return;
         }
+        if epoch.elapsed() < next {
+            continue;
+        }
+        next += period;
         if every.is_some() {
             let now = (epoch.elapsed(), Totals::of(counters));
             let secs = (now.0 - last.0).as_secs_f64().max(1e-9);

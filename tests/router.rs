@@ -286,3 +286,33 @@ fn verbose_prints_the_course_log_lines() {
         format!("127.0.0.1:{pa} 127.0.0.1:{pb} send S2S Join Common")
     );
 }
+
+#[test]
+fn stats_every_reports_traffic_and_sigterm_prints_the_counters() {
+    let mut router = Router::start(free_port(), &[], &["--cores", "2", "--stats-every", "100ms"]);
+    let amy = Client::connect(router.addr(), "amy");
+    for i in 0..5 {
+        amy.say("Common", &format!("m{i}"));
+        amy.wait_for(|r| matches!(r, Reply::Say { .. }));
+    }
+    // The periodic line eventually covers everything amy caused: at least five deliveries.
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let line = router.wait_for_line("stats: ", support::WAIT);
+        let deliveries: u64 = line
+            .split("deliveries=")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no deliveries in {line:?}"));
+        if deliveries >= 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{line}");
+    }
+    let (status, output) = router.signal("TERM");
+    assert!(status.success(), "clean exit on SIGTERM: {output:?}");
+    let shards: Vec<&String> = output.iter().filter(|l| l.starts_with("shard ")).collect();
+    assert_eq!(shards.len(), 2, "{output:?}");
+    assert!(shards.iter().all(|l| l.contains("deliveries=")), "{shards:?}");
+}

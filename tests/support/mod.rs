@@ -93,9 +93,15 @@ impl Router {
     }
 
     /// SIGINT, then the exit status and everything it printed.
-    pub fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    pub fn interrupt(self) -> (std::process::ExitStatus, Vec<String>) {
+        self.signal("INT")
+    }
+
+    /// Sends the named signal (`INT`, `TERM`), then returns the exit status and everything the
+    /// router printed.
+    pub fn signal(mut self, name: &str) -> (std::process::ExitStatus, Vec<String>) {
         let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success());
@@ -104,7 +110,7 @@ impl Router {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "router did not stop on SIGINT");
+            assert!(Instant::now() < deadline, "router did not stop on SIG{name}");
             std::thread::sleep(Duration::from_millis(10));
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
