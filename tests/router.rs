@@ -289,7 +289,11 @@ fn verbose_prints_the_course_log_lines() {
 
 #[test]
 fn stats_every_reports_traffic_and_sigterm_prints_the_counters() {
-    let mut router = Router::start(free_port(), &[], &["--cores", "2", "--stats-every", "100ms"]);
+    let mut router = Router::start(
+        free_port(),
+        &[],
+        &["--cores", "2", "--stats-every", "100ms"],
+    );
     let amy = Client::connect(router.addr(), "amy");
     for i in 0..5 {
         amy.say("Common", &format!("m{i}"));
@@ -314,5 +318,8 @@ fn stats_every_reports_traffic_and_sigterm_prints_the_counters() {
     assert!(status.success(), "clean exit on SIGTERM: {output:?}");
     let shards: Vec<&String> = output.iter().filter(|l| l.starts_with("shard ")).collect();
     assert_eq!(shards.len(), 2, "{output:?}");
-    assert!(shards.iter().all(|l| l.contains("deliveries=")), "{shards:?}");
+    assert!(
+        shards.iter().all(|l| l.contains("deliveries=")),
+        "{shards:?}"
+    );
 }

@@ -110,7 +110,10 @@ impl Router {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "router did not stop on SIG{name}");
+            assert!(
+                Instant::now() < deadline,
+                "router did not stop on SIG{name}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
