@@ -71,11 +71,74 @@ impl Shared {
 /// Starts the shards, blocks until SIGINT or SIGTERM, then stops them and prints their counters.
 pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     let signals = [libc::SIGINT, libc::SIGTERM];
+    // Before any thread exists, so that every shard inherits the mask and only sigtimedwait
+    // below sees the signals.
     sys::block_signals(&signals).map_err(RuntimeError::Signals)?;
-    let (io_kind, fallback) = io::choose(cfg.io).map_err(RuntimeError::Uring)?;
-    if let Some(why) = fallback {
+    let router = start(&cfg)?;
+    if let Some(why) = &router.fallback {
         println!("router: io_uring unavailable ({why}); using recvmmsg/sendmmsg");
     }
+    println!(
+        "router: listening on {} with {} shard(s), {} backend",
+        router.local,
+        router.counters.len(),
+        router.backend
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_stop(
+        &signals,
+        cfg.stats_every,
+        &router.counters,
+        router.shared.epoch,
+    );
+    for (shard, c) in router.stop().iter().enumerate() {
+        println!("shard {shard}: {c}");
+    }
+    Ok(())
+}
+
+/// A router whose shards are running on their own threads (in this process).
+pub struct Running {
+    /// The address the shards listen on (the kernel's choice where port 0 was asked for).
+    pub local: SocketAddr,
+    /// The backend's name, for start-up lines and reports.
+    pub backend: &'static str,
+    /// Why `--io auto` fell back to recvmmsg/sendmmsg, when it did.
+    pub fallback: Option<String>,
+    /// One per shard; readable while the shards run.
+    pub counters: Vec<Arc<Counters>>,
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the shards, waits for their threads, and returns their final counters.
+    pub fn stop(mut self) -> Vec<Arc<Counters>> {
+        self.halt();
+        std::mem::take(&mut self.counters)
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for waker in &self.shared.wakers {
+            waker.eventfd.notify();
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Binds the sockets and starts one pinned thread per shard; returns once every shard is ready.
+/// Shard threads are named `shard-N`, so their CPU time can be read from /proc.
+pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
+    let (io_kind, fallback) = io::choose(cfg.io).map_err(RuntimeError::Uring)?;
     let shards = cfg.cores.max(1);
     let addr = cfg.engine.local;
     claim(addr)?;
@@ -108,9 +171,18 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         epoch: Instant::now(),
         shards,
     });
+    let mut running = Running {
+        local: engine_cfg.local,
+        backend: match io_kind {
+            IoKind::Mmsg => "recvmmsg/sendmmsg",
+            _ => "io_uring",
+        },
+        fallback,
+        counters: Vec::with_capacity(shards),
+        shared: shared.clone(),
+        threads: Vec::with_capacity(shards),
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut counters: Vec<Arc<Counters>> = Vec::with_capacity(shards);
-    let mut threads = Vec::with_capacity(shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for (shard, socket) in sockets.into_iter().enumerate() {
         let engine = Engine::new(
@@ -120,7 +192,7 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
             sys::random_u64(),
             shared.epoch.elapsed(),
         );
-        counters.push(engine.counters().clone());
+        running.counters.push(engine.counters().clone());
         let shared = shared.clone();
         let core = (!cores.is_empty()).then(|| cores[shard % cores.len()]);
         let ready = ready_tx.clone();
@@ -141,41 +213,15 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
                 }
             })
             .map_err(|source| RuntimeError::Shard { shard, source })?;
-        threads.push(thread);
+        running.threads.push(thread);
     }
     drop(ready_tx);
-    let mut failure = None;
     for _ in 0..shards {
         if let Ok(Err(e)) = ready_rx.recv() {
-            failure.get_or_insert(e);
+            return Err(e); // dropping `running` stops the shards that did start
         }
     }
-    if failure.is_none() {
-        let backend = match io_kind {
-            IoKind::Mmsg => "recvmmsg/sendmmsg",
-            _ => "io_uring",
-        };
-        println!(
-            "router: listening on {} with {shards} shard(s), {backend} backend",
-            engine_cfg.local
-        );
-        let _ = std::io::stdout().flush();
-        wait_for_stop(&signals, cfg.stats_every, &counters, shared.epoch);
-    }
-    shared.stop.store(true, Ordering::SeqCst);
-    for waker in &shared.wakers {
-        waker.eventfd.notify();
-    }
-    for thread in threads {
-        let _ = thread.join();
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    for (shard, c) in counters.iter().enumerate() {
-        println!("shard {shard}: {c}");
-    }
-    Ok(())
+    Ok(running)
 }
 
 /// Makes sure no other socket holds `addr` before the shards bind it with SO_REUSEPORT:
