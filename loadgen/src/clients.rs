@@ -1,0 +1,165 @@
+//! The simulated clients' sockets, and getting every client logged in and joined.
+//!
+//! Each client has its own UDP socket on 127.0.0.1, so the router sees it as a distinct
+//! address, as it would a real client. Setup goes channel by channel, in chunks, and checks
+//! with WHO that every member really is in: a LOGIN or JOIN lost to a full socket buffer is
+//! found and sent again, so the measured phase starts from a known membership.
+
+use crate::plan::{channel_name, client_name, Plan};
+use crate::LoadError;
+use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// Members logged in and joined between two WHO checks (keeps bursts under socket buffers).
+const CHUNK: usize = 128;
+/// How long to wait for the rest of a WHO answer.
+const WHO_WAIT: Duration = Duration::from_millis(200);
+const ATTEMPTS: usize = 20;
+/// Descriptors kept free for everything that is not a client socket.
+const SPARE_FDS: u64 = 256;
+
+pub struct Clients {
+    pub sockets: Vec<UdpSocket>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Clients {
+    /// One socket per client, after raising the open-file limit as far as it goes.
+    pub fn bind(n: usize) -> Result<Clients, LoadError> {
+        let wanted = n as u64 + SPARE_FDS;
+        let limit = crate::io::raise_nofile_limit(wanted).map_err(LoadError::Limit)?;
+        if limit < wanted {
+            return Err(LoadError::TooFewDescriptors {
+                clients: n,
+                limit,
+                wanted,
+            });
+        }
+        let mut sockets = Vec::with_capacity(n);
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = UdpSocket::bind("127.0.0.1:0").map_err(LoadError::Socket)?;
+            addrs.push(s.local_addr().map_err(LoadError::Socket)?);
+            sockets.push(s);
+        }
+        Ok(Clients { sockets, addrs })
+    }
+
+    fn send(&self, client: u32, target: SocketAddr, request: Inbound) {
+        let mut buf = [0u8; 128];
+        if let Ok(n) = request.encode(&mut buf, SayLayout::UserFirst) {
+            // A lost request is found by the WHO check and sent again.
+            let _ = self.sockets[client as usize].send_to(&buf[..n], target);
+        }
+    }
+
+    fn login_and_join(&self, client: u32, plan: &Plan, target: SocketAddr) {
+        let name = client_name(client);
+        let channel = channel_name(plan.channel_of[client as usize]);
+        self.send(
+            client,
+            target,
+            Inbound::Login {
+                user: name.as_bytes(),
+            },
+        );
+        self.send(
+            client,
+            target,
+            Inbound::Join {
+                channel: channel.as_bytes(),
+            },
+        );
+    }
+
+    /// Logs every client in and joins it to its channel on the router at `target`.
+    pub fn join_all(&self, plan: &Plan, target: SocketAddr) -> Result<(), LoadError> {
+        for (channel, members) in plan.members.iter().enumerate() {
+            let mut joined = 0;
+            for chunk in members.chunks(CHUNK) {
+                for &c in chunk {
+                    self.login_and_join(c, plan, target);
+                }
+                joined += chunk.len();
+                self.confirm(channel as u32, &members[..joined], plan, target)?;
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+
+    /// Asks WHO from the channel's first member until all of `wanted` are listed, sending
+    /// LOGIN and JOIN again for whoever is missing.
+    fn confirm(
+        &self,
+        channel: u32,
+        wanted: &[u32],
+        plan: &Plan,
+        target: SocketAddr,
+    ) -> Result<(), LoadError> {
+        let name = channel_name(channel);
+        let asker = wanted[0];
+        let sock = &self.sockets[asker as usize];
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .map_err(LoadError::Socket)?;
+        for _ in 0..ATTEMPTS {
+            self.send(
+                asker,
+                target,
+                Inbound::Who {
+                    channel: name.as_bytes(),
+                },
+            );
+            let listed = self.read_who(sock, name.as_bytes(), wanted.len());
+            let missing: Vec<u32> = wanted
+                .iter()
+                .copied()
+                .filter(|c| !listed.contains(client_name(*c).as_bytes()))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            for c in missing {
+                self.login_and_join(c, plan, target);
+            }
+        }
+        Err(LoadError::Setup(format!(
+            "channel {name}: not every member joined after {ATTEMPTS} attempts (is {target} a DuckChat router?)"
+        )))
+    }
+
+    /// The names in WHO answers for `channel` that arrive within [`WHO_WAIT`].
+    fn read_who(&self, sock: &UdpSocket, channel: &[u8], expect: usize) -> HashSet<Vec<u8>> {
+        let mut listed = HashSet::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + WHO_WAIT;
+        while listed.len() < expect && Instant::now() < deadline {
+            let Ok(n) = sock.recv(&mut buf) else { continue };
+            if let Ok(Outbound::Who { channel: c, users }) = duckchat::decode_outbound(&buf[..n]) {
+                if c == channel {
+                    listed.extend(users.iter().map(<[u8]>::to_vec));
+                }
+            }
+        }
+        listed
+    }
+
+    /// Discards whatever setup left in the sockets (errors for requests sent twice).
+    fn drain(&self) {
+        self.make_nonblocking();
+        let mut buf = [0u8; 2048];
+        for s in &self.sockets {
+            while s.recv(&mut buf).is_ok() {}
+        }
+    }
+
+    /// The measured phase waits with epoll and reads until a socket would block.
+    pub fn make_nonblocking(&self) {
+        for s in &self.sockets {
+            // Cannot fail on a bound UDP socket.
+            let _ = s.set_nonblocking(true);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `loadgen`: run a scenario (the default) or compare result files.
+
+use chat_router::config::parse_duration;
+use chat_router::io::IoKind;
+use clap::{Parser, Subcommand};
+use loadgen::plan::Membership;
+use loadgen::report::RunRecord;
+use loadgen::scenario::{self, RunArgs, Scenario};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Floods a chat router with simulated DuckChat clients and tells the truth about latency",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunOpts,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print result files side by side, with each figure's change from the first.
+    Compare {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunOpts {
+    #[arg(long, value_enum, default_value = "fanout")]
+    scenario: Scenario,
+    /// Simulated clients, each with its own UDP socket.
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Members per channel (every client is in one channel).
+    #[arg(long, default_value_t = 10, conflicts_with = "zipf")]
+    members: usize,
+    /// Skewed channel sizes: clients pick one of --channels channels with Zipf exponent S.
+    #[arg(long, value_name = "S")]
+    zipf: Option<f64>,
+    /// Channels for --zipf (default: clients / 10).
+    #[arg(long, requires = "zipf")]
+    channels: Option<usize>,
+    /// Messages per second on an open-loop schedule, or `max` for as fast as possible.
+    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    rate: Rate,
+    /// Measured time, after the warm-up (`10s`, `500ms`, `1m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time sent but not measured, before the measured time.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Receiving threads (each owns a share of the client sockets).
+    #[arg(long, default_value_t = 1)]
+    receivers: usize,
+    /// Shards of the embedded router, and threads of the reflector.
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// I/O backend of the embedded router and of the reflector.
+    #[arg(long, value_enum, default_value = "auto")]
+    io: IoKind,
+    /// An external router to load instead of an embedded one.
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// The external router's pid, to read its shards' CPU time.
+    #[arg(long, requires = "target")]
+    target_pid: Option<u32>,
+    /// Skip the ceiling run that follows `fanout`.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Write the run's JSON and percentile files into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Rate(Option<f64>);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s == "max" {
+        return Ok(Rate(None));
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate(Some(r))),
+        _ => Err(format!(
+            "{s:?} is not a rate: give messages per second (e.g. 50000) or `max`"
+        )),
+    }
+}
+
+fn run(opts: RunOpts) -> Result<(), String> {
+    if opts.clients == 0 || opts.members == 0 || opts.receivers == 0 || opts.cores == 0 {
+        return Err("--clients, --members, --receivers and --cores must be at least 1".into());
+    }
+    let membership = match opts.zipf {
+        Some(exponent) if exponent > 0.0 && exponent.is_finite() => Membership::Zipf {
+            channels: opts.channels.unwrap_or(opts.clients / 10).max(1),
+            exponent,
+        },
+        Some(_) => return Err("--zipf needs a positive exponent".into()),
+        None => Membership::Fixed {
+            members: opts.members,
+        },
+    };
+    let args = RunArgs {
+        scenario: opts.scenario,
+        clients: opts.clients,
+        membership,
+        rate: opts.rate.0,
+        warmup: opts.warmup,
+        duration: opts.duration,
+        receivers: opts.receivers,
+        seed: opts.seed,
+        cores: opts.cores,
+        io: opts.io,
+        target: opts.target,
+        target_pid: opts.target_pid,
+        ceiling: !opts.no_ceiling,
+        quiet: opts.quiet,
+    };
+    if args.duration.is_zero() {
+        return Err("--duration must be longer than zero".into());
+    }
+    let record = scenario::run(&args).map_err(|e| e.to_string())?;
+    print!("{}", record.table());
+    if let Some(dir) = opts.out {
+        let path = record.write(&dir).map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn compare(files: Vec<PathBuf>) -> Result<(), String> {
+    let runs = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), RunRecord::read(f)?)))
+        .collect::<Result<Vec<_>, loadgen::LoadError>>()
+        .map_err(|e| e.to_string())?;
+    print!("{}", loadgen::compare::compare(&runs));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!(
+                "loadgen: {} (see loadgen --help)",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match cli.command {
+        Some(Command::Compare { files }) => compare(files),
+        None => run(cli.run),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

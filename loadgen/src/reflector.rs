@@ -1,0 +1,161 @@
+//! The ceiling: a trivial reflector with the router's own I/O backends and thread count, but
+//! no chat logic. It knows the plan, so for each SAY it sends the TXT_SAY (same size as the
+//! router's) straight to the sender's channel members; everything else it ignores. Whatever
+//! the router loses against it is what its sharding, sessions and state cost.
+
+use crate::plan::{channel_name, client_name, Plan};
+use crate::LoadError;
+use ahash::AHashMap;
+use chat_router::engine::{Counters, Outbox};
+use chat_router::io::{self, sys, Backend, IoKind};
+use chat_router::proto::duckchat::{self, Inbound, SayLayout, TXT_SAY_LEN};
+use chat_router::proto::{Name, Text};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+struct Member {
+    name: Name,
+    channel: u32,
+}
+
+struct Table {
+    members: AHashMap<SocketAddr, Member>,
+    channels: Vec<Vec<SocketAddr>>,
+    channel_names: Vec<Name>,
+}
+
+pub struct Reflector {
+    pub addr: SocketAddr,
+    pub backend: &'static str,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<sys::EventFd>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Reflector {
+    /// `threads` reflector threads (named `reflect-N`) on one port of 127.0.0.1.
+    pub fn start(
+        plan: &Plan,
+        client_addrs: &[SocketAddr],
+        threads: usize,
+        io: IoKind,
+    ) -> Result<Reflector, LoadError> {
+        let (kind, _) = io::choose(io).map_err(LoadError::Setup)?;
+        let table = Arc::new(Table {
+            members: client_addrs
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| {
+                    let member = Member {
+                        name: Name::truncating(client_name(i as u32).as_bytes()),
+                        channel: plan.channel_of[i],
+                    };
+                    (addr, member)
+                })
+                .collect(),
+            channels: plan
+                .members
+                .iter()
+                .map(|m| m.iter().map(|&c| client_addrs[c as usize]).collect())
+                .collect(),
+            channel_names: (0..plan.members.len() as u32)
+                .map(|c| Name::truncating(channel_name(c).as_bytes()))
+                .collect(),
+        });
+        let first = sys::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)), true)
+            .map_err(LoadError::Socket)?;
+        let addr = sys::local_addr(&first).map_err(LoadError::Socket)?;
+        let mut sockets = vec![first];
+        for _ in 1..threads.max(1) {
+            sockets.push(sys::bind_udp(addr, true).map_err(LoadError::Socket)?);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut reflector = Reflector {
+            addr,
+            backend: match kind {
+                IoKind::Mmsg => "recvmmsg/sendmmsg",
+                _ => "io_uring",
+            },
+            stop: stop.clone(),
+            wakers: Vec::new(),
+            threads: Vec::new(),
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let waker = Arc::new(sys::EventFd::new().map_err(LoadError::Socket)?);
+            reflector.wakers.push(waker.clone());
+            let (table, stop, ready) = (table.clone(), stop.clone(), ready_tx.clone());
+            // The backend is built on its own thread: io_uring state stays where it is used.
+            let thread = std::thread::Builder::new()
+                .name(format!("reflect-{i}"))
+                .spawn(move || match Backend::new(kind, socket, waker.raw()) {
+                    Ok(backend) => {
+                        let _ = ready.send(Ok(()));
+                        reflect(backend, &table, &stop, &waker);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                })
+                .map_err(LoadError::Socket)?;
+            reflector.threads.push(thread);
+        }
+        drop(ready_tx);
+        for _ in 0..reflector.threads.len() {
+            if let Ok(Err(e)) = ready_rx.recv() {
+                return Err(LoadError::Socket(e)); // dropping `reflector` stops the others
+            }
+        }
+        Ok(reflector)
+    }
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            w.notify();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reflect(mut backend: Backend, table: &Table, stop: &AtomicBool, waker: &sys::EventFd) {
+    let counters = Counters::default();
+    let mut out = Outbox::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let got = backend.recv(&counters, &mut |src, bytes| {
+            let Ok(Inbound::Say { text, .. }) =
+                duckchat::decode_inbound(bytes, SayLayout::UserFirst)
+            else {
+                return;
+            };
+            let Some(sender) = table.members.get(&src) else {
+                return;
+            };
+            let channel = sender.channel as usize;
+            let payload = out.payload(TXT_SAY_LEN, |buf| {
+                let name = &table.channel_names[channel];
+                duckchat::encode_txt_say(buf, name, &sender.name, &Text::truncating(text))
+            });
+            if let Some(payload) = payload {
+                for &dst in &table.channels[channel] {
+                    out.send(dst, payload);
+                }
+            }
+        });
+        if !out.is_empty() {
+            backend.send(&out, &counters);
+            out.clear();
+        }
+        if got == 0 {
+            backend.wait(Duration::from_millis(50));
+            waker.clear();
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! A run's record: every parameter, where the code and machine stood, and each phase's
+//! results with its full histogram. Written as one JSON file per run (plus HdrHistogram
+//! percentile text), read back by `compare` and `plot`, and printed as a table.
+
+use crate::phase::PhaseResult;
+use crate::LoadError;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Bumped when a field changes meaning; readers refuse formats they do not know.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format: u32,
+    pub scenario: String,
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started: String,
+    pub params: Params,
+    pub source: Source,
+    pub machine: Machine,
+    /// The scenario's own phase: the router for `fanout`, the reflector for `ceiling`.
+    pub result: PhaseResult,
+    pub ceiling: Option<PhaseResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub clients: usize,
+    /// `fixed:M` or `zipf:CHANNELS:EXPONENT`.
+    pub membership: String,
+    pub channels: usize,
+    pub largest_channel: usize,
+    /// `None`: as fast as possible.
+    pub rate: Option<f64>,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub receivers: usize,
+    pub seed: u64,
+    /// Router shards (embedded) and reflector threads.
+    pub cores: usize,
+    pub io: String,
+    /// An external router's address; `None` when loadgen ran its own.
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub commit: Option<String>,
+    pub dirty: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub backend: String,
+}
+
+impl RunRecord {
+    /// What `result` measured.
+    pub fn measured_name(&self) -> &'static str {
+        if self.scenario == "ceiling" {
+            "reflector"
+        } else {
+            "router"
+        }
+    }
+
+    /// Router deliveries per second as a share of the ceiling's, when both were measured.
+    pub fn ceiling_ratio(&self) -> Option<f64> {
+        let c = self.ceiling.as_ref()?;
+        (c.deliveries_per_s > 0.0).then(|| self.result.deliveries_per_s / c.deliveries_per_s)
+    }
+
+    /// A file name that sorts by time and says what ran: `20261122T021500Z-fanout-10000c-max-io_uring`.
+    pub fn stem(&self) -> String {
+        let rate = self
+            .params
+            .rate
+            .map_or("max".to_string(), |r| format!("{r:.0}"));
+        let time: String = self
+            .started
+            .chars()
+            .filter(|c| *c != '-' && *c != ':')
+            .collect();
+        let backend = self.machine.backend.replace('/', "+");
+        format!(
+            "{time}-{}-{}c-{rate}-{backend}",
+            self.scenario, self.params.clients
+        )
+    }
+
+    /// Writes `DIR/STEM.json` and `DIR/STEM.hgrm` (and `.ceiling.hgrm`); returns the JSON path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, LoadError> {
+        let io = |e| LoadError::Results(dir.display().to_string(), e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let stem = self.stem();
+        let json = dir.join(format!("{stem}.json"));
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
+        std::fs::write(&json, text + "\n").map_err(io)?;
+        let router = self.result.latency_histogram().percentile_text();
+        std::fs::write(dir.join(format!("{stem}.hgrm")), router).map_err(io)?;
+        if let Some(c) = &self.ceiling {
+            let text = c.latency_histogram().percentile_text();
+            std::fs::write(dir.join(format!("{stem}.ceiling.hgrm")), text).map_err(io)?;
+        }
+        Ok(json)
+    }
+
+    pub fn read(path: &Path) -> Result<RunRecord, LoadError> {
+        let bad = |why: String| LoadError::BadRecord(path.display().to_string(), why);
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let record: RunRecord = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if record.format != FORMAT {
+            return Err(bad(format!(
+                "format {} (this loadgen reads {FORMAT})",
+                record.format
+            )));
+        }
+        Ok(record)
+    }
+
+    /// The final table.
+    pub fn table(&self) -> String {
+        let mut phases = vec![(self.measured_name(), &self.result)];
+        if let Some(c) = &self.ceiling {
+            phases.push(("ceiling", c));
+        }
+        let mut s = String::new();
+        let _ = write!(s, "{:<26}", self.scenario);
+        for (name, _) in &phases {
+            let _ = write!(s, "{name:>14}");
+        }
+        s.push('\n');
+        for (label, value) in rows() {
+            let _ = write!(s, "{label:<26}");
+            for (_, p) in &phases {
+                let _ = write!(s, "{:>14}", value(p));
+            }
+            s.push('\n');
+        }
+        if let Some(ratio) = self.ceiling_ratio() {
+            let _ = writeln!(s, "router / ceiling deliveries: {ratio:.3}");
+        }
+        s
+    }
+}
+
+type Row = (&'static str, fn(&PhaseResult) -> String);
+
+/// The rows of the table and of `compare`.
+pub fn rows() -> Vec<Row> {
+    fn us(v: f64) -> String {
+        format!("{v:.1}")
+    }
+    vec![
+        ("offered msgs/s", |p| {
+            p.offered_rate.map_or("max".into(), |r| format!("{r:.0}"))
+        }),
+        ("sent msgs/s", |p| format!("{:.0}", p.sent_per_s)),
+        ("deliveries/s", |p| format!("{:.0}", p.deliveries_per_s)),
+        ("expected deliveries", |p| p.tally.expected.to_string()),
+        ("lost", |p| {
+            format!("{} ({:.3}%)", p.tally.lost(), p.loss_ratio * 100.0)
+        }),
+        ("duplicates", |p| p.tally.duplicates.to_string()),
+        ("reordered", |p| p.tally.reordered.to_string()),
+        ("send errors", |p| p.send_errors.to_string()),
+        ("p50 us", |p| us(p.latency.p50_us)),
+        ("p90 us", |p| us(p.latency.p90_us)),
+        ("p99 us", |p| us(p.latency.p99_us)),
+        ("p99.9 us", |p| us(p.latency.p999_us)),
+        ("max us", |p| us(p.latency.max_us)),
+        ("cpu ns/delivery", |p| {
+            p.cpu_ns_per_delivery
+                .map_or("-".into(), |v| format!("{v:.0}"))
+        }),
+    ]
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's date algorithms.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_313_375), "2026-11-22T02:09:35Z");
+    }
+}

@@ -1,0 +1,220 @@
+//! The two kinds of loadgen thread. One sender walks the open-loop schedule and sends each
+//! message from the next client's own socket (round robin, so client `k % n` sends message
+//! `k` with sequence number `k / n`). Receivers each own a share of the client sockets, wait
+//! on them with epoll, and account for every delivery: tracker, tally, latency.
+
+use crate::latency::Latency;
+use crate::pacer::Pacer;
+use crate::plan::{channel_name, Plan};
+use crate::stamp::Stamp;
+use crate::tracker::{Arrival, Tally, Tracker};
+use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
+use crossbeam_channel::Sender;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Messages sent before the sender looks at the clock again when it is behind.
+const BURST: usize = 256;
+/// Every client says something at least this often, so that the router never times it out.
+const KEEP_ALIVE_EVERY: u64 = 30_000_000_000;
+const PROGRESS_EVERY: u64 = 1_000_000_000;
+
+/// What all threads of one phase share.
+pub struct Shared<'a> {
+    pub epoch: Instant,
+    /// Non-blocking, one per client.
+    pub sockets: &'a [UdpSocket],
+    pub plan: &'a Plan,
+    pub target: SocketAddr,
+    /// The phase's clock, in nanoseconds since `epoch`: sends start at `start_ns`, latency
+    /// counts for messages intended in `[measure_from_ns, end_ns)`, sends stop at `end_ns`.
+    pub start_ns: u64,
+    pub measure_from_ns: u64,
+    pub end_ns: u64,
+    /// `None`: as fast as possible.
+    pub rate: Option<f64>,
+    pub stop: AtomicBool,
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+impl Shared<'_> {
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn measured(&self, intended_ns: u64) -> bool {
+        (self.measure_from_ns..self.end_ns).contains(&intended_ns)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendReport {
+    pub sent: u64,
+    /// Messages whose intended time fell in the measured window.
+    pub measured: u64,
+    pub expected: u64,
+    pub send_errors: u64,
+}
+
+pub fn send_loop(shared: &Shared<'_>) -> SendReport {
+    crate::io::set_timer_slack(1_000);
+    let plan = shared.plan;
+    let n = plan.clients() as u64;
+    let channels: Vec<String> = (0..plan.members.len() as u32).map(channel_name).collect();
+    let mut pacer = Pacer::new(shared.start_ns, shared.rate);
+    let mut report = SendReport::default();
+    let mut keep_alive = KeepAlive::new(shared.start_ns, n as usize);
+    let mut buf = [0u8; 128];
+    loop {
+        let now = shared.now_ns();
+        if now >= shared.end_ns {
+            break;
+        }
+        for _ in 0..BURST {
+            let Some(due) = pacer.due(now) else { break };
+            // Flat out, the schedule is meaningless; the stamp then carries the real send time.
+            let intended = if shared.rate.is_some() { due } else { now };
+            let k = pacer.issued() - 1;
+            let client = (k % n) as u32;
+            let stamp = Stamp {
+                sender: client,
+                seq: k / n,
+                intended_ns: intended,
+            }
+            .encode();
+            let say = Inbound::Say {
+                channel: channels[plan.channel_of[client as usize] as usize].as_bytes(),
+                text: stamp.as_bytes(),
+            };
+            let Ok(len) = say.encode(&mut buf, SayLayout::UserFirst) else {
+                continue;
+            };
+            match shared.sockets[client as usize].send_to(&buf[..len], shared.target) {
+                Ok(_) => {
+                    report.sent += 1;
+                    report.expected += plan.fanout_of(client);
+                    report.measured += u64::from(shared.measured(intended));
+                }
+                Err(_) => report.send_errors += 1,
+            }
+        }
+        keep_alive.step(now, shared);
+        shared.sent.store(report.sent, Ordering::Relaxed);
+        let next = pacer.next_due().min(shared.end_ns);
+        if next > now {
+            std::thread::sleep(Duration::from_nanos(next - now));
+        }
+    }
+    report
+}
+
+/// Sweeps through all clients every [`KEEP_ALIVE_EVERY`], a few per sender iteration.
+struct KeepAlive {
+    next_sweep_ns: u64,
+    cursor: usize,
+    clients: usize,
+}
+
+impl KeepAlive {
+    fn new(start_ns: u64, clients: usize) -> Self {
+        Self {
+            next_sweep_ns: start_ns + KEEP_ALIVE_EVERY,
+            cursor: clients,
+            clients,
+        }
+    }
+
+    fn step(&mut self, now: u64, shared: &Shared<'_>) {
+        if now >= self.next_sweep_ns {
+            self.next_sweep_ns += KEEP_ALIVE_EVERY;
+            self.cursor = 0;
+        }
+        let mut buf = [0u8; 8];
+        let Ok(len) = Inbound::KeepAlive.encode(&mut buf, SayLayout::UserFirst) else {
+            return;
+        };
+        let end = (self.cursor + 64).min(self.clients);
+        for client in self.cursor..end {
+            let _ = shared.sockets[client].send_to(&buf[..len], shared.target);
+        }
+        self.cursor = end;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ReceiveReport {
+    pub tally: Tally,
+    pub latency: Latency,
+}
+
+/// Receives on the sockets of `clients` until `shared.stop`; sends the latency of each second
+/// to `progress`.
+pub fn receive_loop(
+    shared: &Shared<'_>,
+    clients: &[u32],
+    progress: &Sender<Latency>,
+) -> std::io::Result<ReceiveReport> {
+    let mut poll = Poll::new()?;
+    for &c in clients {
+        let fd = shared.sockets[c as usize].as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&fd), Token(c as usize), Interest::READABLE)?;
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut tracker = Tracker::new();
+    let mut report = ReceiveReport::default();
+    let mut interval = Latency::new();
+    let mut next_progress = shared.now_ns() + PROGRESS_EVERY;
+    let mut buf = [0u8; 2048];
+    while !shared.stop.load(Ordering::Relaxed) {
+        poll.poll(&mut events, Some(Duration::from_millis(5)))?;
+        let before = report.tally.unique;
+        for event in &events {
+            let receiver = event.token().0 as u32;
+            let sock = &shared.sockets[receiver as usize];
+            loop {
+                let n = match sock.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => break, // ICMP errors surface here; nothing to account
+                };
+                let now = shared.now_ns();
+                let Some(stamp) = delivery(&buf[..n]) else {
+                    report.tally.foreign += 1;
+                    continue;
+                };
+                let arrival = tracker.arrive(receiver, stamp.sender, stamp.seq);
+                report.tally.count(arrival);
+                if arrival != Arrival::Duplicate && shared.measured(stamp.intended_ns) {
+                    let ns = now.saturating_sub(stamp.intended_ns);
+                    report.latency.record(ns);
+                    interval.record(ns);
+                }
+            }
+        }
+        shared
+            .delivered
+            .fetch_add(report.tally.unique - before, Ordering::Relaxed);
+        let now = shared.now_ns();
+        if now >= next_progress {
+            next_progress = now + PROGRESS_EVERY;
+            let _ = progress.try_send(interval.clone());
+            interval.reset();
+        }
+    }
+    Ok(report)
+}
+
+/// The stamp of a TXT_SAY of ours; `None` for anything else.
+fn delivery(datagram: &[u8]) -> Option<Stamp> {
+    match duckchat::decode_outbound(datagram) {
+        Ok(Outbound::Say { text, .. }) => Stamp::parse(text),
+        _ => None,
+    }
+}
