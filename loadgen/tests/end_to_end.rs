@@ -1,0 +1,111 @@
+//! A short real run: loadgen with its embedded router and the reflector, a few hundred
+//! clients, then the result file written, read back and compared; and the command line.
+
+use chat_router::io::IoKind;
+use loadgen::plan::Membership;
+use loadgen::report::RunRecord;
+use loadgen::scenario::{self, RunArgs, Scenario};
+use std::process::Command;
+use std::time::Duration;
+
+fn args(scenario: Scenario) -> RunArgs {
+    RunArgs {
+        scenario,
+        clients: 300,
+        membership: Membership::Fixed { members: 10 },
+        rate: Some(1000.0),
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_secs(1),
+        receivers: 2,
+        seed: 1,
+        cores: 2,
+        io: IoKind::Auto,
+        target: None,
+        target_pid: None,
+        ceiling: true,
+        quiet: true,
+    }
+}
+
+#[test]
+fn fanout_through_the_embedded_router_and_the_reflector() {
+    let record = scenario::run(&args(Scenario::Fanout)).unwrap();
+    for (name, phase) in [
+        ("router", &record.result),
+        ("ceiling", record.ceiling.as_ref().unwrap()),
+    ] {
+        let t = phase.tally;
+        // 1.3 s of 1000 msgs/s into channels of 10, each delivered to all ten members.
+        assert_eq!(t.expected, 13_000, "{name}: {t:?}");
+        // At this rate nothing may be lost, repeated or reordered: the router keeps each
+        // client's messages in order.
+        assert_eq!(t.lost(), 0, "{name}: {t:?}");
+        assert_eq!(
+            (t.duplicates, t.reordered, t.foreign),
+            (0, 0, 0),
+            "{name}: {t:?}"
+        );
+        // The measured second: 1000 messages, each to ten members.
+        assert_eq!(phase.latency.count, 10_000, "{name}");
+        assert_eq!(phase.deliveries_per_s, 10_000.0, "{name}");
+        assert!(phase.latency.p50_us > 0.0 && phase.latency.p50_us <= phase.latency.p99_us);
+        assert!(phase.cpu_ns_per_delivery.is_some_and(|ns| ns > 0.0));
+    }
+    let ratio = record.ceiling_ratio().unwrap();
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "same offered load, same deliveries: {ratio}"
+    );
+
+    // Written, read back unchanged, compared.
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
+    let path = record.write(&dir).unwrap();
+    let back = RunRecord::read(&path).unwrap();
+    assert!(back == record, "the record changed in the round trip");
+    assert_eq!(
+        back.result.latency_histogram().percentiles(),
+        record.result.latency
+    );
+    let hgrm = std::fs::read_to_string(path.with_extension("hgrm")).unwrap();
+    assert!(hgrm.contains("Total count"), "{hgrm}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["compare".as_ref(), path.as_os_str(), path.as_os_str()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("deliveries/s") && text.contains("(+0.0%)"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_arguments_and_bad_files_give_one_line() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), err)
+    };
+    let not_json = std::env::temp_dir().join(format!("loadgen-bad-{}.json", std::process::id()));
+    std::fs::write(&not_json, "not json").unwrap();
+    for args in [
+        vec!["--rate", "fast"],
+        vec!["--clients", "0"],
+        vec!["--duration", "soon"],
+        vec!["--zipf", "-1"],
+        vec!["compare", not_json.to_str().unwrap()],
+        vec!["compare", "/nonexistent/run.json"],
+    ] {
+        let (ok, err) = run(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("loadgen: "), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_file(&not_json);
+}
