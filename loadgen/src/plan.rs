@@ -62,6 +62,12 @@ impl Plan {
         self.members[self.channel_of[client as usize] as usize].len() as u64
     }
 
+    /// Deliveries per message, on average over senders (each client sends equally often).
+    pub fn mean_fanout(&self) -> f64 {
+        let squares: usize = self.members.iter().map(|m| m.len() * m.len()).sum();
+        squares as f64 / self.clients().max(1) as f64
+    }
+
     pub fn largest_channel(&self) -> usize {
         self.members.iter().map(Vec::len).max().unwrap_or(0)
     }
@@ -100,6 +106,7 @@ mod tests {
         assert_eq!(plan.channel_of[0], 0);
         assert_eq!(plan.channel_of[24], 2);
         assert_eq!(plan.fanout_of(24), 5);
+        assert_eq!(plan.mean_fanout(), (10.0 * 10.0 * 2.0 + 5.0 * 5.0) / 25.0);
     }
 
     #[test]

@@ -23,6 +23,13 @@ const BURST: usize = 256;
 /// Every client says something at least this often, so that the router never times it out.
 const KEEP_ALIVE_EVERY: u64 = 30_000_000_000;
 const PROGRESS_EVERY: u64 = 1_000_000_000;
+/// Flat out, the sender keeps about this many messages in flight. Unlimited, it would only
+/// measure how fast the kernel drops datagrams at a full socket: the router would shed most
+/// of the load at its input and the figure would say more about the overload than the router.
+pub const MAX_IN_FLIGHT: f64 = 256.0;
+/// A window that has not moved for this long has lost deliveries; they are written off so
+/// that the sender goes on.
+const STALL_NS: u64 = 10_000_000;
 
 /// What all threads of one phase share.
 pub struct Shared<'a> {
@@ -36,7 +43,8 @@ pub struct Shared<'a> {
     pub start_ns: u64,
     pub measure_from_ns: u64,
     pub end_ns: u64,
-    /// `None`: as fast as possible.
+    /// `None`: as fast as possible, with at most [`MAX_IN_FLIGHT`] messages' worth of
+    /// deliveries outstanding.
     pub rate: Option<f64>,
     pub stop: AtomicBool,
     pub sent: AtomicU64,
@@ -70,6 +78,7 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
     let mut pacer = Pacer::new(shared.start_ns, shared.rate);
     let mut report = SendReport::default();
     let mut keep_alive = KeepAlive::new(shared.start_ns, n as usize);
+    let mut window = shared.rate.is_none().then(|| Window::new(plan));
     let mut buf = [0u8; 128];
     loop {
         let now = shared.now_ns();
@@ -77,6 +86,11 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
             break;
         }
         for _ in 0..BURST {
+            if let Some(w) = &mut window {
+                if w.full(now, report.expected, shared) {
+                    break;
+                }
+            }
             let Some(due) = pacer.due(now) else { break };
             // Flat out, the schedule is meaningless; the stamp then carries the real send time.
             let intended = if shared.rate.is_some() { due } else { now };
@@ -109,9 +123,49 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
         let next = pacer.next_due().min(shared.end_ns);
         if next > now {
             std::thread::sleep(Duration::from_nanos(next - now));
+        } else if window.is_some() {
+            // Windowed: give the receivers the core while the window is full.
+            std::thread::yield_now();
         }
     }
     report
+}
+
+/// The flat-out sender's limit on deliveries outstanding.
+struct Window {
+    limit: u64,
+    written_off: u64,
+    last_delivered: u64,
+    moved_at: u64,
+}
+
+impl Window {
+    fn new(plan: &Plan) -> Self {
+        Self {
+            limit: (MAX_IN_FLIGHT * plan.mean_fanout()).ceil() as u64,
+            written_off: 0,
+            last_delivered: 0,
+            moved_at: 0,
+        }
+    }
+
+    /// Whether another message would overfill the window.
+    fn full(&mut self, now: u64, expected: u64, shared: &Shared<'_>) -> bool {
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        if delivered != self.last_delivered {
+            (self.last_delivered, self.moved_at) = (delivered, now);
+        }
+        let outstanding = expected.saturating_sub(delivered + self.written_off);
+        if outstanding < self.limit {
+            return false;
+        }
+        if now.saturating_sub(self.moved_at) > STALL_NS {
+            self.written_off += outstanding;
+            self.moved_at = now;
+            return false;
+        }
+        true
+    }
 }
 
 /// Sweeps through all clients every [`KEEP_ALIVE_EVERY`], a few per sender iteration.
