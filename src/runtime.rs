@@ -107,6 +107,8 @@ pub struct Running {
     pub fallback: Option<String>,
     /// One per shard; readable while the shards run.
     pub counters: Vec<Arc<Counters>>,
+    /// The shards' kernel thread ids, for reading their CPU time from /proc.
+    pub thread_ids: Vec<i32>,
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -179,6 +181,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         },
         fallback,
         counters: Vec::with_capacity(shards),
+        thread_ids: Vec::with_capacity(shards),
         shared: shared.clone(),
         threads: Vec::with_capacity(shards),
     };
@@ -204,7 +207,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
                 }
                 match Backend::new(io_kind, socket, shared.wakers[shard].eventfd.raw()) {
                     Ok(backend) => {
-                        let _ = ready.send(Ok(()));
+                        let _ = ready.send(Ok(sys::thread_id()));
                         shard_loop(shard, engine, backend, &shared);
                     }
                     Err(source) => {
@@ -217,8 +220,10 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
     }
     drop(ready_tx);
     for _ in 0..shards {
-        if let Ok(Err(e)) = ready_rx.recv() {
-            return Err(e); // dropping `running` stops the shards that did start
+        match ready_rx.recv() {
+            Ok(Ok(tid)) => running.thread_ids.push(tid),
+            Ok(Err(e)) => return Err(e), // dropping `running` stops the shards that did start
+            Err(_) => {}
         }
     }
     Ok(running)

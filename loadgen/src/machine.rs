@@ -1,27 +1,34 @@
 //! Facts about the machine and the source tree that a result file records, and the CPU time
-//! of named threads (read from /proc, so it works for this process and for another one).
+//! of given threads (read from /proc, so it works for this process and for another one).
 
 use std::path::Path;
 use std::process::Command;
 
-/// Nanoseconds of CPU time used so far by the threads of `pid` whose name starts with
-/// `prefix` (`shard-` for a router's shards). `None` when /proc cannot tell.
-pub fn thread_cpu_ns(pid: u32, prefix: &str) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0u64;
-    let mut found = false;
-    for task in tasks.flatten() {
-        let dir = task.path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        // schedstat: time on CPU (ns), time waiting to run (ns), timeslices.
-        let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-        found = true;
+/// The ids of the threads of `pid` whose name starts with `prefix` (`shard-` for a router).
+pub fn named_threads(pid: u32, prefix: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with(prefix))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Nanoseconds of CPU time used so far by threads `tids` of process `pid`, from
+/// /proc/PID/task/TID/schedstat (time on CPU, time waiting to run, timeslices). `None` when
+/// /proc cannot tell for one of them.
+pub fn threads_cpu_ns(pid: u32, tids: &[i32]) -> Option<u64> {
+    if tids.is_empty() {
+        return None;
     }
-    found.then_some(total)
+    tids.iter().try_fold(0u64, |total, tid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+        Some(total + stat.split_whitespace().next()?.parse::<u64>().ok()?)
+    })
 }
 
 pub fn kernel() -> String {
@@ -67,7 +74,10 @@ mod tests {
                     x = x.wrapping_mul(31).wrapping_add(1);
                 }
                 std::hint::black_box(x);
-                thread_cpu_ns(std::process::id(), "cputest-").unwrap_or(0)
+                let pid = std::process::id();
+                let tids = named_threads(pid, "cputest-");
+                assert_eq!(tids.len(), 1);
+                threads_cpu_ns(pid, &tids).unwrap_or(0)
             })
             .unwrap();
         let ns = t.join().unwrap();
@@ -75,6 +85,7 @@ mod tests {
             ns >= 10_000_000,
             "a 30 ms busy loop shows at least 10 ms: {ns}"
         );
-        assert_eq!(thread_cpu_ns(std::process::id(), "no-such-thread-"), None);
+        assert!(named_threads(std::process::id(), "no-such-thread-").is_empty());
+        assert_eq!(threads_cpu_ns(std::process::id(), &[]), None);
     }
 }

@@ -27,8 +27,8 @@ pub struct PhaseSpec<'a> {
     pub warmup: Duration,
     pub duration: Duration,
     pub receivers: usize,
-    /// Whose CPU time to charge to deliveries: a process id and a thread-name prefix.
-    pub cpu_of: Option<(u32, &'a str)>,
+    /// Whose CPU time to charge to deliveries: a process id and its threads' ids.
+    pub cpu_of: Option<(u32, Vec<i32>)>,
     /// No progress lines.
     pub quiet: bool,
 }
@@ -106,14 +106,16 @@ pub fn run(
         wait_until(measure_from_ns, &mut progress);
         let cpu_from = spec
             .cpu_of
-            .and_then(|(pid, prefix)| machine::thread_cpu_ns(pid, prefix));
+            .as_ref()
+            .and_then(|(pid, tids)| machine::threads_cpu_ns(*pid, tids));
         let delivered_from = shared.delivered.load(Ordering::Relaxed);
         wait_until(shared.end_ns, &mut progress);
         let sent = sender.join().map_err(|_| LoadError::Thread("sender"))?;
         drain(&shared, sent.expected);
         let cpu_to = spec
             .cpu_of
-            .and_then(|(pid, prefix)| machine::thread_cpu_ns(pid, prefix));
+            .as_ref()
+            .and_then(|(pid, tids)| machine::threads_cpu_ns(*pid, tids));
         let delivered = shared.delivered.load(Ordering::Relaxed) - delivered_from;
         shared.stop.store(true, Ordering::Relaxed);
         progress.finish();
@@ -142,7 +144,9 @@ pub fn run(
             },
             latency: total.latency.percentiles(),
             cpu_ns_per_delivery: match (cpu_from, cpu_to) {
-                (Some(a), Some(b)) if delivered > 0 => Some((b - a) as f64 / delivered as f64),
+                (Some(a), Some(b)) if delivered > 0 => {
+                    Some(b.saturating_sub(a) as f64 / delivered as f64)
+                }
                 _ => None,
             },
             histogram: total.latency.buckets(),

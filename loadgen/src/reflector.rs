@@ -30,6 +30,8 @@ struct Table {
 pub struct Reflector {
     pub addr: SocketAddr,
     pub backend: &'static str,
+    /// The reflector threads' kernel ids, for reading their CPU time from /proc.
+    pub thread_ids: Vec<i32>,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<sys::EventFd>>,
     threads: Vec<JoinHandle<()>>,
@@ -79,6 +81,7 @@ impl Reflector {
                 IoKind::Mmsg => "recvmmsg/sendmmsg",
                 _ => "io_uring",
             },
+            thread_ids: Vec::new(),
             stop: stop.clone(),
             wakers: Vec::new(),
             threads: Vec::new(),
@@ -93,7 +96,7 @@ impl Reflector {
                 .name(format!("reflect-{i}"))
                 .spawn(move || match Backend::new(kind, socket, waker.raw()) {
                     Ok(backend) => {
-                        let _ = ready.send(Ok(()));
+                        let _ = ready.send(Ok(sys::thread_id()));
                         reflect(backend, &table, &stop, &waker);
                     }
                     Err(e) => {
@@ -105,8 +108,10 @@ impl Reflector {
         }
         drop(ready_tx);
         for _ in 0..reflector.threads.len() {
-            if let Ok(Err(e)) = ready_rx.recv() {
-                return Err(LoadError::Socket(e)); // dropping `reflector` stops the others
+            match ready_rx.recv() {
+                Ok(Ok(tid)) => reflector.thread_ids.push(tid),
+                Ok(Err(e)) => return Err(LoadError::Socket(e)), // dropping stops the others
+                Err(_) => {}
             }
         }
         Ok(reflector)

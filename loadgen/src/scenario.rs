@@ -4,8 +4,8 @@
 //!   the same traffic through the reflector, so the report carries router / ceiling.
 //! - `ceiling`: the reflector alone.
 //!
-//! With no `--target`, the router runs inside this process (its shards are threads named
-//! `shard-N`, so their CPU time is read apart from loadgen's own).
+//! With no `--target`, the router runs inside this process; its shards' thread ids let their
+//! CPU time be read apart from loadgen's own.
 
 use crate::clients::Clients;
 use crate::phase::{self, PhaseSpec};
@@ -88,8 +88,10 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
                 }
             };
             let cpu_of = match &router {
-                Some(_) => Some((pid, "shard-")),
-                None => args.target_pid.map(|p| (p, "shard-")),
+                Some(r) => Some((pid, r.thread_ids.clone())),
+                None => args
+                    .target_pid
+                    .map(|p| (p, machine::named_threads(p, "shard-"))),
             };
             backend = router.as_ref().map_or("external", |r| r.backend).into();
             clients.join_all(&plan, target)?;
@@ -99,7 +101,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             let reflector = Reflector::start(&plan, &clients.addrs, args.cores, args.io)?;
             backend = reflector.backend.to_string();
             clients.make_nonblocking();
-            let cpu_of = Some((pid, "reflect-"));
+            let cpu_of = Some((pid, reflector.thread_ids.clone()));
             phase::run(
                 &spec("ceiling", reflector.addr, cpu_of),
                 &clients.sockets,
@@ -109,7 +111,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
     };
     let ceiling = if args.scenario == Scenario::Fanout && args.ceiling {
         let reflector = Reflector::start(&plan, &clients.addrs, args.cores, args.io)?;
-        let cpu_of = Some((pid, "reflect-"));
+        let cpu_of = Some((pid, reflector.thread_ids.clone()));
         Some(phase::run(
             &spec("ceiling", reflector.addr, cpu_of),
             &clients.sockets,

@@ -223,6 +223,12 @@ pub fn wait_signal(signals: &[libc::c_int], timeout: Duration) -> Option<libc::c
     (sig > 0).then_some(sig)
 }
 
+/// The calling thread's kernel id (as in /proc/PID/task/TID), for per-thread CPU accounting.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// 8 bytes from the kernel's random source (seeds S2S ids and hash keys).
 pub fn random_u64() -> u64 {
     let mut value = 0u64;
