@@ -11,6 +11,7 @@ pub mod machine;
 pub mod pacer;
 pub mod phase;
 pub mod plan;
+pub mod plot;
 pub mod reflector;
 pub mod report;
 pub mod scenario;

@@ -4,10 +4,11 @@ use chat_router::config::parse_duration;
 use chat_router::io::IoKind;
 use clap::{Parser, Subcommand};
 use loadgen::plan::Membership;
+use loadgen::plot::{svg, Series};
 use loadgen::report::RunRecord;
 use loadgen::scenario::{self, RunArgs, Scenario};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,6 +32,13 @@ enum Command {
     Compare {
         #[arg(required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+    },
+    /// Draw the latency percentile curves of result files into an SVG.
+    Plot {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(short, long, default_value = "latency.svg")]
+        output: PathBuf,
     },
 }
 
@@ -144,13 +152,41 @@ fn run(opts: RunOpts) -> Result<(), String> {
     Ok(())
 }
 
-fn compare(files: Vec<PathBuf>) -> Result<(), String> {
-    let runs = files
+fn read_all(files: &[PathBuf]) -> Result<Vec<(String, RunRecord)>, String> {
+    files
         .iter()
         .map(|f| Ok((f.display().to_string(), RunRecord::read(f)?)))
         .collect::<Result<Vec<_>, loadgen::LoadError>>()
-        .map_err(|e| e.to_string())?;
-    print!("{}", loadgen::compare::compare(&runs));
+        .map_err(|e| e.to_string())
+}
+
+fn compare(files: &[PathBuf]) -> Result<(), String> {
+    print!("{}", loadgen::compare::compare(&read_all(files)?));
+    Ok(())
+}
+
+fn plot(files: &[PathBuf], output: &Path) -> Result<(), String> {
+    let mut series = Vec::new();
+    for (_, record) in read_all(files)? {
+        // The stem without its timestamp: scenario, clients, rate, backend.
+        let stem = record.stem();
+        let label = stem.split_once('-').map_or(stem.as_str(), |(_, rest)| rest);
+        series.push(Series {
+            label: format!("{label} {}", record.measured_name()),
+            latency: record.result.latency_histogram(),
+            companion: false,
+        });
+        if let Some(c) = &record.ceiling {
+            series.push(Series {
+                label: format!("{label} ceiling"),
+                latency: c.latency_histogram(),
+                companion: true,
+            });
+        }
+    }
+    std::fs::write(output, svg(&series))
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    println!("wrote {}", output.display());
     Ok(())
 }
 
@@ -172,7 +208,8 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.command {
-        Some(Command::Compare { files }) => compare(files),
+        Some(Command::Compare { files }) => compare(&files),
+        Some(Command::Plot { files, output }) => plot(&files, &output),
         None => run(cli.run),
     };
     match outcome {

@@ -74,7 +74,7 @@ impl RunRecord {
         (c.deliveries_per_s > 0.0).then(|| self.result.deliveries_per_s / c.deliveries_per_s)
     }
 
-    /// A file name that sorts by time and says what ran: `20261122T021500Z-fanout-10000c-max-io_uring`.
+    /// A file name that sorts by time and says what ran: `20261122T021500Z-fanout-10000c-max-uring`.
     pub fn stem(&self) -> String {
         let rate = self
             .params
@@ -85,7 +85,11 @@ impl RunRecord {
             .chars()
             .filter(|c| *c != '-' && *c != ':')
             .collect();
-        let backend = self.machine.backend.replace('/', "+");
+        let backend = match self.machine.backend.as_str() {
+            "io_uring" => "uring".to_string(),
+            "recvmmsg/sendmmsg" => "mmsg".to_string(),
+            other => other.replace('/', "+"),
+        };
         format!(
             "{time}-{}-{}c-{rate}-{backend}",
             self.scenario, self.params.clients

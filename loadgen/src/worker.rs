@@ -80,12 +80,21 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
     let mut keep_alive = KeepAlive::new(shared.start_ns, n as usize);
     let mut window = shared.rate.is_none().then(|| Window::new(plan));
     let mut buf = [0u8; 128];
+    // Paced, every message of the schedule before `end_ns` goes out, however late the sender
+    // wakes; flat out, sending stops at `end_ns`.
+    let finished = |pacer: &Pacer, now: u64| match shared.rate {
+        Some(_) => pacer.next_due() >= shared.end_ns,
+        None => now >= shared.end_ns,
+    };
     loop {
         let now = shared.now_ns();
-        if now >= shared.end_ns {
+        if finished(&pacer, now) {
             break;
         }
         for _ in 0..BURST {
+            if finished(&pacer, now) {
+                break;
+            }
             if let Some(w) = &mut window {
                 if w.full(now, report.expected, shared) {
                     break;
@@ -120,7 +129,7 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
         }
         keep_alive.step(now, shared);
         shared.sent.store(report.sent, Ordering::Relaxed);
-        let next = pacer.next_due().min(shared.end_ns);
+        let next = pacer.next_due();
         if next > now {
             std::thread::sleep(Duration::from_nanos(next - now));
         } else if window.is_some() {

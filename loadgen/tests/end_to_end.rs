@@ -79,6 +79,28 @@ fn fanout_through_the_embedded_router_and_the_reflector() {
         text.contains("deliveries/s") && text.contains("(+0.0%)"),
         "{text}"
     );
+
+    let svg = dir.join("latency.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "plot".as_ref(),
+            path.as_os_str(),
+            "-o".as_ref(),
+            svg.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(
+        drawing.matches("<polyline").count(),
+        2,
+        "router and ceiling"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
