@@ -175,10 +175,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
     });
     let mut running = Running {
         local: engine_cfg.local,
-        backend: match io_kind {
-            IoKind::Mmsg => "recvmmsg/sendmmsg",
-            _ => "io_uring",
-        },
+        backend: io_kind.name(),
         fallback,
         counters: Vec::with_capacity(shards),
         thread_ids: Vec::with_capacity(shards),

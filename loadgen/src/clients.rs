@@ -17,6 +17,13 @@ const CHUNK: usize = 128;
 /// How long to wait for the rest of a WHO answer.
 const WHO_WAIT: Duration = Duration::from_millis(200);
 const ATTEMPTS: usize = 20;
+/// Pauses every so many setup datagrams, so that bursts stay under the router's socket buffer.
+fn pace(i: usize) {
+    if i % 64 == 63 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Descriptors kept free for everything that is not a client socket.
 const SPARE_FDS: u64 = 256;
 
@@ -144,6 +151,72 @@ impl Clients {
             }
         }
         listed
+    }
+
+    /// Has each neighbor server (sockets `plan.clients()..`) send S2S_JOIN for every channel,
+    /// and confirms it: a SAY in each channel must reach every neighbor as an S2S_SAY. Lost
+    /// JOINs are sent again.
+    pub fn subscribe_neighbors(
+        &self,
+        plan: &Plan,
+        neighbors: usize,
+        target: SocketAddr,
+    ) -> Result<(), LoadError> {
+        let n = plan.clients();
+        let names: Vec<String> = (0..plan.members.len() as u32).map(channel_name).collect();
+        let mut missing: Vec<(usize, u32)> = (0..neighbors)
+            .flat_map(|nb| (0..names.len() as u32).map(move |c| (nb, c)))
+            .collect();
+        self.make_nonblocking();
+        for _ in 0..ATTEMPTS {
+            for (i, &(nb, c)) in missing.iter().enumerate() {
+                let join = Inbound::S2sJoin {
+                    channel: names[c as usize].as_bytes(),
+                };
+                self.send((n + nb) as u32, target, join);
+                pace(i);
+            }
+            let probed: std::collections::BTreeSet<u32> = missing.iter().map(|p| p.1).collect();
+            for (i, &c) in probed.iter().enumerate() {
+                let say = Inbound::Say {
+                    channel: names[c as usize].as_bytes(),
+                    text: b"probe",
+                };
+                self.send(plan.members[c as usize][0], target, say);
+                pace(i);
+            }
+            let mut seen = HashSet::new();
+            let deadline = Instant::now() + WHO_WAIT;
+            let mut buf = [0u8; 2048];
+            while seen.len() < missing.len() && Instant::now() < deadline {
+                let mut got = false;
+                for nb in 0..neighbors {
+                    while let Ok(len) = self.sockets[n + nb].recv(&mut buf) {
+                        got = true;
+                        if let Ok(Inbound::S2sSay(say)) =
+                            duckchat::decode_inbound(&buf[..len], SayLayout::UserFirst)
+                        {
+                            let name = String::from_utf8_lossy(say.channel);
+                            if let Some(c) = name.strip_prefix('c').and_then(|c| c.parse().ok()) {
+                                seen.insert((nb, c));
+                            }
+                        }
+                    }
+                }
+                if !got {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            missing.retain(|p| !seen.contains(p));
+            if missing.is_empty() {
+                self.drain();
+                return Ok(());
+            }
+        }
+        Err(LoadError::Setup(format!(
+            "{} neighbor subscriptions not confirmed after {ATTEMPTS} attempts",
+            missing.len()
+        )))
     }
 
     /// Discards whatever setup left in the sockets (errors for requests sent twice).

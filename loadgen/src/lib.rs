@@ -17,6 +17,7 @@ pub mod report;
 pub mod scenario;
 pub mod stamp;
 pub mod tracker;
+pub mod traffic;
 pub mod worker;
 
 use thiserror::Error;

@@ -82,6 +82,9 @@ struct RunOpts {
     /// The external router's pid, to read its shards' CPU time.
     #[arg(long, requires = "target")]
     target_pid: Option<u32>,
+    /// Neighbor servers loadgen plays in the `federation` scenario.
+    #[arg(long, default_value_t = 2)]
+    neighbors: usize,
     /// Skip the ceiling run that follows `fanout`.
     #[arg(long)]
     no_ceiling: bool,
@@ -137,6 +140,7 @@ fn run(opts: RunOpts) -> Result<(), String> {
         io: opts.io,
         target: opts.target,
         target_pid: opts.target_pid,
+        neighbors: opts.neighbors,
         ceiling: !opts.no_ceiling,
         quiet: opts.quiet,
     };

@@ -27,6 +27,8 @@ pub struct PhaseSpec<'a> {
     pub warmup: Duration,
     pub duration: Duration,
     pub receivers: usize,
+    /// Neighbor servers played by loadgen; their sockets follow the clients' in `sockets`.
+    pub neighbors: usize,
     /// Whose CPU time to charge to deliveries: a process id and its threads' ids.
     pub cpu_of: Option<(u32, Vec<i32>)>,
     /// No progress lines.
@@ -40,6 +42,9 @@ pub struct PhaseResult {
     /// Messages sent per second over the measured window.
     pub sent_per_s: f64,
     pub send_errors: u64,
+    /// S2S_SAYs sent twice with the same id (federation), each owed an S2S_LEAVE.
+    #[serde(default)]
+    pub repeated_ids: u64,
     /// Deliveries per second of the messages sent in the measured window.
     pub deliveries_per_s: f64,
     pub tally: Tally,
@@ -69,6 +74,7 @@ pub fn run(
     let shared = Shared {
         epoch,
         sockets,
+        neighbors: spec.neighbors,
         plan,
         target: spec.target,
         start_ns,
@@ -79,7 +85,7 @@ pub fn run(
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
     };
-    let receivers = spec.receivers.clamp(1, plan.clients().max(1));
+    let receivers = spec.receivers.clamp(1, sockets.len().max(1));
     let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Latency>(64);
     std::thread::scope(|scope| {
         // However this closure ends, the receivers stop, so the scope can join them.
@@ -87,7 +93,7 @@ pub fn run(
         let sender = scope.spawn(|| send_loop(&shared));
         let receiving: Vec<_> = (0..receivers)
             .map(|r| {
-                let mine: Vec<u32> = (r as u32..plan.clients() as u32)
+                let mine: Vec<u32> = (r as u32..sockets.len() as u32)
                     .step_by(receivers)
                     .collect();
                 let (shared, tx) = (&shared, progress_tx.clone());
@@ -135,6 +141,7 @@ pub fn run(
             offered_rate: spec.rate,
             sent_per_s: sent.measured as f64 / secs,
             send_errors: sent.send_errors,
+            repeated_ids: sent.repeated_ids,
             deliveries_per_s: total.latency.count() as f64 / secs,
             tally: total.tally,
             loss_ratio: if sent.expected == 0 {

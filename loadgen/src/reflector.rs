@@ -77,10 +77,7 @@ impl Reflector {
         let stop = Arc::new(AtomicBool::new(false));
         let mut reflector = Reflector {
             addr,
-            backend: match kind {
-                IoKind::Mmsg => "recvmmsg/sendmmsg",
-                _ => "io_uring",
-            },
+            backend: kind.name(),
             thread_ids: Vec::new(),
             stop: stop.clone(),
             wakers: Vec::new(),

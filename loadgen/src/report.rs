@@ -172,6 +172,9 @@ pub fn rows() -> Vec<Row> {
         ("duplicates", |p| p.tally.duplicates.to_string()),
         ("reordered", |p| p.tally.reordered.to_string()),
         ("send errors", |p| p.send_errors.to_string()),
+        ("repeated ids / S2S_LEAVEs", |p| {
+            format!("{} / {}", p.repeated_ids, p.tally.s2s_leaves)
+        }),
         ("p50 us", |p| us(p.latency.p50_us)),
         ("p90 us", |p| us(p.latency.p90_us)),
         ("p99 us", |p| us(p.latency.p99_us)),

@@ -8,7 +8,7 @@
 //! CPU time be read apart from loadgen's own.
 
 use crate::clients::Clients;
-use crate::phase::{self, PhaseSpec};
+use crate::phase::{self, PhaseResult, PhaseSpec};
 use crate::plan::{Membership, Plan};
 use crate::reflector::Reflector;
 use crate::report::{Machine, Params, RunRecord, Source, FORMAT};
@@ -25,6 +25,10 @@ pub enum Scenario {
     Fanout,
     /// The same traffic through the trivial reflector only: what loopback can carry.
     Ceiling,
+    /// loadgen also plays neighbor servers: it subscribes them with S2S_JOIN, injects
+    /// S2S_SAYs from remote users (some with a repeated id, owed an S2S_LEAVE) and receives
+    /// what the router forwards.
+    Federation,
 }
 
 impl Scenario {
@@ -32,6 +36,7 @@ impl Scenario {
         match self {
             Scenario::Fanout => "fanout",
             Scenario::Ceiling => "ceiling",
+            Scenario::Federation => "federation",
         }
     }
 }
@@ -53,6 +58,8 @@ pub struct RunArgs {
     /// An external router, and optionally its pid (to read its shards' CPU time).
     pub target: Option<SocketAddr>,
     pub target_pid: Option<u32>,
+    /// Neighbor servers loadgen plays in `federation`.
+    pub neighbors: usize,
     /// Run the reflector after the router (fanout only).
     pub ceiling: bool,
     pub quiet: bool,
@@ -63,26 +70,43 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let plan = Plan::new(args.clients, args.membership, args.seed);
-    let clients = Clients::bind(args.clients)?;
-    let spec = |label, target, cpu_of| PhaseSpec {
+    let neighbors = match args.scenario {
+        Scenario::Federation => args.neighbors.max(1),
+        _ => 0,
+    };
+    // Clients' sockets first, then the neighbor servers'.
+    let clients = Clients::bind(args.clients + neighbors)?;
+    let spec = |label, target, cpu_of, neighbors| PhaseSpec {
         label,
         target,
         rate: args.rate,
         warmup: args.warmup,
         duration: args.duration,
         receivers: args.receivers,
+        neighbors,
         cpu_of,
         quiet: args.quiet,
     };
     let pid = std::process::id();
+    let through_reflector = |label| -> Result<PhaseResult, LoadError> {
+        let reflector = Reflector::start(&plan, &clients.addrs, args.cores, args.io)?;
+        clients.make_nonblocking();
+        let cpu_of = Some((pid, reflector.thread_ids.clone()));
+        let spec = spec(label, reflector.addr, cpu_of, 0);
+        phase::run(&spec, &clients.sockets[..args.clients], &plan)
+    };
 
-    let backend: String;
-    let result = match args.scenario {
-        Scenario::Fanout => {
+    let (result, backend) = match args.scenario {
+        Scenario::Fanout | Scenario::Federation => {
+            if neighbors > 0 && args.target.is_some() {
+                return Err(LoadError::Setup(
+                    "federation runs its own router, started with loadgen's neighbor addresses; drop --target".into(),
+                ));
+            }
             let (router, target) = match args.target {
                 Some(addr) => (None, addr),
                 None => {
-                    let router = start_router(args)?;
+                    let router = start_router(args, clients.addrs[args.clients..].to_vec())?;
                     let addr = router.local;
                     (Some(router), addr)
                 }
@@ -93,32 +117,24 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
                     .target_pid
                     .map(|p| (p, machine::named_threads(p, "shard-"))),
             };
-            backend = router.as_ref().map_or("external", |r| r.backend).into();
             clients.join_all(&plan, target)?;
-            phase::run(&spec("router", target, cpu_of), &clients.sockets, &plan)?
+            if neighbors > 0 {
+                clients.subscribe_neighbors(&plan, neighbors, target)?;
+            }
+            let spec = spec("router", target, cpu_of, neighbors);
+            let result = phase::run(&spec, &clients.sockets, &plan)?;
+            (result, router.as_ref().map_or("external", |r| r.backend))
         }
         Scenario::Ceiling => {
-            let reflector = Reflector::start(&plan, &clients.addrs, args.cores, args.io)?;
-            backend = reflector.backend.to_string();
-            clients.make_nonblocking();
-            let cpu_of = Some((pid, reflector.thread_ids.clone()));
-            phase::run(
-                &spec("ceiling", reflector.addr, cpu_of),
-                &clients.sockets,
-                &plan,
-            )?
+            let result = through_reflector("ceiling")?;
+            let (kind, _) = chat_router::io::choose(args.io).map_err(LoadError::Setup)?;
+            (result, kind.name())
         }
     };
-    let ceiling = if args.scenario == Scenario::Fanout && args.ceiling {
-        let reflector = Reflector::start(&plan, &clients.addrs, args.cores, args.io)?;
-        let cpu_of = Some((pid, reflector.thread_ids.clone()));
-        Some(phase::run(
-            &spec("ceiling", reflector.addr, cpu_of),
-            &clients.sockets,
-            &plan,
-        )?)
-    } else {
-        None
+    // The reflector speaks no S2S, so federation has no ceiling to compare with.
+    let ceiling = match (args.scenario, args.ceiling) {
+        (Scenario::Fanout, true) => Some(through_reflector("ceiling")?),
+        _ => None,
     };
 
     let dir = std::env::current_dir().unwrap_or_default();
@@ -151,15 +167,16 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         machine: Machine {
             cores: machine::cores(),
             kernel: machine::kernel(),
-            backend,
+            backend: backend.into(),
         },
         result,
         ceiling,
     })
 }
 
-fn start_router(args: &RunArgs) -> Result<runtime::Running, LoadError> {
-    let engine = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::Running, LoadError> {
+    let mut engine = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    engine.neighbors = neighbors;
     Ok(runtime::start(&RuntimeConfig {
         engine,
         cores: args.cores,

@@ -65,8 +65,11 @@ pub struct Tally {
     pub unique: u64,
     pub duplicates: u64,
     pub reordered: u64,
-    /// Datagrams that were not a delivery of ours (errors, foreign text).
+    /// Datagrams that were not a delivery of ours (errors, foreign text, S2S_JOINs).
     pub foreign: u64,
+    /// S2S_LEAVEs the router sent to loadgen's neighbor servers.
+    #[serde(default)]
+    pub s2s_leaves: u64,
 }
 
 impl Tally {
@@ -91,6 +94,7 @@ impl Tally {
         self.duplicates += other.duplicates;
         self.reordered += other.reordered;
         self.foreign += other.foreign;
+        self.s2s_leaves += other.s2s_leaves;
     }
 }
 

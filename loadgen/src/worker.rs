@@ -5,9 +5,10 @@
 
 use crate::latency::Latency;
 use crate::pacer::Pacer;
-use crate::plan::{channel_name, Plan};
+use crate::plan::Plan;
 use crate::stamp::Stamp;
 use crate::tracker::{Arrival, Tally, Tracker};
+use crate::traffic::Traffic;
 use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
 use crossbeam_channel::Sender;
 use mio::unix::SourceFd;
@@ -34,8 +35,10 @@ const STALL_NS: u64 = 10_000_000;
 /// What all threads of one phase share.
 pub struct Shared<'a> {
     pub epoch: Instant,
-    /// Non-blocking, one per client.
+    /// Non-blocking: one per client, then one per neighbor server.
     pub sockets: &'a [UdpSocket],
+    /// Neighbor servers played by loadgen (their sockets follow the clients').
+    pub neighbors: usize,
     pub plan: &'a Plan,
     pub target: SocketAddr,
     /// The phase's clock, in nanoseconds since `epoch`: sends start at `start_ns`, latency
@@ -68,18 +71,20 @@ pub struct SendReport {
     pub measured: u64,
     pub expected: u64,
     pub send_errors: u64,
+    /// S2S_SAYs sent a second time with the same id.
+    pub repeated_ids: u64,
 }
 
 pub fn send_loop(shared: &Shared<'_>) -> SendReport {
     crate::io::set_timer_slack(1_000);
     let plan = shared.plan;
     let n = plan.clients() as u64;
-    let channels: Vec<String> = (0..plan.members.len() as u32).map(channel_name).collect();
+    let mut traffic = Traffic::new(plan, shared.neighbors, shared.start_ns);
     let mut pacer = Pacer::new(shared.start_ns, shared.rate);
     let mut report = SendReport::default();
     let mut keep_alive = KeepAlive::new(shared.start_ns, n as usize);
     let mut window = shared.rate.is_none().then(|| Window::new(plan));
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; 256];
     // Paced, every message of the schedule before `end_ns` goes out, however late the sender
     // wakes; flat out, sending stops at `end_ns`.
     let finished = |pacer: &Pacer, now: u64| match shared.rate {
@@ -104,25 +109,19 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
             // Flat out, the schedule is meaningless; the stamp then carries the real send time.
             let intended = if shared.rate.is_some() { due } else { now };
             let k = pacer.issued() - 1;
-            let client = (k % n) as u32;
-            let stamp = Stamp {
-                sender: client,
-                seq: k / n,
-                intended_ns: intended,
-            }
-            .encode();
-            let say = Inbound::Say {
-                channel: channels[plan.channel_of[client as usize] as usize].as_bytes(),
-                text: stamp.as_bytes(),
-            };
-            let Ok(len) = say.encode(&mut buf, SayLayout::UserFirst) else {
+            let Some(m) = traffic.message(k, intended, &mut buf) else {
+                report.send_errors += 1; // could not be encoded
                 continue;
             };
-            match shared.sockets[client as usize].send_to(&buf[..len], shared.target) {
+            let sock = &shared.sockets[m.socket];
+            match sock.send_to(&buf[..m.len], shared.target) {
                 Ok(_) => {
                     report.sent += 1;
-                    report.expected += plan.fanout_of(client);
+                    report.expected += m.expected;
                     report.measured += u64::from(shared.measured(intended));
+                    if m.repeat && sock.send_to(&buf[..m.len], shared.target).is_ok() {
+                        report.repeated_ids += 1;
+                    }
                 }
                 Err(_) => report.send_errors += 1,
             }
@@ -248,9 +247,21 @@ pub fn receive_loop(
                     Err(_) => break, // ICMP errors surface here; nothing to account
                 };
                 let now = shared.now_ns();
-                let Some(stamp) = delivery(&buf[..n]) else {
-                    report.tally.foreign += 1;
-                    continue;
+                let from_router = if receiver as usize >= shared.plan.clients() {
+                    forwarded(&buf[..n])
+                } else {
+                    delivery(&buf[..n])
+                };
+                let stamp = match from_router {
+                    Received::Stamp(stamp) => stamp,
+                    Received::Leave => {
+                        report.tally.s2s_leaves += 1;
+                        continue;
+                    }
+                    Received::Other => {
+                        report.tally.foreign += 1;
+                        continue;
+                    }
                 };
                 let arrival = tracker.arrive(receiver, stamp.sender, stamp.seq);
                 report.tally.count(arrival);
@@ -274,10 +285,28 @@ pub fn receive_loop(
     Ok(report)
 }
 
-/// The stamp of a TXT_SAY of ours; `None` for anything else.
-fn delivery(datagram: &[u8]) -> Option<Stamp> {
+enum Received {
+    Stamp(Stamp),
+    Leave,
+    Other,
+}
+
+/// What a client socket got: a TXT_SAY of ours, or something else.
+fn delivery(datagram: &[u8]) -> Received {
     match duckchat::decode_outbound(datagram) {
-        Ok(Outbound::Say { text, .. }) => Stamp::parse(text),
-        _ => None,
+        Ok(Outbound::Say { text, .. }) => {
+            Stamp::parse(text).map_or(Received::Other, Received::Stamp)
+        }
+        _ => Received::Other,
+    }
+}
+
+/// What a neighbor socket got: a forwarded S2S_SAY of ours, an S2S_LEAVE, or something else
+/// (the router's own S2S_JOINs).
+fn forwarded(datagram: &[u8]) -> Received {
+    match duckchat::decode_inbound(datagram, SayLayout::UserFirst) {
+        Ok(Inbound::S2sSay(say)) => Stamp::parse(say.text).map_or(Received::Other, Received::Stamp),
+        Ok(Inbound::S2sLeave { .. }) => Received::Leave,
+        _ => Received::Other,
     }
 }

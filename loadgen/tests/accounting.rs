@@ -119,6 +119,7 @@ fn loss_duplicates_and_reordering_are_counted_exactly() {
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(500),
         receivers: 2,
+        neighbors: 0,
         cpu_of: None,
         quiet: true,
     };

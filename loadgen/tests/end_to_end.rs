@@ -22,6 +22,7 @@ fn args(scenario: Scenario) -> RunArgs {
         io: IoKind::Auto,
         target: None,
         target_pid: None,
+        neighbors: 2,
         ceiling: true,
         quiet: true,
     }
@@ -151,4 +152,23 @@ fn flat_out_keeps_a_window_and_loses_nothing_to_overload() {
         "{:?}",
         p.tally
     );
+}
+
+#[test]
+fn federation_forwards_to_neighbors_and_answers_repeated_ids_with_s2s_leave() {
+    let mut a = args(Scenario::Federation);
+    a.clients = 200;
+    let record = scenario::run(&a).unwrap();
+    let p = &record.result;
+    let t = p.tally;
+    // 1300 messages: 650 from clients (10 members + 2 neighbors each) and 650 injected by the
+    // neighbors (10 members + the other neighbor).
+    assert_eq!(t.expected, 650 * 12 + 650 * 11, "{t:?}");
+    assert_eq!(t.lost(), 0, "{t:?}");
+    // Each neighbor repeated the id of its 100th, 200th and 300th message: never delivered
+    // twice, each answered with an S2S_LEAVE.
+    assert_eq!(p.repeated_ids, 6);
+    assert_eq!((t.duplicates, t.reordered), (0, 0), "{t:?}");
+    assert_eq!(t.s2s_leaves, p.repeated_ids, "{t:?}");
+    assert!(record.ceiling.is_none(), "the reflector speaks no S2S");
 }

@@ -28,6 +28,16 @@ pub enum IoKind {
     Mmsg,
 }
 
+impl IoKind {
+    /// The backend's name in start-up lines and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoKind::Mmsg => "recvmmsg/sendmmsg",
+            IoKind::Uring | IoKind::Auto => "io_uring",
+        }
+    }
+}
+
 /// The backend chosen for `wanted`, and why it fell back when it did.
 pub fn choose(wanted: IoKind) -> Result<(IoKind, Option<String>), String> {
     match wanted {

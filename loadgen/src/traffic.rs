@@ -1,0 +1,155 @@
+//! What message `k` of the schedule is: who sends it, its datagram, and how many deliveries it
+//! must cause. Clients take turns (client `j % n` sends its message `j / n`). With neighbor
+//! servers, every other message is instead an S2S_SAY that neighbor `j % K` injects for a
+//! remote user, cycling through the channels; every [`REPEAT_EVERY`]th of those is sent twice
+//! with the same id, which the router must answer with S2S_LEAVE and never deliver.
+
+use crate::plan::{channel_name, Plan};
+use crate::stamp::Stamp;
+use chat_router::proto::duckchat::{Inbound, S2sSay, SayLayout};
+use chat_router::rng::Rng;
+
+pub const REPEAT_EVERY: u64 = 100;
+
+pub struct Traffic<'a> {
+    plan: &'a Plan,
+    neighbors: u64,
+    channels: Vec<String>,
+    users: Vec<String>,
+    ids: Rng,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message {
+    /// Index of the sending socket: clients first, then neighbors.
+    pub socket: usize,
+    pub len: usize,
+    /// Deliveries it must cause: channel members, plus every neighbor but its sender.
+    pub expected: u64,
+    /// Send it a second time, unchanged (a duplicate S2S id).
+    pub repeat: bool,
+}
+
+impl<'a> Traffic<'a> {
+    pub fn new(plan: &'a Plan, neighbors: usize, seed: u64) -> Self {
+        Self {
+            plan,
+            neighbors: neighbors as u64,
+            channels: (0..plan.members.len() as u32).map(channel_name).collect(),
+            users: (0..neighbors).map(|i| format!("n{i}")).collect(),
+            ids: Rng::new(seed),
+        }
+    }
+
+    /// Encodes message `k` (intended at `intended_ns`) into `buf`.
+    pub fn message(&mut self, k: u64, intended_ns: u64, buf: &mut [u8]) -> Option<Message> {
+        if self.neighbors == 0 {
+            return self.local(k, intended_ns, buf);
+        }
+        if k.is_multiple_of(2) {
+            self.local(k / 2, intended_ns, buf)
+        } else {
+            self.remote(k / 2, intended_ns, buf)
+        }
+    }
+
+    fn local(&self, j: u64, intended_ns: u64, buf: &mut [u8]) -> Option<Message> {
+        let n = self.plan.clients() as u64;
+        let client = (j % n) as u32;
+        let stamp = Stamp {
+            sender: client,
+            seq: j / n,
+            intended_ns,
+        }
+        .encode();
+        let channel = self.plan.channel_of[client as usize] as usize;
+        let say = Inbound::Say {
+            channel: self.channels[channel].as_bytes(),
+            text: stamp.as_bytes(),
+        };
+        Some(Message {
+            socket: client as usize,
+            len: say.encode(buf, SayLayout::UserFirst).ok()?,
+            expected: self.plan.fanout_of(client) + self.neighbors,
+            repeat: false,
+        })
+    }
+
+    fn remote(&mut self, j: u64, intended_ns: u64, buf: &mut [u8]) -> Option<Message> {
+        let n = self.plan.clients();
+        let neighbor = (j % self.neighbors) as usize;
+        let seq = j / self.neighbors;
+        let channel = ((seq + neighbor as u64) % self.channels.len() as u64) as usize;
+        let stamp = Stamp {
+            sender: (n + neighbor) as u32,
+            seq,
+            intended_ns,
+        }
+        .encode();
+        let say = Inbound::S2sSay(S2sSay {
+            id: self.ids.next_u64(),
+            user: self.users[neighbor].as_bytes(),
+            channel: self.channels[channel].as_bytes(),
+            text: stamp.as_bytes(),
+        });
+        Some(Message {
+            socket: n + neighbor,
+            len: say.encode(buf, SayLayout::UserFirst).ok()?,
+            expected: self.plan.members[channel].len() as u64 + self.neighbors - 1,
+            repeat: seq % REPEAT_EVERY == REPEAT_EVERY - 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Membership;
+    use chat_router::proto::duckchat::decode_inbound;
+
+    #[test]
+    fn clients_take_turns_without_neighbors() {
+        let plan = Plan::new(4, Membership::Fixed { members: 2 }, 1);
+        let mut t = Traffic::new(&plan, 0, 1);
+        let mut buf = [0u8; 256];
+        let sockets: Vec<usize> = (0..8)
+            .map(|k| t.message(k, 0, &mut buf).unwrap().socket)
+            .collect();
+        assert_eq!(sockets, vec![0, 1, 2, 3, 0, 1, 2, 3]);
+        let m = t.message(5, 77, &mut buf).unwrap();
+        assert_eq!((m.expected, m.repeat), (2, false));
+        let Ok(Inbound::Say { channel, text }) =
+            decode_inbound(&buf[..m.len], SayLayout::UserFirst)
+        else {
+            panic!("not a SAY");
+        };
+        assert_eq!(channel, b"c0");
+        let stamp = Stamp::parse(text).unwrap();
+        assert_eq!((stamp.sender, stamp.seq, stamp.intended_ns), (1, 1, 77));
+    }
+
+    #[test]
+    fn neighbors_inject_every_other_message_and_repeat_some_ids() {
+        let plan = Plan::new(4, Membership::Fixed { members: 2 }, 1);
+        let mut t = Traffic::new(&plan, 3, 1);
+        let mut buf = [0u8; 256];
+        // Local messages still fan out to every neighbor.
+        let local = t.message(0, 0, &mut buf).unwrap();
+        assert_eq!((local.socket, local.expected), (0, 2 + 3));
+        let remote = t.message(1, 5, &mut buf).unwrap();
+        assert_eq!((remote.socket, remote.expected), (4, 2 + 2));
+        let Ok(Inbound::S2sSay(say)) = decode_inbound(&buf[..remote.len], SayLayout::UserFirst)
+        else {
+            panic!("not an S2S_SAY");
+        };
+        assert_eq!(say.user, b"n0");
+        assert_eq!(Stamp::parse(say.text).unwrap().sender, 4);
+        let repeats = (0..2 * 3 * REPEAT_EVERY)
+            .filter(|&k| t.message(k, 0, &mut buf).unwrap().repeat)
+            .count();
+        assert_eq!(
+            repeats, 3,
+            "one per neighbor per {REPEAT_EVERY} of its messages"
+        );
+    }
+}
