@@ -7,6 +7,7 @@ use loadgen::plan::Membership;
 use loadgen::plot::{svg, Series};
 use loadgen::report::RunRecord;
 use loadgen::scenario::{self, RunArgs, Scenario};
+use loadgen::traffic::Churn;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,7 +86,13 @@ struct RunOpts {
     /// Neighbor servers loadgen plays in the `federation` scenario.
     #[arg(long, default_value_t = 2)]
     neighbors: usize,
-    /// Skip the ceiling run that follows `fanout`.
+    /// Logins, joins, leaves and logouts per second in the `churn` scenario.
+    #[arg(long, default_value_t = 1000.0)]
+    churn_rate: f64,
+    /// Clients that churn (besides --clients, which chat).
+    #[arg(long, default_value_t = 256)]
+    churn_clients: usize,
+    /// Skip the ceiling run that follows `fanout` and `churn`.
     #[arg(long)]
     no_ceiling: bool,
     /// Write the run's JSON and percentile files into this directory.
@@ -117,6 +124,9 @@ fn run(opts: RunOpts) -> Result<(), String> {
     if opts.clients == 0 || opts.members == 0 || opts.receivers == 0 || opts.cores == 0 {
         return Err("--clients, --members, --receivers and --cores must be at least 1".into());
     }
+    if opts.churn_clients == 0 || !(opts.churn_rate > 0.0 && opts.churn_rate.is_finite()) {
+        return Err("--churn-rate must be positive and --churn-clients at least 1".into());
+    }
     let membership = match opts.zipf {
         Some(exponent) if exponent > 0.0 && exponent.is_finite() => Membership::Zipf {
             channels: opts.channels.unwrap_or(opts.clients / 10).max(1),
@@ -141,6 +151,10 @@ fn run(opts: RunOpts) -> Result<(), String> {
         target: opts.target,
         target_pid: opts.target_pid,
         neighbors: opts.neighbors,
+        churn: Churn {
+            rate: opts.churn_rate,
+            pool: opts.churn_clients,
+        },
         ceiling: !opts.no_ceiling,
         quiet: opts.quiet,
     };

@@ -6,6 +6,7 @@ use crate::latency::{Latency, Percentiles};
 use crate::machine;
 use crate::plan::Plan;
 use crate::tracker::Tally;
+use crate::traffic::Churn;
 use crate::worker::{receive_loop, send_loop, ReceiveReport, Shared};
 use crate::LoadError;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,8 @@ pub struct PhaseSpec<'a> {
     pub receivers: usize,
     /// Neighbor servers played by loadgen; their sockets follow the clients' in `sockets`.
     pub neighbors: usize,
+    /// Churn clients; their sockets follow the neighbors'.
+    pub churn: Option<Churn>,
     /// Whose CPU time to charge to deliveries: a process id and its threads' ids.
     pub cpu_of: Option<(u32, Vec<i32>)>,
     /// No progress lines.
@@ -45,6 +48,9 @@ pub struct PhaseResult {
     /// S2S_SAYs sent twice with the same id (federation), each owed an S2S_LEAVE.
     #[serde(default)]
     pub repeated_ids: u64,
+    /// Logins, joins, leaves and logouts of churn clients (churn).
+    #[serde(default)]
+    pub churn_ops: u64,
     /// Deliveries per second of the messages sent in the measured window.
     pub deliveries_per_s: f64,
     pub tally: Tally,
@@ -81,6 +87,7 @@ pub fn run(
         measure_from_ns,
         end_ns: measure_from_ns + spec.duration.as_nanos() as u64,
         rate: spec.rate,
+        churn: spec.churn,
         stop: AtomicBool::new(false),
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
@@ -142,6 +149,7 @@ pub fn run(
             sent_per_s: sent.measured as f64 / secs,
             send_errors: sent.send_errors,
             repeated_ids: sent.repeated_ids,
+            churn_ops: sent.churn_ops,
             deliveries_per_s: total.latency.count() as f64 / secs,
             tally: total.tally,
             loss_ratio: if sent.expected == 0 {

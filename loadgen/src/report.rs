@@ -43,6 +43,14 @@ pub struct Params {
     pub io: String,
     /// An external router's address; `None` when loadgen ran its own.
     pub target: Option<String>,
+    /// Neighbor servers loadgen played (federation).
+    #[serde(default)]
+    pub neighbors: usize,
+    /// Churn operations per second and churn clients (churn).
+    #[serde(default)]
+    pub churn_rate: Option<f64>,
+    #[serde(default)]
+    pub churn_clients: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +180,9 @@ pub fn rows() -> Vec<Row> {
         ("duplicates", |p| p.tally.duplicates.to_string()),
         ("reordered", |p| p.tally.reordered.to_string()),
         ("send errors", |p| p.send_errors.to_string()),
+        ("churn ops / errors", |p| {
+            format!("{} / {}", p.churn_ops, p.tally.churn_errors)
+        }),
         ("repeated ids / S2S_LEAVEs", |p| {
             format!("{} / {}", p.repeated_ids, p.tally.s2s_leaves)
         }),

@@ -12,6 +12,7 @@ use crate::phase::{self, PhaseResult, PhaseSpec};
 use crate::plan::{Membership, Plan};
 use crate::reflector::Reflector;
 use crate::report::{Machine, Params, RunRecord, Source, FORMAT};
+use crate::traffic::Churn;
 use crate::{machine, LoadError};
 use chat_router::engine::Config;
 use chat_router::io::IoKind;
@@ -29,6 +30,9 @@ pub enum Scenario {
     /// S2S_SAYs from remote users (some with a repeated id, owed an S2S_LEAVE) and receives
     /// what the router forwards.
     Federation,
+    /// fanout, while a pool of extra clients logs in, joins chat channels, leaves and logs
+    /// out at --churn-rate operations per second.
+    Churn,
 }
 
 impl Scenario {
@@ -37,6 +41,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Ceiling => "ceiling",
             Scenario::Federation => "federation",
+            Scenario::Churn => "churn",
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct RunArgs {
     pub target_pid: Option<u32>,
     /// Neighbor servers loadgen plays in `federation`.
     pub neighbors: usize,
+    /// Churn operations per second and churn clients, in `churn`.
+    pub churn: Churn,
     /// Run the reflector after the router (fanout only).
     pub ceiling: bool,
     pub quiet: bool,
@@ -74,8 +81,10 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         Scenario::Federation => args.neighbors.max(1),
         _ => 0,
     };
-    // Clients' sockets first, then the neighbor servers'.
-    let clients = Clients::bind(args.clients + neighbors)?;
+    let churn = (args.scenario == Scenario::Churn).then_some(args.churn);
+    let churners = churn.map_or(0, |c| c.pool);
+    // Clients' sockets first, then the neighbor servers', then the churn clients'.
+    let clients = Clients::bind(args.clients + neighbors + churners)?;
     let spec = |label, target, cpu_of, neighbors| PhaseSpec {
         label,
         target,
@@ -84,20 +93,23 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         duration: args.duration,
         receivers: args.receivers,
         neighbors,
+        churn,
         cpu_of,
         quiet: args.quiet,
     };
     let pid = std::process::id();
     let through_reflector = |label| -> Result<PhaseResult, LoadError> {
-        let reflector = Reflector::start(&plan, &clients.addrs, args.cores, args.io)?;
+        let addrs = &clients.addrs[..args.clients];
+        let reflector = Reflector::start(&plan, addrs, args.cores, args.io)?;
         clients.make_nonblocking();
         let cpu_of = Some((pid, reflector.thread_ids.clone()));
-        let spec = spec(label, reflector.addr, cpu_of, 0);
+        let mut spec = spec(label, reflector.addr, cpu_of, 0);
+        spec.churn = None; // the reflector ignores everything but SAYs
         phase::run(&spec, &clients.sockets[..args.clients], &plan)
     };
 
     let (result, backend) = match args.scenario {
-        Scenario::Fanout | Scenario::Federation => {
+        Scenario::Fanout | Scenario::Federation | Scenario::Churn => {
             if neighbors > 0 && args.target.is_some() {
                 return Err(LoadError::Setup(
                     "federation runs its own router, started with loadgen's neighbor addresses; drop --target".into(),
@@ -106,7 +118,8 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             let (router, target) = match args.target {
                 Some(addr) => (None, addr),
                 None => {
-                    let router = start_router(args, clients.addrs[args.clients..].to_vec())?;
+                    let neighbor_addrs = clients.addrs[args.clients..][..neighbors].to_vec();
+                    let router = start_router(args, neighbor_addrs)?;
                     let addr = router.local;
                     (Some(router), addr)
                 }
@@ -133,7 +146,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
     };
     // The reflector speaks no S2S, so federation has no ceiling to compare with.
     let ceiling = match (args.scenario, args.ceiling) {
-        (Scenario::Fanout, true) => Some(through_reflector("ceiling")?),
+        (Scenario::Fanout | Scenario::Churn, true) => Some(through_reflector("ceiling")?),
         _ => None,
     };
 
@@ -159,6 +172,9 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             cores: args.cores,
             io: format!("{:?}", args.io).to_lowercase(),
             target: args.target.map(|a| a.to_string()),
+            neighbors,
+            churn_rate: churn.map(|c| c.rate),
+            churn_clients: churners,
         },
         source: Source {
             commit: source.as_ref().map(|s| s.0.clone()),

@@ -70,6 +70,12 @@ pub struct Tally {
     /// S2S_LEAVEs the router sent to loadgen's neighbor servers.
     #[serde(default)]
     pub s2s_leaves: u64,
+    /// What churn clients received: chat while they were members, and errors (none expected:
+    /// each churn client's requests arrive in order).
+    #[serde(default)]
+    pub churn_received: u64,
+    #[serde(default)]
+    pub churn_errors: u64,
 }
 
 impl Tally {
@@ -95,6 +101,8 @@ impl Tally {
         self.reordered += other.reordered;
         self.foreign += other.foreign;
         self.s2s_leaves += other.s2s_leaves;
+        self.churn_received += other.churn_received;
+        self.churn_errors += other.churn_errors;
     }
 }
 

@@ -79,10 +79,14 @@ impl<'a> Traffic<'a> {
         let n = self.plan.clients();
         let neighbor = (j % self.neighbors) as usize;
         let seq = j / self.neighbors;
-        let channel = ((seq + neighbor as u64) % self.channels.len() as u64) as usize;
+        let channels = self.channels.len() as u64;
+        let channel = ((seq + neighbor as u64) % channels) as usize;
+        // DuckChat orders messages within a channel only, so each (neighbor, channel) pair is
+        // a sender of its own for the receivers' accounting: the other neighbor gets this
+        // neighbor's messages of all channels, through different owner shards.
         let stamp = Stamp {
-            sender: (n + neighbor) as u32,
-            seq,
+            sender: (n + neighbor * channels as usize + channel) as u32,
+            seq: seq / channels,
             intended_ns,
         }
         .encode();
@@ -106,6 +110,36 @@ mod tests {
     use super::*;
     use crate::plan::Membership;
     use chat_router::proto::duckchat::decode_inbound;
+
+    #[test]
+    fn churn_cycles_login_join_leave_logout_through_the_channels() {
+        let plan = Plan::new(40, Membership::Fixed { members: 10 }, 1);
+        let churn = Churn { rate: 1.0, pool: 3 };
+        let mut buf = [0u8; 256];
+        let ops: Vec<(usize, Inbound<'static>)> = (0..15)
+            .map(|k| {
+                let (client, len) = churn.operation(k, &plan, &mut buf).unwrap();
+                let op = match decode_inbound(&buf[..len], SayLayout::UserFirst).unwrap() {
+                    Inbound::Login { .. } => Inbound::Login { user: b"" },
+                    Inbound::Join { channel } => Inbound::Join {
+                        channel: if channel == b"c0" { b"c0" } else { b"other" },
+                    },
+                    Inbound::Leave { .. } => Inbound::Leave { channel: b"" },
+                    Inbound::Logout => Inbound::Logout,
+                    other => panic!("{other:?}"),
+                };
+                (client, op)
+            })
+            .collect();
+        // Client 0: login (k=0), join c0 (k=3), leave (k=6), logout (k=9), login again (k=12).
+        let client0: Vec<&Inbound> = ops.iter().filter(|o| o.0 == 0).map(|o| &o.1).collect();
+        assert_eq!(client0.len(), 5);
+        assert!(matches!(client0[0], Inbound::Login { .. }));
+        assert_eq!(client0[1], &Inbound::Join { channel: b"c0" });
+        assert!(matches!(client0[2], Inbound::Leave { .. }));
+        assert_eq!(client0[3], &Inbound::Logout);
+        assert!(matches!(client0[4], Inbound::Login { .. }));
+    }
 
     #[test]
     fn clients_take_turns_without_neighbors() {
@@ -143,6 +177,7 @@ mod tests {
             panic!("not an S2S_SAY");
         };
         assert_eq!(say.user, b"n0");
+        // The first remote sender id: neighbor 0 in channel 0 (clients are 0..4).
         assert_eq!(Stamp::parse(say.text).unwrap().sender, 4);
         let repeats = (0..2 * 3 * REPEAT_EVERY)
             .filter(|&k| t.message(k, 0, &mut buf).unwrap().repeat)
@@ -151,5 +186,43 @@ mod tests {
             repeats, 3,
             "one per neighbor per {REPEAT_EVERY} of its messages"
         );
+    }
+}
+
+/// Churn: a pool of extra clients (sockets after the clients' and neighbors') that cycle
+/// through LOGIN, JOIN of a chat channel, LEAVE and LOGOUT while the chat runs, so member
+/// lists change under load. Operation `k` is step `(k / pool) % 4` of pool client `k % pool`;
+/// each cycle joins the next channel. What churn clients receive is counted apart from the
+/// chat's accounting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Churn {
+    /// Operations per second.
+    pub rate: f64,
+    pub pool: usize,
+}
+
+impl Churn {
+    /// Encodes operation `k` into `buf`; returns the index into the churn pool and the length.
+    pub fn operation(&self, k: u64, plan: &Plan, buf: &mut [u8]) -> Option<(usize, usize)> {
+        let pool = self.pool.max(1) as u64;
+        let client = (k % pool) as usize;
+        let step = k / pool;
+        let cycle = step / 4;
+        let channels = plan.members.len() as u64;
+        let channel = channel_name(((client as u64 * 7 + cycle) % channels) as u32);
+        let name = format!("z{client}");
+        let request = match step % 4 {
+            0 => Inbound::Login {
+                user: name.as_bytes(),
+            },
+            1 => Inbound::Join {
+                channel: channel.as_bytes(),
+            },
+            2 => Inbound::Leave {
+                channel: channel.as_bytes(),
+            },
+            _ => Inbound::Logout,
+        };
+        Some((client, request.encode(buf, SayLayout::UserFirst).ok()?))
     }
 }

@@ -8,7 +8,7 @@ use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::stamp::Stamp;
 use crate::tracker::{Arrival, Tally, Tracker};
-use crate::traffic::Traffic;
+use crate::traffic::{Churn, Traffic};
 use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
 use crossbeam_channel::Sender;
 use mio::unix::SourceFd;
@@ -49,6 +49,8 @@ pub struct Shared<'a> {
     /// `None`: as fast as possible, with at most [`MAX_IN_FLIGHT`] messages' worth of
     /// deliveries outstanding.
     pub rate: Option<f64>,
+    /// Churn clients, whose sockets follow the neighbors'.
+    pub churn: Option<Churn>,
     pub stop: AtomicBool,
     pub sent: AtomicU64,
     pub delivered: AtomicU64,
@@ -73,6 +75,7 @@ pub struct SendReport {
     pub send_errors: u64,
     /// S2S_SAYs sent a second time with the same id.
     pub repeated_ids: u64,
+    pub churn_ops: u64,
 }
 
 pub fn send_loop(shared: &Shared<'_>) -> SendReport {
@@ -83,6 +86,10 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
     let mut pacer = Pacer::new(shared.start_ns, shared.rate);
     let mut report = SendReport::default();
     let mut keep_alive = KeepAlive::new(shared.start_ns, n as usize);
+    let mut churn = shared
+        .churn
+        .map(|c| (c, Pacer::new(shared.start_ns, Some(c.rate))));
+    let churn_socket = plan.clients() + shared.neighbors;
     let mut window = shared.rate.is_none().then(|| Window::new(plan));
     let mut buf = [0u8; 256];
     // Paced, every message of the schedule before `end_ns` goes out, however late the sender
@@ -127,8 +134,22 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
             }
         }
         keep_alive.step(now, shared);
+        if let Some((c, churn_pacer)) = &mut churn {
+            for _ in 0..BURST {
+                if churn_pacer.due(now).is_none() {
+                    break;
+                }
+                if let Some((i, len)) = c.operation(churn_pacer.issued() - 1, plan, &mut buf) {
+                    let _ = shared.sockets[churn_socket + i].send_to(&buf[..len], shared.target);
+                    report.churn_ops += 1;
+                }
+            }
+        }
         shared.sent.store(report.sent, Ordering::Relaxed);
-        let next = pacer.next_due();
+        let next = match &churn {
+            Some((_, churn_pacer)) => pacer.next_due().min(churn_pacer.next_due()),
+            None => pacer.next_due(),
+        };
         if next > now {
             std::thread::sleep(Duration::from_nanos(next - now));
         } else if window.is_some() {
@@ -247,6 +268,15 @@ pub fn receive_loop(
                     Err(_) => break, // ICMP errors surface here; nothing to account
                 };
                 let now = shared.now_ns();
+                let first_churn = shared.plan.clients() + shared.neighbors;
+                if receiver as usize >= first_churn {
+                    // Churn clients: chat they get while members is not the chat's to count.
+                    match duckchat::decode_outbound(&buf[..n]) {
+                        Ok(Outbound::Error { .. }) => report.tally.churn_errors += 1,
+                        _ => report.tally.churn_received += 1,
+                    }
+                    continue;
+                }
                 let from_router = if receiver as usize >= shared.plan.clients() {
                     forwarded(&buf[..n])
                 } else {

@@ -120,6 +120,7 @@ fn loss_duplicates_and_reordering_are_counted_exactly() {
         duration: Duration::from_millis(500),
         receivers: 2,
         neighbors: 0,
+        churn: None,
         cpu_of: None,
         quiet: true,
     };

@@ -23,6 +23,10 @@ fn args(scenario: Scenario) -> RunArgs {
         target: None,
         target_pid: None,
         neighbors: 2,
+        churn: loadgen::traffic::Churn {
+            rate: 1000.0,
+            pool: 50,
+        },
         ceiling: true,
         quiet: true,
     }
@@ -171,4 +175,25 @@ fn federation_forwards_to_neighbors_and_answers_repeated_ids_with_s2s_leave() {
     assert_eq!((t.duplicates, t.reordered), (0, 0), "{t:?}");
     assert_eq!(t.s2s_leaves, p.repeated_ids, "{t:?}");
     assert!(record.ceiling.is_none(), "the reflector speaks no S2S");
+}
+
+#[test]
+fn churn_changes_membership_under_chat_without_errors_or_loss() {
+    let mut a = args(Scenario::Churn);
+    a.clients = 200;
+    a.ceiling = false;
+    let record = scenario::run(&a).unwrap();
+    let p = &record.result;
+    let t = p.tally;
+    // 1.3 s at 1000 operations/s: 50 churn clients each through about six login, join,
+    // leave, logout cycles, each request in order, so the router never answers with an error.
+    assert_eq!(p.churn_ops, 1300);
+    assert_eq!(t.churn_errors, 0, "{t:?}");
+    assert!(
+        t.churn_received > 0,
+        "churn clients got chat while members: {t:?}"
+    );
+    // The chat itself (the 200 steady clients) is unaffected.
+    assert_eq!(t.expected, 13_000, "{t:?}");
+    assert_eq!((t.lost(), t.duplicates, t.reordered), (0, 0, 0), "{t:?}");
 }
