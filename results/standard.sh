@@ -10,3 +10,5 @@ for io in uring mmsg; do
     lg --clients 10000 --members 10 --rate 15000 --io "$io"   # about half of it: latency
 done
 lg --clients 10000 --zipf 1.0 --channels 1000 --rate 500 --io uring   # a few huge channels
+lg --scenario federation --clients 10000 --members 10 --neighbors 2 --rate 10000 --io uring
+lg --scenario churn --clients 10000 --members 10 --churn-rate 2000 --rate 15000 --io uring
