@@ -49,13 +49,11 @@ impl Reflector {
         let table = Arc::new(Table {
             members: client_addrs
                 .iter()
+                .zip(&plan.channel_of)
                 .enumerate()
-                .map(|(i, &addr)| {
-                    let member = Member {
-                        name: Name::truncating(client_name(i as u32).as_bytes()),
-                        channel: plan.channel_of[i],
-                    };
-                    (addr, member)
+                .map(|(i, (&addr, &channel))| {
+                    let name = Name::truncating(client_name(i as u32).as_bytes());
+                    (addr, Member { name, channel })
                 })
                 .collect(),
             channels: plan

@@ -98,14 +98,15 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         quiet: args.quiet,
     };
     let pid = std::process::id();
-    let through_reflector = |label| -> Result<PhaseResult, LoadError> {
+    let through_reflector = |label| -> Result<(PhaseResult, &'static str), LoadError> {
         let addrs = &clients.addrs[..args.clients];
         let reflector = Reflector::start(&plan, addrs, args.cores, args.io)?;
         clients.make_nonblocking();
         let cpu_of = Some((pid, reflector.thread_ids.clone()));
         let mut spec = spec(label, reflector.addr, cpu_of, 0);
         spec.churn = None; // the reflector ignores everything but SAYs
-        phase::run(&spec, &clients.sockets[..args.clients], &plan)
+        let result = phase::run(&spec, &clients.sockets[..args.clients], &plan)?;
+        Ok((result, reflector.backend))
     };
 
     let (result, backend) = match args.scenario {
@@ -138,15 +139,11 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             let result = phase::run(&spec, &clients.sockets, &plan)?;
             (result, router.as_ref().map_or("external", |r| r.backend))
         }
-        Scenario::Ceiling => {
-            let result = through_reflector("ceiling")?;
-            let (kind, _) = chat_router::io::choose(args.io).map_err(LoadError::Setup)?;
-            (result, kind.name())
-        }
+        Scenario::Ceiling => through_reflector("ceiling")?,
     };
     // The reflector speaks no S2S, so federation has no ceiling to compare with.
     let ceiling = match (args.scenario, args.ceiling) {
-        (Scenario::Fanout | Scenario::Churn, true) => Some(through_reflector("ceiling")?),
+        (Scenario::Fanout | Scenario::Churn, true) => Some(through_reflector("ceiling")?.0),
         _ => None,
     };
 

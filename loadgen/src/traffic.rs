@@ -3,6 +3,11 @@
 //! servers, every other message is instead an S2S_SAY that neighbor `j % K` injects for a
 //! remote user, cycling through the channels; every [`REPEAT_EVERY`]th of those is sent twice
 //! with the same id, which the router must answer with S2S_LEAVE and never deliver.
+//!
+//! Churn runs beside it: a pool of extra clients (sockets after the clients' and neighbors')
+//! cycle through LOGIN, JOIN of a chat channel, LEAVE and LOGOUT, so member lists change under
+//! load. Churn operation `k` is step `(k / pool) % 4` of pool client `k % pool`; each cycle
+//! joins the next channel.
 
 use crate::plan::{channel_name, Plan};
 use crate::stamp::Stamp;
@@ -11,11 +16,22 @@ use chat_router::rng::Rng;
 
 pub const REPEAT_EVERY: u64 = 100;
 
+/// Churn's settings. What churn clients receive is counted apart from the chat's accounting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Churn {
+    /// Operations per second.
+    pub rate: f64,
+    pub pool: usize,
+}
+
 pub struct Traffic<'a> {
     plan: &'a Plan,
     neighbors: u64,
     channels: Vec<String>,
+    /// Remote users, one per neighbor.
     users: Vec<String>,
+    /// Churn clients' names, one per pool member.
+    churners: Vec<String>,
     ids: Rng,
 }
 
@@ -31,14 +47,38 @@ pub struct Message {
 }
 
 impl<'a> Traffic<'a> {
-    pub fn new(plan: &'a Plan, neighbors: usize, seed: u64) -> Self {
+    pub fn new(plan: &'a Plan, neighbors: usize, churners: usize, seed: u64) -> Self {
         Self {
             plan,
             neighbors: neighbors as u64,
             channels: (0..plan.members.len() as u32).map(channel_name).collect(),
             users: (0..neighbors).map(|i| format!("n{i}")).collect(),
+            churners: (0..churners).map(|i| format!("z{i}")).collect(),
             ids: Rng::new(seed),
         }
+    }
+
+    /// Encodes churn operation `k` into `buf`; returns the churn client's index in the pool
+    /// and the length.
+    pub fn churn_operation(&self, k: u64, buf: &mut [u8]) -> Option<(usize, usize)> {
+        let pool = self.churners.len().max(1) as u64;
+        let client = (k % pool) as usize;
+        let step = k / pool;
+        let channels = self.channels.len() as u64;
+        let channel = &self.channels[((client as u64 * 7 + step / 4) % channels) as usize];
+        let request = match step % 4 {
+            0 => Inbound::Login {
+                user: self.churners.get(client)?.as_bytes(),
+            },
+            1 => Inbound::Join {
+                channel: channel.as_bytes(),
+            },
+            2 => Inbound::Leave {
+                channel: channel.as_bytes(),
+            },
+            _ => Inbound::Logout,
+        };
+        Some((client, request.encode(buf, SayLayout::UserFirst).ok()?))
     }
 
     /// Encodes message `k` (intended at `intended_ns`) into `buf`.
@@ -114,11 +154,11 @@ mod tests {
     #[test]
     fn churn_cycles_login_join_leave_logout_through_the_channels() {
         let plan = Plan::new(40, Membership::Fixed { members: 10 }, 1);
-        let churn = Churn { rate: 1.0, pool: 3 };
+        let churn = Traffic::new(&plan, 0, 3, 1);
         let mut buf = [0u8; 256];
         let ops: Vec<(usize, Inbound<'static>)> = (0..15)
             .map(|k| {
-                let (client, len) = churn.operation(k, &plan, &mut buf).unwrap();
+                let (client, len) = churn.churn_operation(k, &mut buf).unwrap();
                 let op = match decode_inbound(&buf[..len], SayLayout::UserFirst).unwrap() {
                     Inbound::Login { .. } => Inbound::Login { user: b"" },
                     Inbound::Join { channel } => Inbound::Join {
@@ -144,7 +184,7 @@ mod tests {
     #[test]
     fn clients_take_turns_without_neighbors() {
         let plan = Plan::new(4, Membership::Fixed { members: 2 }, 1);
-        let mut t = Traffic::new(&plan, 0, 1);
+        let mut t = Traffic::new(&plan, 0, 0, 1);
         let mut buf = [0u8; 256];
         let sockets: Vec<usize> = (0..8)
             .map(|k| t.message(k, 0, &mut buf).unwrap().socket)
@@ -165,7 +205,7 @@ mod tests {
     #[test]
     fn neighbors_inject_every_other_message_and_repeat_some_ids() {
         let plan = Plan::new(4, Membership::Fixed { members: 2 }, 1);
-        let mut t = Traffic::new(&plan, 3, 1);
+        let mut t = Traffic::new(&plan, 3, 0, 1);
         let mut buf = [0u8; 256];
         // Local messages still fan out to every neighbor.
         let local = t.message(0, 0, &mut buf).unwrap();
@@ -186,43 +226,5 @@ mod tests {
             repeats, 3,
             "one per neighbor per {REPEAT_EVERY} of its messages"
         );
-    }
-}
-
-/// Churn: a pool of extra clients (sockets after the clients' and neighbors') that cycle
-/// through LOGIN, JOIN of a chat channel, LEAVE and LOGOUT while the chat runs, so member
-/// lists change under load. Operation `k` is step `(k / pool) % 4` of pool client `k % pool`;
-/// each cycle joins the next channel. What churn clients receive is counted apart from the
-/// chat's accounting.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Churn {
-    /// Operations per second.
-    pub rate: f64,
-    pub pool: usize,
-}
-
-impl Churn {
-    /// Encodes operation `k` into `buf`; returns the index into the churn pool and the length.
-    pub fn operation(&self, k: u64, plan: &Plan, buf: &mut [u8]) -> Option<(usize, usize)> {
-        let pool = self.pool.max(1) as u64;
-        let client = (k % pool) as usize;
-        let step = k / pool;
-        let cycle = step / 4;
-        let channels = plan.members.len() as u64;
-        let channel = channel_name(((client as u64 * 7 + cycle) % channels) as u32);
-        let name = format!("z{client}");
-        let request = match step % 4 {
-            0 => Inbound::Login {
-                user: name.as_bytes(),
-            },
-            1 => Inbound::Join {
-                channel: channel.as_bytes(),
-            },
-            2 => Inbound::Leave {
-                channel: channel.as_bytes(),
-            },
-            _ => Inbound::Logout,
-        };
-        Some((client, request.encode(buf, SayLayout::UserFirst).ok()?))
     }
 }

@@ -82,13 +82,14 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
     crate::io::set_timer_slack(1_000);
     let plan = shared.plan;
     let n = plan.clients() as u64;
-    let mut traffic = Traffic::new(plan, shared.neighbors, shared.start_ns);
+    let churners = shared.churn.map_or(0, |c| c.pool);
+    let mut traffic = Traffic::new(plan, shared.neighbors, churners, shared.start_ns);
     let mut pacer = Pacer::new(shared.start_ns, shared.rate);
     let mut report = SendReport::default();
     let mut keep_alive = KeepAlive::new(shared.start_ns, n as usize);
     let mut churn = shared
         .churn
-        .map(|c| (c, Pacer::new(shared.start_ns, Some(c.rate))));
+        .map(|c| Pacer::new(shared.start_ns, Some(c.rate)));
     let churn_socket = plan.clients() + shared.neighbors;
     let mut window = shared.rate.is_none().then(|| Window::new(plan));
     let mut buf = [0u8; 256];
@@ -134,12 +135,13 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
             }
         }
         keep_alive.step(now, shared);
-        if let Some((c, churn_pacer)) = &mut churn {
+        if let Some(churn_pacer) = &mut churn {
             for _ in 0..BURST {
                 if churn_pacer.due(now).is_none() {
                     break;
                 }
-                if let Some((i, len)) = c.operation(churn_pacer.issued() - 1, plan, &mut buf) {
+                let k = churn_pacer.issued() - 1;
+                if let Some((i, len)) = traffic.churn_operation(k, &mut buf) {
                     let _ = shared.sockets[churn_socket + i].send_to(&buf[..len], shared.target);
                     report.churn_ops += 1;
                 }
@@ -147,7 +149,7 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
         }
         shared.sent.store(report.sent, Ordering::Relaxed);
         let next = match &churn {
-            Some((_, churn_pacer)) => pacer.next_due().min(churn_pacer.next_due()),
+            Some(churn_pacer) => pacer.next_due().min(churn_pacer.next_due()),
             None => pacer.next_due(),
         };
         if next > now {
@@ -255,6 +257,9 @@ pub fn receive_loop(
     let mut interval = Latency::new();
     let mut next_progress = shared.now_ns() + PROGRESS_EVERY;
     let mut buf = [0u8; 2048];
+    // Sockets: clients, then neighbor servers, then churn clients.
+    let first_neighbor = shared.plan.clients();
+    let first_churn = first_neighbor + shared.neighbors;
     while !shared.stop.load(Ordering::Relaxed) {
         poll.poll(&mut events, Some(Duration::from_millis(5)))?;
         let before = report.tally.unique;
@@ -268,7 +273,6 @@ pub fn receive_loop(
                     Err(_) => break, // ICMP errors surface here; nothing to account
                 };
                 let now = shared.now_ns();
-                let first_churn = shared.plan.clients() + shared.neighbors;
                 if receiver as usize >= first_churn {
                     // Churn clients: chat they get while members is not the chat's to count.
                     match duckchat::decode_outbound(&buf[..n]) {
@@ -277,7 +281,7 @@ pub fn receive_loop(
                     }
                     continue;
                 }
-                let from_router = if receiver as usize >= shared.plan.clients() {
+                let from_router = if receiver as usize >= first_neighbor {
                     forwarded(&buf[..n])
                 } else {
                     delivery(&buf[..n])
