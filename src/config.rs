@@ -1,6 +1,7 @@
-//! Parsing of what users type: durations with units and `host port` endpoints. Each error
-//! names the offending text, so the command line can report it in one line.
+//! Parsing of what users type: durations with units, `host port` endpoints and cluster files.
+//! Each error names the offending text, so the command line can report it in one line.
 
+use crate::engine::{Member, MAX_SERVERS};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 use thiserror::Error;
@@ -23,6 +24,18 @@ pub enum ConfigError {
     ListenTwice,
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("cannot read cluster file {file}: {why}")]
+    ClusterFile { file: String, why: String },
+    #[error("cluster file line {line}: {why}")]
+    ClusterLine { line: usize, why: String },
+    #[error("cluster file lists {0} servers; at least 1 and at most {MAX_SERVERS} are supported")]
+    ClusterSize(usize),
+    #[error("invalid server index '{0}': expected a number from 1")]
+    IndexNumber(String),
+    #[error("--index {index} is not in the cluster file (servers 1 to {servers})")]
+    Index { index: usize, servers: usize },
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 /// `500ms`, `2s`, `1m`, `1h`, `250us`; fractions allowed (`1.5s`).
@@ -95,6 +108,58 @@ pub fn parse_course_args(args: &[String]) -> Result<(SocketAddr, Vec<SocketAddr>
     Ok((listen, pairs.collect::<Result<_, _>>()?))
 }
 
+/// A cluster file: one server per line, `ADDR` (forwarding = bind) or `FORWARD,BIND`. Blank
+/// lines and `#` comments are skipped; line numbers in errors count every line.
+pub fn parse_cluster(text: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut members = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |e: ConfigError| ConfigError::ClusterLine {
+            line: i + 1,
+            why: e.to_string(),
+        };
+        let member = match line.split_once(',') {
+            None => {
+                let a = parse_address(line).map_err(at)?;
+                Member {
+                    forward: a,
+                    bind: a,
+                }
+            }
+            Some((forward, bind)) => Member {
+                forward: parse_address(forward.trim()).map_err(at)?,
+                bind: parse_address(bind.trim()).map_err(at)?,
+            },
+        };
+        for (what, a) in [("forwarding", member.forward), ("bind", member.bind)] {
+            if a.port() == 0 {
+                return Err(ConfigError::ClusterLine {
+                    line: i + 1,
+                    why: format!("{what} address {a} has port 0"),
+                });
+            }
+        }
+        let clash = members.iter().any(|m: &Member| {
+            [m.forward, m.bind].contains(&member.forward)
+                || (member.bind != member.forward && [m.forward, m.bind].contains(&member.bind))
+        });
+        if clash {
+            return Err(ConfigError::ClusterLine {
+                line: i + 1,
+                why: format!("'{line}' repeats an address of an earlier server"),
+            });
+        }
+        members.push(member);
+    }
+    if members.is_empty() || members.len() > MAX_SERVERS {
+        return Err(ConfigError::ClusterSize(members.len()));
+    }
+    Ok(members)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +197,26 @@ mod tests {
             parse_course_args(&bad_port),
             Err(ConfigError::Port("99999".into()))
         );
+    }
+
+    #[test]
+    fn cluster_files() {
+        let text = "127.0.0.1:8000,127.0.0.1:5000\n\n# third has one address\n127.0.0.1:8001 , 127.0.0.1:5001\n127.0.0.1:5002\n";
+        let members = parse_cluster(text).unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[0].forward, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(members[0].bind, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(members[1].forward, "127.0.0.1:8001".parse().unwrap());
+        assert_eq!(members[2].forward, members[2].bind);
+        assert_eq!(
+            parse_cluster("\n# nothing\n"),
+            Err(ConfigError::ClusterSize(0))
+        );
+        let bad = parse_cluster("127.0.0.1:5000\n127.0.0.1\n").unwrap_err();
+        assert!(bad.to_string().starts_with("cluster file line 2:"), "{bad}");
+        let twice = parse_cluster("127.0.0.1:5000\n127.0.0.1:6000,127.0.0.1:5000\n").unwrap_err();
+        assert!(twice.to_string().contains("repeats"), "{twice}");
+        assert!(parse_cluster("127.0.0.1:0\n").is_err());
     }
 
     #[test]

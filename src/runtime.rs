@@ -55,6 +55,8 @@ struct Shared {
     stop: AtomicBool,
     epoch: Instant,
     shards: usize,
+    /// Group log lines start with the time of day, so that `sort` merges the servers' logs.
+    stamp_logs: bool,
 }
 
 struct Waker {
@@ -172,6 +174,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         stop: AtomicBool::new(false),
         epoch: Instant::now(),
         shards,
+        stamp_logs: cfg.engine.cluster.is_some(),
     });
     let mut running = Running {
         local: engine_cfg.local,
@@ -356,7 +359,7 @@ fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters
     if out.is_empty() {
         return;
     }
-    for &(to, msg) in out.msgs() {
+    for (to, msg) in out.take_msgs() {
         let to = to as usize;
         if shared.queue(me, to).push(msg).is_err() {
             counters.dropped(DropReason::QueueFull);
@@ -369,7 +372,14 @@ fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters
     }
     if !out.log_text().is_empty() {
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.log_text().as_bytes());
+        if shared.stamp_logs {
+            let time = sys::local_time_of_day();
+            for line in out.log_text().lines() {
+                let _ = writeln!(stdout, "{time} {line}");
+            }
+        } else {
+            let _ = stdout.write_all(out.log_text().as_bytes());
+        }
         let _ = stdout.flush();
     }
     if !out.sends().is_empty() {

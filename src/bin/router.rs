@@ -1,11 +1,13 @@
 //! `router`: command line -> validated configuration -> runtime.
 
 use chat_router::config::{self, ConfigError};
-use chat_router::engine::Config;
+use chat_router::engine::{Cluster, Config, Order};
 use chat_router::io::{sys, IoKind};
 use chat_router::proto::duckchat::SayLayout;
+use chat_router::proto::text;
 use chat_router::runtime::{self, RuntimeConfig};
 use clap::{Parser, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,11 +19,22 @@ enum Layout {
     ChannelFirst,
 }
 
-/// A DuckChat server that federates with other DuckChat servers, on a sharded, thread-per-core
-/// io_uring engine.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OrderArg {
+    Unordered,
+    Fifo,
+    Total,
+}
+
+/// A chat server for DuckChat and text-line clients on one UDP port, on a sharded,
+/// thread-per-core io_uring engine. It federates either as a DuckChat server with neighbors or as
+/// one server of a static cluster with ordered multicast.
 ///
-/// Started as the course servers are: `router HOST PORT [NEIGHBOR_HOST NEIGHBOR_PORT]...`,
-/// or equivalently `router --listen ADDR [--neighbor ADDR]...`.
+/// DuckChat federation, as the course servers are started: `router HOST PORT
+/// [NEIGHBOR_HOST NEIGHBOR_PORT]...`, or `router --listen ADDR [--neighbor ADDR]...`.
+///
+/// Cluster: `router --cluster FILE --index I [--order total] [-v]`, or as the original
+/// `chatserver [-o total] [-v] FILE I` (used when FILE is an existing file).
 #[derive(Debug, Parser)]
 #[command(name = "router", version)]
 struct Cli {
@@ -65,6 +78,22 @@ struct Cli {
     #[arg(short, long)]
     verbose: bool,
 
+    /// Cluster file: one server per line, ADDR or FORWARD_ADDR,BIND_ADDR.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+
+    /// This server's line in the cluster file, counting from 1.
+    #[arg(long, value_name = "I")]
+    index: Option<usize>,
+
+    /// Ordering of messages in the cluster.
+    #[arg(short = 'o', long, value_enum, default_value = "unordered")]
+    order: OrderArg,
+
+    /// Text-protocol rooms are numbered 1 to R.
+    #[arg(long, value_name = "R", default_value_t = 10)]
+    rooms: u32,
+
     /// Print a one-line summary this often.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     stats_every: Option<Duration>,
@@ -74,7 +103,64 @@ fn duration(text: &str) -> Result<Duration, String> {
     config::parse_duration(text).map_err(|e| e.to_string())
 }
 
-fn validate(cli: Cli) -> Result<RuntimeConfig, ConfigError> {
+/// The cluster file and index, from the options or the original's positional `FILE I`.
+fn cluster_args(cli: &mut Cli) -> Result<Option<(PathBuf, usize)>, ConfigError> {
+    if let [file, index] = cli.course.as_slice() {
+        if cli.cluster.is_none() && Path::new(file).is_file() {
+            let index = index
+                .parse()
+                .map_err(|_| ConfigError::IndexNumber(index.clone()))?;
+            let file = PathBuf::from(file);
+            cli.course.clear();
+            return Ok(Some((file, index)));
+        }
+    }
+    match (cli.cluster.take(), cli.index) {
+        (Some(file), Some(index)) => Ok(Some((file, index))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Conflict("--cluster needs --index")),
+        (None, Some(_)) => Err(ConfigError::Conflict("--index needs --cluster")),
+    }
+}
+
+fn load_cluster(file: &Path, index: usize, order: OrderArg) -> Result<Cluster, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::ClusterFile {
+        file: file.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let members = config::parse_cluster(&text)?;
+    if index == 0 || index > members.len() {
+        return Err(ConfigError::Index {
+            index,
+            servers: members.len(),
+        });
+    }
+    Ok(Cluster {
+        members,
+        me: (index - 1) as u16,
+        order: match order {
+            OrderArg::Unordered => Order::Unordered,
+            OrderArg::Fifo => Order::Fifo,
+            OrderArg::Total => Order::Total,
+        },
+    })
+}
+
+fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
+    let cluster = match cluster_args(&mut cli)? {
+        Some((file, index)) => {
+            if !cli.course.is_empty() || cli.listen.is_some() || !cli.neighbors.is_empty() {
+                return Err(ConfigError::Conflict(
+                    "a cluster server takes its address from the cluster file: drop HOST PORT, --listen and --neighbor",
+                ));
+            }
+            Some(load_cluster(&file, index, cli.order)?)
+        }
+        None => None,
+    };
+    if cli.rooms == 0 || cli.rooms > text::MAX_ROOMS {
+        return Err(ConfigError::Conflict("--rooms must be from 1 to 1000000"));
+    }
     let (listen, mut neighbors) = match (cli.course.is_empty(), &cli.listen) {
         (false, Some(_)) => return Err(ConfigError::ListenTwice),
         (false, None) => config::parse_course_args(&cli.course)?,
@@ -98,7 +184,12 @@ fn validate(cli: Cli) -> Result<RuntimeConfig, ConfigError> {
     if cli.cores == Some(0) {
         return Err(ConfigError::Zero("--cores"));
     }
+    let listen = cluster
+        .as_ref()
+        .map_or(listen, |c| c.members[c.me as usize].bind);
     let mut engine = Config::new(listen);
+    engine.cluster = cluster;
+    engine.rooms = cli.rooms;
     engine.neighbors = neighbors;
     engine.user_timeout = cli.user_timeout;
     engine.s2s_refresh = cli.s2s_refresh;

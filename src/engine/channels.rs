@@ -3,7 +3,7 @@
 //! loop detection, pruning and soft state (`shared/spec/duckchat.md`, "Federation").
 
 use super::clients::NO_CHANNEL;
-use super::{Config, DropReason, Engine, IdSet, Lossy, Outbox, S2s, ShardMsg, COMMON};
+use super::{Chat, Config, DropReason, Engine, IdSet, Lossy, Outbox, S2s, ShardMsg, COMMON};
 use crate::proto::duckchat::{self, Inbound, S2sSay};
 use crate::proto::{Name, Text};
 use ahash::AHashMap;
@@ -170,10 +170,15 @@ impl Engine {
         }
     }
 
-    pub(super) fn local_say(&mut self, name: Name, user: Name, text: Text, out: &mut Outbox) {
+    pub(super) fn local_say(&mut self, now: Duration, name: Name, chat: Chat, out: &mut Outbox) {
+        if self.group.is_some() {
+            return self.group_say(now, name, chat, out);
+        }
         if !self.channels.owned.contains_key(&name) {
             return;
         }
+        let user = Name::truncating(chat.user());
+        let text = Text::truncating(chat.text());
         let id = loop {
             let id = self.rng.next_u64();
             if self.channels.seen.insert(id) {
@@ -181,7 +186,7 @@ impl Engine {
             }
         };
         self.forward_say(id, name, user, text, None, out);
-        self.fan_out(name, user, text, out);
+        self.fan_out(name, &chat, out);
     }
 
     /// Sends the S2S_SAY to every subscribed neighbor except `except`.
@@ -215,7 +220,7 @@ impl Engine {
     }
 
     /// Hands the message to every shard that is home to a member.
-    fn fan_out(&mut self, name: Name, user: Name, text: Text, out: &mut Outbox) {
+    pub(super) fn fan_out(&mut self, name: Name, chat: &Chat, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
@@ -227,8 +232,7 @@ impl Engine {
                 shard,
                 ShardMsg::Deliver {
                     channel: name,
-                    user,
-                    text,
+                    chat: chat.clone(),
                 },
                 out,
             );
@@ -296,7 +300,7 @@ impl Engine {
                     return;
                 }
                 self.forward_say(id, name, user, text, Some(from), out);
-                self.fan_out(name, user, text, out);
+                self.fan_out(name, &Chat::Short { user, text }, out);
             }
         }
     }

@@ -1,9 +1,10 @@
 //! The home shard's half: sessions keyed by source address, the requests of the DuckChat
-//! client protocol, the error texts, and delivery of TXT_SAY to local members.
+//! client protocol, the error texts, and delivery to local members of both protocols.
 
-use super::{DropReason, Engine, Lossy, Outbox, ShardMsg};
+use super::text_clients::TextSession;
+use super::{Chat, DropReason, Engine, Lossy, Outbox, ShardMsg};
 use crate::proto::duckchat::{self, Inbound};
-use crate::proto::{Name, Text};
+use crate::proto::{text, Name, Text};
 use ahash::AHashMap;
 use arrayvec::ArrayVec;
 use smallvec::SmallVec;
@@ -19,11 +20,35 @@ pub(super) struct Session {
     last_seen: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    DuckChat,
+    Text,
+}
+
+/// The members of one channel that this shard is home to, by protocol: each list gets one
+/// payload, encoded once.
+#[derive(Default)]
+pub(super) struct Local {
+    duckchat: Vec<SocketAddr>,
+    text: Vec<SocketAddr>,
+}
+
+impl Local {
+    fn list(&mut self, protocol: Protocol) -> &mut Vec<SocketAddr> {
+        match protocol {
+            Protocol::DuckChat => &mut self.duckchat,
+            Protocol::Text => &mut self.text,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Clients {
     sessions: AHashMap<SocketAddr, Session>,
+    pub(super) text: AHashMap<SocketAddr, TextSession>,
     /// Members of each channel that this shard is home to.
-    local: AHashMap<Name, Vec<SocketAddr>>,
+    local: AHashMap<Name, Local>,
     /// Replica of every channel this server knows, sorted for LIST.
     pub(super) directory: BTreeSet<Name>,
     expired: Vec<SocketAddr>,
@@ -55,15 +80,11 @@ impl Engine {
             Inbound::Say { channel, text } => {
                 let channel = Name::truncating(channel);
                 if self.require_member(src, &channel, out) {
-                    let text = Text::truncating(text);
-                    self.send_to_owner(
-                        ShardMsg::Said {
-                            channel,
-                            user,
-                            text,
-                        },
-                        out,
-                    );
+                    let chat = Chat::Short {
+                        user,
+                        text: Text::truncating(text),
+                    };
+                    self.send_to_owner(ShardMsg::Said { channel, chat }, out);
                 }
             }
             Inbound::List => self.answer_list(src, out),
@@ -155,7 +176,7 @@ impl Engine {
         }
         session.channels.push(channel);
         let user = session.name;
-        self.clients.local.entry(channel).or_default().push(src);
+        self.add_local(channel, src, Protocol::DuckChat);
         let msg = ShardMsg::Joined {
             channel,
             client: src,
@@ -193,16 +214,27 @@ impl Engine {
         member
     }
 
+    pub(super) fn add_local(&mut self, channel: Name, src: SocketAddr, protocol: Protocol) {
+        let local = self.clients.local.entry(channel).or_default();
+        local.list(protocol).push(src);
+    }
+
+    pub(super) fn remove_local(&mut self, channel: Name, src: SocketAddr, protocol: Protocol) {
+        let Some(local) = self.clients.local.get_mut(&channel) else {
+            return;
+        };
+        let members = local.list(protocol);
+        if let Some(i) = members.iter().position(|&m| m == src) {
+            members.swap_remove(i);
+        }
+        if local.duckchat.is_empty() && local.text.is_empty() {
+            self.clients.local.remove(&channel);
+        }
+    }
+
     /// Takes `src` off this shard's member list of `channel` and tells the channel's owner.
     fn part(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
-        if let Some(members) = self.clients.local.get_mut(&channel) {
-            if let Some(i) = members.iter().position(|&m| m == src) {
-                members.swap_remove(i);
-            }
-            if members.is_empty() {
-                self.clients.local.remove(&channel);
-            }
-        }
+        self.remove_local(channel, src, Protocol::DuckChat);
         let msg = ShardMsg::Left {
             channel,
             client: src,
@@ -227,24 +259,41 @@ impl Engine {
         }
     }
 
-    /// Sends one TXT_SAY to every member this shard is home to.
-    pub(super) fn deliver(&mut self, channel: Name, user: Name, text: Text, out: &mut Outbox) {
-        let Some(members) = self.clients.local.get(&channel) else {
+    /// Sends the message to every member this shard is home to: a TXT_SAY (name and text cut
+    /// to DuckChat's fields) to DuckChat users, `<nick> text` to text users.
+    pub(super) fn deliver(&mut self, channel: Name, chat: &Chat, out: &mut Outbox) {
+        let Some(local) = self.clients.local.get(&channel) else {
             return;
         };
-        let Some(payload) = out.payload(duckchat::TXT_SAY_LEN, |buf| {
-            duckchat::encode_txt_say(buf, &channel, &user, &text)
-        }) else {
-            return;
-        };
-        for &member in members {
-            out.send(member, payload);
+        if !local.duckchat.is_empty() {
+            let user = Name::truncating(chat.user());
+            let text = Text::truncating(chat.text());
+            if let Some(payload) = out.payload(duckchat::TXT_SAY_LEN, |buf| {
+                duckchat::encode_txt_say(buf, &channel, &user, &text)
+            }) {
+                for &member in &local.duckchat {
+                    out.send(member, payload);
+                }
+            }
         }
-        self.counters.deliveries.add(members.len() as u64);
+        if !local.text.is_empty() {
+            if let Some(payload) = out.payload(text::MAX_LINE, |buf| {
+                text::encode_chat(buf, chat.user(), chat.text())
+            }) {
+                for &member in &local.text {
+                    out.send(member, payload);
+                }
+            }
+        }
+        let members = local.duckchat.len() + local.text.len();
+        self.counters.deliveries.add(members as u64);
     }
 
     pub(super) fn error(&mut self, dst: SocketAddr, message: &[u8], out: &mut Outbox) {
-        if self.mute_errors || self.neighbor_index.contains_key(&dst) {
+        if self.mute_errors
+            || self.neighbor_index.contains_key(&dst)
+            || self.peer_index.contains_key(&dst)
+        {
             // Servers never get error texts: they would answer them (see handle_datagram).
             return self.counters.errors_suppressed.inc();
         }
@@ -288,6 +337,7 @@ impl Engine {
             self.logout(addr, out);
         }
         self.clients.expired = expired;
+        self.expire_text_users(now);
     }
 
     fn log_request(&self, src: SocketAddr, user: &Name, req: &Inbound<'_>, out: &mut Outbox) {

@@ -39,10 +39,16 @@ pub enum DropReason {
     ChannelLimit,
     /// No receive buffer was free (io_uring ENOBUFS).
     NoBuffer,
+    /// A local message was refused: a cluster server has not acknowledged a whole window.
+    ReplicationBacklog,
+    /// A cluster server sent beyond the stream window.
+    StreamWindow,
+    /// Fragments from a cluster server added up to more than a message may hold.
+    Oversize,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NotNeighbor,
         DropReason::QueueFull,
         DropReason::SendFailed,
@@ -50,6 +56,9 @@ impl DropReason {
         DropReason::UserChannelLimit,
         DropReason::ChannelLimit,
         DropReason::NoBuffer,
+        DropReason::ReplicationBacklog,
+        DropReason::StreamWindow,
+        DropReason::Oversize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +70,9 @@ impl DropReason {
             DropReason::UserChannelLimit => "user_channel_limit",
             DropReason::ChannelLimit => "channel_limit",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::ReplicationBacklog => "replication_backlog",
+            DropReason::StreamWindow => "stream_window",
+            DropReason::Oversize => "oversize",
         }
     }
 }
@@ -77,6 +89,7 @@ pub struct Counters {
     pub s2s_in: Counter,
     pub s2s_out: Counter,
     pub duplicates: Counter,
+    pub retransmissions: Counter,
     pub users_expired: Counter,
     pub neighbors_expired: Counter,
     drops: [Counter; DropReason::ALL.len()],
@@ -101,7 +114,8 @@ impl fmt::Display for Counters {
         write!(
             f,
             "in={} out={} deliveries={} decode_errors={} errors_sent={} errors_suppressed={} \
-             s2s_in={} s2s_out={} duplicates={} users_expired={} neighbors_expired={}",
+             s2s_in={} s2s_out={} duplicates={} retransmissions={} users_expired={} \
+             neighbors_expired={}",
             self.datagrams_in.get(),
             self.datagrams_out.get(),
             self.deliveries.get(),
@@ -111,6 +125,7 @@ impl fmt::Display for Counters {
             self.s2s_in.get(),
             self.s2s_out.get(),
             self.duplicates.get(),
+            self.retransmissions.get(),
             self.users_expired.get(),
             self.neighbors_expired.get(),
         )?;

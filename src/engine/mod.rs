@@ -12,20 +12,31 @@
 //! - every shard keeps a replica of the channel directory (names only, updated by the owners
 //!   when a channel appears or disappears), so LIST and "No channel by the name" stay local.
 //!
-//! Shards exchange [`ShardMsg`]s: small `Copy` values that travel through bounded queues.
+//! Shards exchange [`ShardMsg`]s: small values that travel through bounded queues (only a long
+//! text-protocol line points to the heap, see [`Chat`]).
+//!
+//! Two client protocols share the port ([`clients`] for DuckChat, [`text_clients`] for text
+//! lines) and the channels; federation is DuckChat's tree of neighbors ([`channels`]) or a
+//! static [`group`] with ordered multicast.
 
 mod channels;
+mod chat;
 mod clients;
 mod counters;
+pub mod group;
 mod idset;
 mod outbox;
+mod text_clients;
 
+pub use chat::Chat;
 pub use counters::{Counter, Counters, DropReason};
+pub use group::{Cluster, Member, Order, MAX_SERVERS};
 pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};
+pub use text_clients::room_channel;
 
 use crate::proto::duckchat::{self, Inbound, SayLayout};
-use crate::proto::{Name, Text};
+use crate::proto::{text, Name, Text};
 use crate::rng::Rng;
 use ahash::AHashMap;
 use std::collections::VecDeque;
@@ -68,6 +79,10 @@ pub struct Config {
     pub say_layout: SayLayout,
     /// Course-format log lines into [`Outbox::log_text`].
     pub verbose: bool,
+    /// Text-protocol rooms are 1 to `rooms`.
+    pub rooms: u32,
+    /// Group federation: this server is one of a static cluster (then `neighbors` is empty).
+    pub cluster: Option<Cluster>,
     pub limits: Limits,
     /// Seeds of the channel-ownership hash: the same on every shard of one server.
     pub hash_seeds: [u64; 4],
@@ -83,6 +98,8 @@ impl Config {
             s2s_timeout: Duration::from_secs(120),
             say_layout: SayLayout::UserFirst,
             verbose: false,
+            rooms: 10,
+            cluster: None,
             limits: Limits::default(),
             hash_seeds: [0x5eed, 1, 2, 3],
         }
@@ -107,7 +124,7 @@ pub enum S2s {
 }
 
 /// What shards tell each other.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum ShardMsg {
     /// Home -> owner: a local user joined (or, when already a member, was renamed).
     Joined {
@@ -125,8 +142,7 @@ pub enum ShardMsg {
     /// Home -> owner: a local user said something.
     Said {
         channel: Name,
-        user: Name,
-        text: Text,
+        chat: Chat,
     },
     /// Home -> owner: answer WHO to this client.
     Who {
@@ -138,11 +154,16 @@ pub enum ShardMsg {
         neighbor: u16,
         s2s: S2s,
     },
-    /// Owner -> every shard with members: send this TXT_SAY to your local members.
+    /// Receiving shard -> owner: a datagram from another server of the cluster.
+    FromPeer {
+        room: Name,
+        peer: u16,
+        datagram: Arc<[u8]>,
+    },
+    /// Owner -> every shard with members: deliver this to your local members.
     Deliver {
         channel: Name,
-        user: Name,
-        text: Text,
+        chat: Chat,
     },
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
@@ -159,7 +180,8 @@ impl ShardMsg {
             | ShardMsg::Who { channel, .. }
             | ShardMsg::Deliver { channel, .. }
             | ShardMsg::ChannelAdded(channel)
-            | ShardMsg::ChannelRemoved(channel) => channel,
+            | ShardMsg::ChannelRemoved(channel)
+            | ShardMsg::FromPeer { room: channel, .. } => channel,
             ShardMsg::FromNeighbor { s2s, .. } => match s2s {
                 S2s::Join { channel } | S2s::Leave { channel } | S2s::Say { channel, .. } => {
                     channel
@@ -175,6 +197,9 @@ pub struct Engine {
     cfg: Arc<Config>,
     owner_hash: ahash::RandomState,
     neighbor_index: AHashMap<SocketAddr, u16>,
+    /// Servers of the cluster by forwarding address (the source of their datagrams).
+    peer_index: AHashMap<SocketAddr, u16>,
+    group: Option<group::Group>,
     counters: Arc<Counters>,
     rng: Rng,
     /// Messages this shard sends to itself, handled after the current event (FIFO like a queue).
@@ -201,10 +226,24 @@ impl Engine {
             .enumerate()
             .map(|(i, &a)| (a, i as u16))
             .collect();
+        let peer_index = cfg
+            .cluster
+            .iter()
+            .flat_map(|c| {
+                let me = c.me as usize;
+                c.members
+                    .iter()
+                    .enumerate()
+                    .filter(move |&(i, _)| i != me)
+                    .map(|(i, m)| (m.forward, i as u16))
+            })
+            .collect();
         let mut engine = Self {
             shard,
             shards,
             neighbor_index,
+            peer_index,
+            group: cfg.cluster.as_ref().map(group::Group::new),
             counters: Arc::new(Counters::default()),
             rng,
             loopback: VecDeque::with_capacity(64),
@@ -240,7 +279,10 @@ impl Engine {
 
     /// When `handle_timeout` should next be called.
     pub fn next_timeout(&self) -> Duration {
-        self.next_refresh.min(self.next_sweep)
+        let retransmit = self.group.as_ref().and_then(|g| g.next_timer());
+        self.next_refresh
+            .min(self.next_sweep)
+            .min(retransmit.unwrap_or(Duration::MAX))
     }
 
     /// One datagram received on this shard's socket.
@@ -252,6 +294,14 @@ impl Engine {
         out: &mut Outbox,
     ) {
         self.counters.datagrams_in.inc();
+        if let Some(&peer) = self.peer_index.get(&src) {
+            self.peer_datagram(peer, buf, out);
+            return self.drain_loopback(now, out);
+        }
+        if text::is_text(buf) {
+            self.text_request(now, src, buf, out);
+            return self.drain_loopback(now, out);
+        }
         // A TXT_ERROR another server sent us reads as a LEAVE request (type 3, longer than its
         // struct); answering it with an error of our own would start an endless ping-pong
         // between two servers (one spoofed datagram is enough). Such datagrams get no error.
@@ -278,8 +328,9 @@ impl Engine {
         self.drain_loopback(now, out);
     }
 
-    /// Timers: user expiry, neighbor expiry, S2S_JOIN refresh.
+    /// Timers: user expiry, neighbor expiry, S2S_JOIN refresh, group retransmissions.
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Outbox) {
+        self.group_timeout(now, out);
         if now >= self.next_sweep {
             self.next_sweep = now + Self::sweep_period(&self.cfg);
             self.expire_users(now, out);
@@ -305,18 +356,15 @@ impl Engine {
                 client,
                 home,
             } => self.member_left(channel, client, home, out),
-            ShardMsg::Said {
-                channel,
-                user,
-                text,
-            } => self.local_say(channel, user, text, out),
+            ShardMsg::Said { channel, chat } => self.local_say(now, channel, chat, out),
             ShardMsg::Who { channel, client } => self.answer_who(channel, client, out),
             ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
-            ShardMsg::Deliver {
-                channel,
-                user,
-                text,
-            } => self.deliver(channel, user, text, out),
+            ShardMsg::FromPeer {
+                room,
+                peer,
+                datagram,
+            } => self.peer_message(now, peer, room, datagram, out),
+            ShardMsg::Deliver { channel, chat } => self.deliver(channel, &chat, out),
             ShardMsg::ChannelAdded(c) => {
                 self.clients.directory.insert(c);
             }
@@ -345,7 +393,7 @@ impl Engine {
 
     fn broadcast(&mut self, msg: ShardMsg, out: &mut Outbox) {
         for shard in 0..self.shards {
-            self.send_to_shard(shard, msg, out);
+            self.send_to_shard(shard, msg.clone(), out);
         }
     }
 
@@ -357,6 +405,18 @@ impl Engine {
 
     fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {
         self.cfg.neighbors[neighbor as usize]
+    }
+
+    /// A verbose log line about a text client or the group, prefixed `Snn` (the server's index
+    /// in the cluster) as the spec's logs are; the runtime adds the time of day.
+    fn log_event(&self, out: &mut Outbox, line: std::fmt::Arguments<'_>) {
+        if !self.cfg.verbose {
+            return;
+        }
+        match &self.cfg.cluster {
+            Some(c) => out.log(format_args!("S{:02} {line}", c.me + 1)),
+            None => out.log(format_args!("{} {line}", self.cfg.local)),
+        }
     }
 }
 

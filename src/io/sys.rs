@@ -244,3 +244,32 @@ pub fn random_u64() -> u64 {
     }
     value
 }
+
+/// The local time of day now, as `hh:mm:ss.uuuuuu` (the prefix of the group log lines).
+pub fn local_time_of_day() -> arrayvec::ArrayString<15> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value (integers and a null zone pointer).
+    let mut tm: libc::tm = unsafe { zeroed() };
+    // SAFETY: both pointers are to live locals; localtime_r is the thread-safe variant and
+    // writes only into `tm`.
+    let ok = !unsafe { libc::localtime_r(&secs, &mut tm) }.is_null();
+    let (h, m, s) = if ok {
+        (tm.tm_hour, tm.tm_min, tm.tm_sec)
+    } else {
+        let day = now.as_secs() % 86_400;
+        (
+            (day / 3600) as i32,
+            (day / 60 % 60) as i32,
+            (day % 60) as i32,
+        )
+    };
+    let mut out = arrayvec::ArrayString::new();
+    let _ = std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!("{h:02}:{m:02}:{s:02}.{:06}", now.subsec_micros()),
+    );
+    out
+}

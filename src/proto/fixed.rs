@@ -16,6 +16,8 @@ pub struct FixedStr<const CAP: usize> {
 pub type Name = FixedStr<31>;
 /// A say-text: at most 63 bytes, so that it always fits a 64-byte field with its NUL.
 pub type Text = FixedStr<63>;
+/// A text-protocol nickname (see [`crate::proto::text::MAX_NICK`]).
+pub type Nick = FixedStr<63>;
 
 impl<const CAP: usize> FixedStr<CAP> {
     /// The empty string.

@@ -5,5 +5,7 @@
 
 pub mod duckchat;
 mod fixed;
+pub mod group;
+pub mod text;
 
-pub use fixed::{FixedStr, Name, Text};
+pub use fixed::{FixedStr, Name, Nick, Text};

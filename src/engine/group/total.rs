@@ -1,0 +1,230 @@
+//! ISIS total order for one room at one server. A message is known by its id (origin server,
+//! the origin's counter for the room), never by its text. Each server proposes
+//! `max(proposed, agreed) + 1` for each message it receives (the origin for its own as well);
+//! the origin takes the largest (priority, proposer) of all N proposals as agreed; every server
+//! keeps its hold-back queue sorted by (priority, proposer) and delivers only from the head,
+//! and only what is agreed.
+//!
+//! FIFO-total: a server receives each origin's messages in the order the origin sent them (the
+//! stream between two servers is in order) and proposes in that order, so its proposals for one
+//! origin increase; the maximum over all servers then increases too, and a client's messages
+//! are delivered in the order it sent them even though the network reorders.
+
+use super::super::Chat;
+use ahash::AHashMap;
+use std::collections::BTreeMap;
+
+/// (origin server, origin's counter).
+pub type MsgId = (u16, u64);
+
+/// Hold-back order: (priority, proposer) decides; the id only breaks ties between a final and a
+/// tentative priority that happen to be equal, so the order is a total one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    priority: u64,
+    proposer: u16,
+    id: MsgId,
+}
+
+struct Held {
+    deliverable: bool,
+    chat: Chat,
+}
+
+/// Proposals gathered for one of this server's own messages.
+struct Gathering {
+    from: u64, // bit per server
+    best: (u64, u16),
+}
+
+pub struct TotalOrder {
+    me: u16,
+    servers: u16,
+    proposed: u64,
+    agreed: u64,
+    holdback: BTreeMap<Key, Held>,
+    tentative: AHashMap<MsgId, Key>,
+    gathering: AHashMap<u64, Gathering>,
+}
+
+/// The most servers a cluster may have (one bit each in [`Gathering`]).
+pub const MAX_SERVERS: usize = 64;
+
+impl TotalOrder {
+    pub fn new(me: u16, servers: u16) -> Self {
+        assert!(me < servers && servers as usize <= MAX_SERVERS);
+        Self {
+            me,
+            servers,
+            proposed: 0,
+            agreed: 0,
+            holdback: BTreeMap::new(),
+            tentative: AHashMap::new(),
+            gathering: AHashMap::new(),
+        }
+    }
+
+    /// A message arrives (or is sent, when `id.0` is this server): holds it back and returns
+    /// this server's proposal. `None` for an id already held.
+    pub fn receive(&mut self, id: MsgId, chat: Chat) -> Option<u64> {
+        if self.tentative.contains_key(&id) {
+            return None;
+        }
+        let priority = self.proposed.max(self.agreed) + 1;
+        self.proposed = priority;
+        let key = Key {
+            priority,
+            proposer: self.me,
+            id,
+        };
+        self.tentative.insert(id, key);
+        self.holdback.insert(
+            key,
+            Held {
+                deliverable: false,
+                chat,
+            },
+        );
+        if id.0 == self.me {
+            self.gathering.insert(
+                id.1,
+                Gathering {
+                    from: 0,
+                    best: (0, 0),
+                },
+            );
+        }
+        Some(priority)
+    }
+
+    /// A proposal for this server's message `counter` (its own included). Returns the agreed
+    /// (priority, proposer) once every server has proposed.
+    pub fn propose(&mut self, counter: u64, priority: u64, proposer: u16) -> Option<(u64, u16)> {
+        if proposer >= self.servers {
+            return None;
+        }
+        let g = self.gathering.get_mut(&counter)?;
+        if g.from & (1 << proposer) != 0 {
+            return None;
+        }
+        g.from |= 1 << proposer;
+        g.best = g.best.max((priority, proposer));
+        if g.from.count_ones() < u32::from(self.servers) {
+            return None;
+        }
+        let best = g.best;
+        self.gathering.remove(&counter);
+        Some(best)
+    }
+
+    /// The agreed priority of message `id`: it moves to its final place and becomes deliverable.
+    /// Whatever can now be delivered from the head goes to `ready`, in order. False when `id` is
+    /// not held (a duplicate or a confused peer).
+    pub fn agree(
+        &mut self,
+        id: MsgId,
+        priority: u64,
+        proposer: u16,
+        ready: &mut Vec<(MsgId, Chat)>,
+    ) -> bool {
+        let Some(old) = self.tentative.remove(&id) else {
+            return false;
+        };
+        let Some(mut held) = self.holdback.remove(&old) else {
+            return false;
+        };
+        self.agreed = self.agreed.max(priority);
+        held.deliverable = true;
+        self.holdback.insert(
+            Key {
+                priority,
+                proposer,
+                id,
+            },
+            held,
+        );
+        while let Some(entry) = self.holdback.first_entry() {
+            if !entry.get().deliverable {
+                break;
+            }
+            let id = entry.key().id;
+            ready.push((id, entry.remove().chat));
+        }
+        true
+    }
+
+    /// Messages held back (tentative and agreed but blocked).
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.holdback.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(t: &str) -> Chat {
+        Chat::new(b"u", t.as_bytes())
+    }
+
+    fn texts(ready: &[(MsgId, Chat)]) -> Vec<String> {
+        ready
+            .iter()
+            .map(|(_, c)| String::from_utf8_lossy(c.text()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn delivers_only_from_the_head() {
+        // Server 0 of 2 holds a (from server 1) and its own b.
+        let mut t = TotalOrder::new(0, 2);
+        assert_eq!(t.receive((1, 1), chat("a")), Some(1));
+        assert_eq!(t.receive((0, 1), chat("b")), Some(2));
+        assert_eq!(t.receive((0, 1), chat("b")), None, "held already");
+        assert_eq!(t.propose(1, 2, 0), None, "own proposal counts, one missing");
+        assert_eq!(
+            t.propose(1, 2, 0),
+            None,
+            "a repeated proposer does not count twice"
+        );
+        assert_eq!(t.propose(1, 1, 1), Some((2, 0)));
+        let mut ready = Vec::new();
+        assert!(t.agree((0, 1), 2, 0, &mut ready));
+        assert!(
+            ready.is_empty(),
+            "b is deliverable but a (tentative 1) is the head"
+        );
+        assert!(t.agree((1, 1), 3, 1, &mut ready));
+        assert_eq!(
+            texts(&ready),
+            ["b", "a"],
+            "a's final priority 3 sorts after b's 2"
+        );
+        assert_eq!(t.held(), 0);
+        assert!(!t.agree((1, 1), 3, 1, &mut ready));
+    }
+
+    #[test]
+    fn ties_on_priority_break_by_proposer_not_origin() {
+        let mut t = TotalOrder::new(2, 3);
+        t.receive((0, 1), chat("x"));
+        t.receive((1, 1), chat("y"));
+        let mut ready = Vec::new();
+        // Both agreed at priority 5; y's proposer (0) sorts before x's proposer (2).
+        t.agree((0, 1), 5, 2, &mut ready);
+        t.agree((1, 1), 5, 0, &mut ready);
+        assert_eq!(texts(&ready), ["y", "x"]);
+    }
+
+    #[test]
+    fn proposals_follow_the_largest_agreed_priority() {
+        let mut t = TotalOrder::new(1, 2);
+        t.receive((0, 1), chat("x"));
+        let mut ready = Vec::new();
+        t.agree((0, 1), 40, 0, &mut ready);
+        assert_eq!(t.receive((0, 2), chat("y")), Some(41));
+        assert_eq!(t.propose(9, 1, 0), None, "unknown counter");
+        assert_eq!(t.propose(1, 1, 7), None, "no such server");
+    }
+}
