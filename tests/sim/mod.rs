@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use chat_router::engine::{Config, Engine, Outbox, ShardMsg};
+use chat_router::engine::{Cluster, Config, Engine, Member, Order, Outbox, ShardMsg};
 use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
 use chat_router::rng::Rng;
 use std::cmp::Reverse;
@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Cluster server i (from 1) listens on `CLUSTER_PORT + i`.
+pub const CLUSTER_PORT: u16 = 6000;
 
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -103,6 +106,28 @@ impl Sim {
         self.servers.insert(cfg.local, Server { shards });
     }
 
+    /// A cluster of `servers` group-federated servers on ports `CLUSTER_PORT + 1..`, with
+    /// forwarding address = bind address (the simulated network delays and reorders itself).
+    pub fn cluster(seed: u64, shards: u16, servers: u16, order: Order) -> Self {
+        let mut sim = Self::new(seed, shards);
+        let members: Vec<Member> = (1..=servers)
+            .map(|i| Member {
+                forward: addr(CLUSTER_PORT + i),
+                bind: addr(CLUSTER_PORT + i),
+            })
+            .collect();
+        for me in 0..servers {
+            let mut cfg = Self::config(CLUSTER_PORT + me + 1, &[]);
+            cfg.cluster = Some(Cluster {
+                members: members.clone(),
+                me,
+                order,
+            });
+            sim.add_server(cfg);
+        }
+        sim
+    }
+
     /// Servers with neighbors given as an adjacency list of ports.
     pub fn topology(seed: u64, shards: u16, edges: &[(u16, &[u16])]) -> Self {
         let mut sim = Self::new(seed, shards);
@@ -136,6 +161,10 @@ impl Sim {
     }
 
     fn schedule(&mut self, src: SocketAddr, dst: SocketAddr, bytes: Vec<u8>) {
+        self.schedule_at(self.now, src, dst, bytes);
+    }
+
+    fn schedule_at(&mut self, sent: Duration, src: SocketAddr, dst: SocketAddr, bytes: Vec<u8>) {
         if self.is_server(src) {
             self.server_log.push(Wire {
                 at: self.now,
@@ -150,7 +179,7 @@ impl Sim {
         }
         let span = (self.net.max_delay - self.net.min_delay).as_nanos() as u64;
         let delay = self.net.min_delay + Duration::from_nanos(self.rng.below(span.max(1)));
-        let mut at = self.now + delay;
+        let mut at = sent + delay;
         if !s2s {
             // A client's link is one loopback hop: it delays but never reorders.
             let last = self.client_links.entry((src, dst)).or_default();
@@ -162,7 +191,7 @@ impl Sim {
         self.in_flight.insert(
             self.seq,
             Wire {
-                at: self.now,
+                at: sent,
                 src,
                 dst,
                 bytes,
@@ -181,6 +210,25 @@ impl Sim {
 
     pub fn send_raw(&mut self, client: SocketAddr, server: u16, bytes: Vec<u8>) {
         self.schedule(client, addr(server), bytes);
+    }
+
+    /// A client sends `bytes` at a later time `at` (sends of one client keep their order).
+    pub fn send_at(&mut self, at: Duration, client: SocketAddr, server: u16, bytes: Vec<u8>) {
+        self.schedule_at(at, client, addr(server), bytes);
+    }
+
+    /// Every datagram a client received, as text (the text protocol's replies and deliveries).
+    pub fn lines(&self, client: SocketAddr) -> Vec<String> {
+        self.inbox
+            .get(&client)
+            .map_or(&[][..], |v| v.as_slice())
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    pub fn raw(&self, client: SocketAddr) -> &[Vec<u8>] {
+        self.inbox.get(&client).map_or(&[][..], |v| v.as_slice())
     }
 
     /// Logs `name` in from `client` and joins Common, as the stock client does.
