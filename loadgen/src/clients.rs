@@ -32,18 +32,24 @@ pub struct Clients {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// Raises the open-file limit for `clients` sockets and a few more, or says why it cannot.
+pub fn reserve_descriptors(clients: usize) -> Result<(), LoadError> {
+    let wanted = clients as u64 + SPARE_FDS;
+    let limit = crate::io::raise_nofile_limit(wanted).map_err(LoadError::Limit)?;
+    if limit < wanted {
+        return Err(LoadError::TooFewDescriptors {
+            clients,
+            limit,
+            wanted,
+        });
+    }
+    Ok(())
+}
+
 impl Clients {
     /// One socket per client, after raising the open-file limit as far as it goes.
     pub fn bind(n: usize) -> Result<Clients, LoadError> {
-        let wanted = n as u64 + SPARE_FDS;
-        let limit = crate::io::raise_nofile_limit(wanted).map_err(LoadError::Limit)?;
-        if limit < wanted {
-            return Err(LoadError::TooFewDescriptors {
-                clients: n,
-                limit,
-                wanted,
-            });
-        }
+        reserve_descriptors(n)?;
         let mut sockets = Vec::with_capacity(n);
         let mut addrs = Vec::with_capacity(n);
         for _ in 0..n {

@@ -1,0 +1,291 @@
+//! The `ordering` scenario: many text clients spread over the servers of a cluster and over its
+//! rooms (every room has members on every server), each joining one room, then sending numbered
+//! messages on an open-loop schedule. What every client receives goes to the ordering checker
+//! (`chat_router::check`): lost, duplicated, corrupted messages, FIFO and total-order
+//! violations; the latency of every delivery is measured from the message's intended send time.
+//!
+//! One thread does it all over one epoll: a cluster of chat servers is slow next to loadgen.
+
+use crate::latency::Latency;
+use crate::LoadError;
+use chat_router::check::{self, Checker, Report};
+use chat_router::rng::Rng;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct OrderingArgs {
+    /// The servers' bind addresses, where their clients talk to them.
+    pub servers: Vec<SocketAddr>,
+    pub clients: usize,
+    pub rooms: u32,
+    /// Messages each client sends.
+    pub messages: u64,
+    /// Between two messages of one client (clients are spread evenly over it).
+    pub interval: Duration,
+    /// Bytes per message.
+    pub len: usize,
+    /// The longest wait for stragglers once everything is sent.
+    pub drain: Duration,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderingResult {
+    pub report: Report,
+    /// From intended send time to arrival, every delivery.
+    pub latency: Latency,
+    /// From the first send to the last delivery.
+    pub elapsed: Duration,
+}
+
+impl OrderingResult {
+    pub fn deliveries_per_sec(&self) -> f64 {
+        self.report.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn table(&self, total: bool) -> String {
+        let r = &self.report;
+        let p = self.latency.percentiles();
+        format!(
+            "messages sent      {}\n\
+             deliveries         {} of {} ({:.0}/s)\n\
+             lost               {}\n\
+             duplicates         {}\n\
+             corrupt            {}\n\
+             foreign            {}\n\
+             fifo violations    {}\n\
+             total violations   {}{}\n\
+             latency us         p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
+             verdict            {}\n",
+            r.sent,
+            r.delivered,
+            r.expected,
+            self.deliveries_per_sec(),
+            r.lost,
+            r.duplicates,
+            r.corrupt,
+            r.foreign,
+            r.fifo_violations,
+            r.total_violations,
+            if total { "" } else { " (not required)" },
+            p.p50_us,
+            p.p90_us,
+            p.p99_us,
+            p.p999_us,
+            p.max_us,
+            if r.clean(total) {
+                "clean"
+            } else {
+                "VIOLATIONS"
+            },
+        )
+    }
+}
+
+struct Client {
+    socket: UdpSocket,
+    server: SocketAddr,
+    room: u32,
+    joined: bool,
+}
+
+pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
+    if args.servers.is_empty() || args.clients == 0 || args.rooms == 0 {
+        return Err(LoadError::Setup(
+            "the ordering scenario needs servers, clients and rooms".into(),
+        ));
+    }
+    crate::clients::reserve_descriptors(args.clients)?;
+    let poll = Poll::new().map_err(LoadError::Socket)?;
+    let n = args.servers.len();
+    let mut clients = Vec::with_capacity(args.clients);
+    for c in 0..args.clients {
+        let mut socket =
+            UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(LoadError::Socket)?;
+        poll.registry()
+            .register(&mut socket, Token(c), Interest::READABLE)
+            .map_err(LoadError::Socket)?;
+        clients.push(Client {
+            socket,
+            server: args.servers[c % n],
+            room: (c / n) as u32 % args.rooms + 1,
+            joined: false,
+        });
+    }
+    let mut net = Net {
+        poll,
+        events: Events::with_capacity(1024),
+        buf: vec![0u8; 65_536],
+    };
+    join(&mut clients, &mut net)?;
+
+    let mut checker = Checker::default();
+    for (c, client) in clients.iter().enumerate() {
+        checker.member(c as u32, client.room);
+    }
+    // Open loop: client c sends message k at start + (k - 1) * interval + c's offset.
+    let schedule = Schedule {
+        start: Instant::now() + Duration::from_millis(10),
+        interval: args.interval,
+        clients: args.clients,
+    };
+    let mut tally = Tally {
+        checker,
+        latency: Latency::new(),
+        received: 0,
+        last_arrival: schedule.start,
+    };
+    let mut next_seq = vec![1u64; args.clients];
+    let mut sent = 0u64;
+    let total = args.messages * args.clients as u64;
+    while sent < total {
+        let now = Instant::now();
+        let mut next_due = now + Duration::from_millis(50);
+        for (c, client) in clients.iter().enumerate() {
+            while next_seq[c] <= args.messages {
+                let due = schedule.intended(c, next_seq[c]);
+                if due > now {
+                    next_due = next_due.min(due);
+                    break;
+                }
+                let text = check::message(next_seq[c], c as u32, client.room, args.len);
+                // A full socket buffer is the only failure on loopback; the checker counts the loss.
+                let _ = client.socket.send_to(text.as_bytes(), client.server);
+                tally.checker.sent(c as u32, next_seq[c], text.len());
+                next_seq[c] += 1;
+                sent += 1;
+            }
+        }
+        let wait = next_due.saturating_duration_since(Instant::now());
+        tally.receive(&mut net, &clients, wait, &schedule)?;
+    }
+    let expected: u64 = clients
+        .iter()
+        .map(|c| clients.iter().filter(|o| o.room == c.room).count() as u64 * args.messages)
+        .sum();
+    let deadline = Instant::now() + args.drain;
+    while tally.received < expected && Instant::now() < deadline {
+        tally.receive(&mut net, &clients, Duration::from_millis(50), &schedule)?;
+    }
+    // Anything beyond the expected (duplicates, strays) arrives within a short quiet time.
+    let quiet = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < quiet {
+        tally.receive(&mut net, &clients, Duration::from_millis(20), &schedule)?;
+    }
+    for client in &clients {
+        let _ = client.socket.send_to(b"/quit", client.server);
+    }
+    Ok(OrderingResult {
+        report: tally.checker.report(),
+        latency: tally.latency,
+        elapsed: tally.last_arrival.saturating_duration_since(schedule.start),
+    })
+}
+
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+    clients: usize,
+}
+
+impl Schedule {
+    fn intended(&self, client: usize, seq: u64) -> Instant {
+        let offset = self.interval.mul_f64(client as f64 / self.clients as f64);
+        self.start + self.interval.mul_f64(seq.saturating_sub(1) as f64) + offset
+    }
+}
+
+struct Tally {
+    checker: Checker,
+    latency: Latency,
+    received: u64,
+    last_arrival: Instant,
+}
+
+impl Tally {
+    fn receive(
+        &mut self,
+        net: &mut Net,
+        clients: &[Client],
+        wait: Duration,
+        schedule: &Schedule,
+    ) -> Result<(), LoadError> {
+        net.receive(clients, wait, |c, bytes, at| {
+            self.checker.received(c as u32, bytes);
+            if let Some(d) = check::parse_delivery(bytes) {
+                if (d.sender as usize) < schedule.clients {
+                    let sent_at = schedule.intended(d.sender as usize, d.seq);
+                    self.latency
+                        .record(at.saturating_duration_since(sent_at).as_nanos() as u64);
+                }
+            }
+            self.received += 1;
+            self.last_arrival = at;
+        })
+    }
+}
+
+struct Net {
+    poll: Poll,
+    events: Events,
+    buf: Vec<u8>,
+}
+
+impl Net {
+    /// Waits up to `wait` for datagrams and hands each to `f` with its client and arrival time.
+    fn receive(
+        &mut self,
+        clients: &[Client],
+        wait: Duration,
+        mut f: impl FnMut(usize, &[u8], Instant),
+    ) -> Result<(), LoadError> {
+        match self.poll.poll(&mut self.events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(LoadError::Socket(e)),
+        }
+        for event in &self.events {
+            let c = event.token().0;
+            while let Ok((n, _)) = clients[c].socket.recv_from(&mut self.buf) {
+                f(c, &self.buf[..n], Instant::now());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every client joins its room and waits for the reply; a request whose reply does not come is
+/// sent again (a second reply then says the client is already in the room, which is as good).
+fn join(clients: &mut [Client], net: &mut Net) -> Result<(), LoadError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rng = Rng::new(1);
+    while clients.iter().any(|c| !c.joined) {
+        if Instant::now() > deadline {
+            let missing = clients.iter().filter(|c| !c.joined).count();
+            return Err(LoadError::Setup(format!(
+                "{missing} clients got no reply to /join within 10 s: is the cluster running?"
+            )));
+        }
+        for c in clients.iter().filter(|c| !c.joined) {
+            let _ = c
+                .socket
+                .send_to(format!("/join {}", c.room).as_bytes(), c.server);
+        }
+        let until = Instant::now() + Duration::from_millis(500 + rng.below(100));
+        while Instant::now() < until && clients.iter().any(|c| !c.joined) {
+            let mut replies = Vec::new();
+            net.receive(clients, Duration::from_millis(20), |c, bytes, _| {
+                if bytes.starts_with(b"+OK") || bytes.starts_with(b"-ERR You are already") {
+                    replies.push(c);
+                }
+            })?;
+            for c in replies {
+                clients[c].joined = true;
+            }
+        }
+    }
+    Ok(())
+}

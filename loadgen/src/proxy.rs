@@ -1,0 +1,241 @@
+//! A proxy between the servers of a cluster, in the manner of the assignment's public one: it
+//! listens on every forwarding address that differs from its server's bind address, holds each
+//! datagram for a random time up to `delay` (so datagrams overtake each other), drops a share
+//! of them when asked, cuts anything longer than 999 bytes as the public proxy does, and then
+//! sends it to the destination's bind address **from the sender's forwarding address**, so
+//! the receiving server knows who sent it.
+//!
+//! One thread, one epoll over the sockets and a heap of datagrams due; every datagram costs one
+//! allocation, which is nothing at the rates a cluster of chat servers sees.
+
+use chat_router::engine::Member;
+use chat_router::rng::Rng;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The public proxy truncates longer datagrams; so do we, so that a server that sends more is caught.
+pub const MAX_DATAGRAM: usize = 999;
+/// Datagrams held at once; beyond this new ones are dropped and counted.
+const MAX_HELD: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub members: Vec<Member>,
+    /// Each datagram waits a uniformly random time from zero to this.
+    pub delay: Duration,
+    /// Probability that a datagram is dropped.
+    pub drop: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyStats {
+    pub forwarded: u64,
+    pub dropped: u64,
+    pub truncated: u64,
+    /// From an address that is no server's bind address, or for which there is no proxied
+    /// forwarding address to send from.
+    pub unroutable: u64,
+    /// Dropped because [`MAX_HELD`] datagrams were waiting.
+    pub overflow: u64,
+}
+
+pub struct Proxy {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<ProxyStats>>,
+}
+
+struct Held {
+    bytes: Vec<u8>,
+    /// Index of the sender, whose forwarding socket sends it.
+    via: usize,
+    dst: SocketAddr,
+}
+
+impl Proxy {
+    /// Binds the forwarding addresses and starts forwarding on a thread of its own.
+    pub fn start(cfg: ProxyConfig) -> std::io::Result<Proxy> {
+        let mut sockets: Vec<Option<UdpSocket>> = Vec::new();
+        for m in &cfg.members {
+            sockets.push(if m.forward == m.bind {
+                None
+            } else {
+                Some(UdpSocket::bind(m.forward)?)
+            });
+        }
+        let poll = Poll::new()?;
+        for (i, s) in sockets.iter_mut().enumerate() {
+            if let Some(s) = s {
+                poll.registry().register(s, Token(i), Interest::READABLE)?;
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("proxy".into())
+            .spawn(move || forward(cfg, sockets, poll, &flag))?;
+        Ok(Proxy {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops forwarding (what is still held is dropped) and returns the counts.
+    pub fn stop(mut self) -> ProxyStats {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> ProxyStats {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn forward(
+    cfg: ProxyConfig,
+    sockets: Vec<Option<UdpSocket>>,
+    mut poll: Poll,
+    stop: &AtomicBool,
+) -> ProxyStats {
+    let mut stats = ProxyStats::default();
+    let mut rng = Rng::new(cfg.seed);
+    let mut events = Events::with_capacity(256);
+    let mut held: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut bodies: ahash::AHashMap<u64, Held> = ahash::AHashMap::new();
+    let mut next_id = 0u64;
+    let mut buf = vec![0u8; 65_536];
+    let span = cfg.delay.as_nanos() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = held
+            .peek()
+            .map_or(Duration::from_millis(50), |Reverse((due, _))| {
+                due.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(50));
+        if poll.poll(&mut events, Some(wait)).is_err() {
+            continue; // EINTR
+        }
+        for event in &events {
+            let to = event.token().0;
+            let Some(socket) = sockets.get(to).and_then(Option::as_ref) else {
+                continue;
+            };
+            while let Ok((n, src)) = socket.recv_from(&mut buf) {
+                let via = cfg.members.iter().position(|m| m.bind == src);
+                let Some(via) = via.filter(|&v| sockets[v].is_some()) else {
+                    stats.unroutable += 1;
+                    continue;
+                };
+                if rng.chance(cfg.drop) {
+                    stats.dropped += 1;
+                    continue;
+                }
+                if bodies.len() >= MAX_HELD {
+                    stats.overflow += 1;
+                    continue;
+                }
+                if n > MAX_DATAGRAM {
+                    stats.truncated += 1;
+                }
+                let due = Instant::now() + Duration::from_nanos(rng.below(span.max(1)));
+                next_id += 1;
+                held.push(Reverse((due, next_id)));
+                bodies.insert(
+                    next_id,
+                    Held {
+                        bytes: buf[..n.min(MAX_DATAGRAM)].to_vec(),
+                        via,
+                        dst: cfg.members[to].bind,
+                    },
+                );
+            }
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((due, id))) = held.peek() {
+            if due > now {
+                break;
+            }
+            held.pop();
+            if let Some(h) = bodies.remove(&id) {
+                if let Some(socket) = &sockets[h.via] {
+                    let _ = socket.send_to(&h.bytes, h.dst);
+                    stats.forwarded += 1;
+                }
+            }
+        }
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket as StdSocket;
+
+    fn free() -> SocketAddr {
+        StdSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[test]
+    fn forwards_from_the_senders_forwarding_address_and_cuts_long_datagrams() {
+        let a = StdSocket::bind("127.0.0.1:0").unwrap();
+        let b = StdSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let members = vec![
+            Member {
+                forward: free(),
+                bind: a.local_addr().unwrap(),
+            },
+            Member {
+                forward: free(),
+                bind: b.local_addr().unwrap(),
+            },
+        ];
+        let proxy = Proxy::start(ProxyConfig {
+            members: members.clone(),
+            delay: Duration::from_millis(5),
+            drop: 0.0,
+            seed: 1,
+        })
+        .unwrap();
+        // The stranger first: the proxy reads one socket in order, so it has counted the
+        // stranger by the time anything of a's arrives at b.
+        let stranger = StdSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b"who?", members[1].forward).unwrap();
+        a.send_to(b"hello", members[1].forward).unwrap();
+        a.send_to(&[b'x'; 1200], members[1].forward).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2000];
+        for _ in 0..2 {
+            let (n, src) = b.recv_from(&mut buf).unwrap();
+            assert_eq!(src, members[0].forward);
+            got.push(n);
+        }
+        got.sort_unstable();
+        assert_eq!(got, [5, MAX_DATAGRAM]);
+        let stats = proxy.stop();
+        assert_eq!(stats.forwarded, 2);
+        assert_eq!(stats.truncated, 1);
+        assert_eq!(stats.unroutable, 1);
+    }
+}

@@ -1,0 +1,178 @@
+//! Clusters of real `router` processes on loopback, with loadgen's proxy on the forwarding
+//! addresses (delaying, reordering and, where asked, dropping server-to-server datagrams) and the
+//! ordering scenario's text clients on the bind addresses, judged by the ordering checker.
+
+use chat_router::engine::Member;
+use loadgen::ordering::{self, OrderingArgs, OrderingResult};
+use loadgen::proxy::{Proxy, ProxyConfig, ProxyStats};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The router binary: built next to loadgen's by `cargo test --workspace`; built here otherwise.
+fn router_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_loadgen")).with_file_name("router");
+    if !path.exists() {
+        let release = path.parent().is_some_and(|p| p.ends_with("release"));
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "chat-router", "--bin", "router"]);
+        if release {
+            build.arg("--release");
+        }
+        assert!(build.status().expect("run cargo").success());
+    }
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Cluster {
+    routers: Vec<Child>,
+    members: Vec<Member>,
+    proxy: Option<Proxy>,
+    file: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.routers {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+impl Cluster {
+    /// `n` routers in `order`, every forwarding address held by a proxy that delays each
+    /// datagram up to `delay` and drops a `drop` share.
+    fn start(n: usize, order: &str, delay: Duration, drop: f64) -> Cluster {
+        let members: Vec<Member> = (0..n)
+            .map(|_| Member {
+                forward: free_addr(),
+                bind: free_addr(),
+            })
+            .collect();
+        let text: String = members
+            .iter()
+            .map(|m| format!("{},{}\n", m.forward, m.bind))
+            .collect();
+        let file = std::env::temp_dir().join(format!(
+            "chat-router-cluster-{}-{}.txt",
+            std::process::id(),
+            members[0].bind.port()
+        ));
+        std::fs::write(&file, text).unwrap();
+        let proxy = Proxy::start(ProxyConfig {
+            members: members.clone(),
+            delay,
+            drop,
+            seed: 5,
+        })
+        .expect("proxy binds the forwarding addresses");
+        let binary = router_binary();
+        let mut routers = Vec::new();
+        let (tx, rx) = mpsc::channel();
+        for i in 1..=n {
+            let mut child = Command::new(&binary)
+                .args(["--cores", "1", "--order", order, "--cluster"])
+                .arg(&file)
+                .args(["--index", &i.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start router");
+            let stdout = child.stdout.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.contains("listening on") {
+                        let _ = tx.send(i);
+                    }
+                }
+            });
+            routers.push(child);
+        }
+        for _ in 0..n {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("every router prints its listening line");
+        }
+        Cluster {
+            routers,
+            members,
+            proxy: Some(proxy),
+            file,
+        }
+    }
+
+    fn proxy_stats(&mut self) -> ProxyStats {
+        self.proxy.take().map(Proxy::stop).unwrap_or_default()
+    }
+
+    fn check(&self, clients: usize, rooms: u32, messages: u64, len: usize) -> OrderingResult {
+        let result = ordering::run(&OrderingArgs {
+            servers: self.members.iter().map(|m| m.bind).collect(),
+            clients,
+            rooms,
+            messages,
+            interval: Duration::from_millis(20),
+            len,
+            drain: Duration::from_secs(30),
+            seed: 3,
+        })
+        .expect("ordering run");
+        assert_eq!(result.report.sent, clients as u64 * messages);
+        result
+    }
+}
+
+#[test]
+fn three_servers_in_every_mode_behind_a_reordering_proxy() {
+    for order in ["unordered", "fifo", "total"] {
+        let cluster = Cluster::start(3, order, Duration::from_millis(15), 0.0);
+        let result = cluster.check(30, 3, 10, 40);
+        let total = order == "total";
+        assert!(
+            result.report.clean(total),
+            "{order}:\n{}",
+            result.table(total)
+        );
+        assert_eq!(result.report.delivered, result.report.expected);
+    }
+}
+
+#[test]
+fn ten_servers_and_250_clients_in_total_order() {
+    let cluster = Cluster::start(10, "total", Duration::from_millis(10), 0.0);
+    let result = cluster.check(250, 10, 4, 40);
+    assert!(result.report.clean(true), "{}", result.table(true));
+    // Rooms of 20 and 30 members (250 clients over 10 servers and 10 rooms).
+    assert_eq!(result.report.expected, 4 * (5 * 30 * 30 + 5 * 20 * 20));
+    assert_eq!(result.report.delivered, result.report.expected);
+}
+
+#[test]
+fn fifo_and_total_order_survive_two_percent_loss() {
+    for order in ["fifo", "total"] {
+        let mut cluster = Cluster::start(3, order, Duration::from_millis(5), 0.02);
+        // 1000-byte messages: every one crosses between servers as two fragments.
+        let result = cluster.check(30, 3, 10, 1000);
+        let total = order == "total";
+        assert!(
+            result.report.clean(total),
+            "{order}:\n{}",
+            result.table(total)
+        );
+        let stats = cluster.proxy_stats();
+        assert!(stats.dropped > 0, "{stats:?}");
+        assert_eq!(stats.truncated, 0, "no server datagram exceeds 999 bytes");
+    }
+}
