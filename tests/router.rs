@@ -244,6 +244,11 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
         &["--bogus"],
         &["--io", "carrier-pigeon"],
         &["no.such.host.invalid.", "4000"],
+        &["--cluster", "/nonexistent/servers.txt", "--index", "1"],
+        &["--cluster", "Cargo.toml", "--index", "1"],
+        &["--index", "1"],
+        &["--rooms", "0"],
+        &["--order", "causal"],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
             .args(args)
@@ -322,4 +327,53 @@ fn stats_every_reports_traffic_and_sigterm_prints_the_counters() {
         shards.iter().all(|l| l.contains("deliveries=")),
         "{shards:?}"
     );
+}
+
+/// A one-line cluster file on a free port; returns its path and the port.
+fn cluster_file(name: &str) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("{name}-{}-{port}.txt", std::process::id()));
+    std::fs::write(&file, format!("127.0.0.1:{port}\n")).unwrap();
+    (file, port)
+}
+
+#[test]
+fn text_clients_and_the_stamped_verbose_log_of_a_cluster_server() {
+    let (file, port) = cluster_file("chat-router-one");
+    // The original's positional form: chatserver -o total -v FILE INDEX.
+    let args: Vec<String> = ["--cores", "2", "-o", "total", "-v"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([file.display().to_string(), "1".into()])
+        .collect();
+    let mut router = Router::launch(&args, port);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(support::WAIT)).unwrap();
+    let me = client.local_addr().unwrap();
+    let mut buf = [0u8; 2048];
+    let mut ask = |line: &str| {
+        client.send_to(line.as_bytes(), router.addr()).unwrap();
+        let n = client.recv(&mut buf).expect("a reply");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(ask("/join 3"), "+OK You are now in chat room #3");
+    assert_eq!(
+        ask("hello"),
+        format!("<{me}> hello"),
+        "through ISIS with one server"
+    );
+    assert_eq!(ask("/nick Linh"), "+OK Nickname set to 'Linh'");
+    assert_eq!(ask("again"), "<Linh> again");
+    let line = router.wait_for_line("joins chat room #3", support::WAIT);
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert_eq!(rest, format!("S01 Client {me} joins chat room #3"));
+    let digits: Vec<&str> = time.split([':', '.']).collect();
+    assert_eq!(
+        digits.iter().map(|d| d.len()).collect::<Vec<_>>(),
+        [2, 2, 2, 6],
+        "hh:mm:ss.uuuuuu, got {time}"
+    );
+    assert!(digits.iter().all(|d| d.bytes().all(|b| b.is_ascii_digit())));
+    router.wait_for_line("S01 Delivers message 1.1 to chat room #3", support::WAIT);
+    let _ = std::fs::remove_file(file);
 }

@@ -1,10 +1,13 @@
 //! `loadgen`: run a scenario (the default) or compare result files.
 
-use chat_router::config::parse_duration;
+use chat_router::config::{parse_cluster, parse_duration};
+use chat_router::engine::Member;
 use chat_router::io::IoKind;
 use clap::{Parser, Subcommand};
+use loadgen::ordering::{OrderingArgs, OrderingRecord};
 use loadgen::plan::Membership;
 use loadgen::plot::{svg, Series};
+use loadgen::proxy::{Proxy, ProxyConfig};
 use loadgen::report::RunRecord;
 use loadgen::scenario::{self, RunArgs, Scenario};
 use loadgen::traffic::Churn;
@@ -33,6 +36,50 @@ enum Command {
     Compare {
         #[arg(required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+    },
+    /// Sit on a cluster's forwarding addresses and delay (so reorder) and drop the datagrams
+    /// between its servers, until interrupted.
+    Proxy {
+        /// The cluster file the servers use (lines FORWARD_ADDR,BIND_ADDR).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// Each datagram waits a random time from zero to this.
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        delay: Duration,
+        /// Share of datagrams dropped (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        drop: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Play text clients across a cluster, send numbered messages and check what arrives:
+    /// loss, duplicates, FIFO and total-order violations, latency. Exits 1 on any violation.
+    Ordering {
+        /// The cluster file the servers use; clients talk to the bind addresses.
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// The ordering the servers run (total order is checked only for `total`).
+        #[arg(long, default_value = "total", value_parser = ["unordered", "fifo", "total"])]
+        order: String,
+        #[arg(long, default_value_t = 250)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: u32,
+        /// Messages each client sends.
+        #[arg(long, default_value_t = 20)]
+        messages: u64,
+        /// Between two messages of one client.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// Bytes per message (up to 1000).
+        #[arg(long, default_value_t = 40)]
+        len: usize,
+        /// The longest wait for stragglers once all is sent.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        drain: Duration,
+        /// Write the run's JSON and percentile files into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Draw the latency percentile curves of result files into an SVG.
     Plot {
@@ -208,6 +255,58 @@ fn plot(files: &[PathBuf], output: &Path) -> Result<(), String> {
     Ok(())
 }
 
+fn read_cluster(file: &Path) -> Result<Vec<Member>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read cluster file {}: {e}", file.display()))?;
+    parse_cluster(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn proxy(cluster: &Path, delay: Duration, drop: f64, seed: u64) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&drop) {
+        return Err(format!("--drop {drop} is not a share from 0 to 1"));
+    }
+    let members = read_cluster(cluster)?;
+    let proxied = members.iter().filter(|m| m.forward != m.bind).count();
+    let _proxy = Proxy::start(ProxyConfig {
+        members,
+        delay,
+        drop,
+        seed,
+    })
+    .map_err(|e| format!("cannot bind the forwarding addresses: {e}"))?;
+    println!("proxy: on {proxied} forwarding address(es), delay up to {delay:?}, drop {drop}");
+    loop {
+        std::thread::park(); // until the process is interrupted
+    }
+}
+
+fn check_ordering(
+    cluster: &Path,
+    mut args: OrderingArgs,
+    order: &str,
+    out: Option<&Path>,
+) -> Result<(), String> {
+    if args.len > chat_router::proto::text::MAX_MESSAGE || args.len < 24 {
+        return Err("--len must be from 24 to 1000 bytes".into());
+    }
+    if args.clients == 0 || args.rooms == 0 || args.messages == 0 || args.interval.is_zero() {
+        return Err("--clients, --rooms, --messages and --interval must be above zero".into());
+    }
+    args.servers = read_cluster(cluster)?.iter().map(|m| m.bind).collect();
+    let result = loadgen::ordering::run(&args).map_err(|e| e.to_string())?;
+    print!("{}", result.table(order == "total"));
+    if let Some(dir) = out {
+        let record = OrderingRecord::new(&args, order, &result);
+        let path = record.write(dir, &result).map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    if result.report.clean(order == "total") {
+        Ok(())
+    } else {
+        Err("ordering violations (see the table)".into())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -228,6 +327,35 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Compare { files }) => compare(&files),
         Some(Command::Plot { files, output }) => plot(&files, &output),
+        Some(Command::Proxy {
+            cluster,
+            delay,
+            drop,
+            seed,
+        }) => proxy(&cluster, delay, drop, seed),
+        Some(Command::Ordering {
+            cluster,
+            order,
+            clients,
+            rooms,
+            messages,
+            interval,
+            len,
+            drain,
+            out,
+        }) => {
+            let args = OrderingArgs {
+                servers: Vec::new(),
+                clients,
+                rooms,
+                messages,
+                interval,
+                len,
+                drain,
+                seed: 1,
+            };
+            check_ordering(&cluster, args, &order, out.as_deref())
+        }
         None => run(cli.run),
     };
     match outcome {

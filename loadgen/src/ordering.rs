@@ -289,3 +289,106 @@ fn join(clients: &mut [Client], net: &mut Net) -> Result<(), LoadError> {
     }
     Ok(())
 }
+
+/// An ordering run as a results file (its own format: `compare` and `plot` read the load runs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OrderingRecord {
+    pub format: u32,
+    pub scenario: String,
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started: String,
+    /// The ordering the routers were asked for (`total` also requires no total-order violation).
+    pub order: String,
+    pub servers: usize,
+    pub clients: usize,
+    pub rooms: u32,
+    pub messages_per_client: u64,
+    pub interval_ms: f64,
+    pub message_bytes: usize,
+    pub source: crate::report::Source,
+    pub machine_cores: usize,
+    pub kernel: String,
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub corrupt: u64,
+    pub foreign: u64,
+    pub fifo_violations: u64,
+    pub total_violations: u64,
+    pub clean: bool,
+    pub deliveries_per_s: f64,
+    pub latency: crate::latency::Percentiles,
+    /// `[value_ns, count]` per non-empty bucket.
+    pub histogram: Vec<(u64, u64)>,
+}
+
+impl OrderingRecord {
+    pub fn new(args: &OrderingArgs, order: &str, result: &OrderingResult) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let source = crate::machine::commit(&std::env::current_dir().unwrap_or_default());
+        let r = &result.report;
+        Self {
+            format: 1,
+            scenario: "ordering".into(),
+            started: crate::report::utc(started),
+            order: order.into(),
+            servers: args.servers.len(),
+            clients: args.clients,
+            rooms: args.rooms,
+            messages_per_client: args.messages,
+            interval_ms: args.interval.as_secs_f64() * 1e3,
+            message_bytes: args.len,
+            source: crate::report::Source {
+                commit: source.as_ref().map(|s| s.0.clone()),
+                dirty: source.map(|s| s.1),
+            },
+            machine_cores: crate::machine::cores(),
+            kernel: crate::machine::kernel(),
+            sent: r.sent,
+            expected: r.expected,
+            delivered: r.delivered,
+            lost: r.lost,
+            duplicates: r.duplicates,
+            corrupt: r.corrupt,
+            foreign: r.foreign,
+            fifo_violations: r.fifo_violations,
+            total_violations: r.total_violations,
+            clean: r.clean(order == "total"),
+            deliveries_per_s: result.deliveries_per_sec(),
+            latency: result.latency.percentiles(),
+            histogram: result.latency.buckets(),
+        }
+    }
+
+    /// Writes `DIR/<time>-ordering-<order>-<servers>s-<clients>c.json` and its `.hgrm`.
+    pub fn write(
+        &self,
+        dir: &std::path::Path,
+        result: &OrderingResult,
+    ) -> Result<std::path::PathBuf, LoadError> {
+        let io = |e| LoadError::Results(dir.display().to_string(), e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let time: String = self
+            .started
+            .chars()
+            .filter(|c| *c != '-' && *c != ':')
+            .collect();
+        let stem = format!(
+            "{time}-ordering-{}-{}s-{}c",
+            self.order, self.servers, self.clients
+        );
+        let json = dir.join(format!("{stem}.json"));
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
+        std::fs::write(&json, text + "\n").map_err(io)?;
+        std::fs::write(
+            dir.join(format!("{stem}.hgrm")),
+            result.latency.percentile_text(),
+        )
+        .map_err(io)?;
+        Ok(json)
+    }
+}

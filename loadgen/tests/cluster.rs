@@ -55,6 +55,20 @@ impl Cluster {
     /// `n` routers in `order`, every forwarding address held by a proxy that delays each
     /// datagram up to `delay` and drops a `drop` share.
     fn start(n: usize, order: &str, delay: Duration, drop: f64) -> Cluster {
+        let mut cluster = Self::without_proxy(n, order);
+        let proxy = Proxy::start(ProxyConfig {
+            members: cluster.members.clone(),
+            delay,
+            drop,
+            seed: 5,
+        })
+        .expect("proxy binds the forwarding addresses");
+        cluster.proxy = Some(proxy);
+        cluster
+    }
+
+    /// `n` routers whose forwarding addresses nobody holds yet.
+    fn without_proxy(n: usize, order: &str) -> Cluster {
         let members: Vec<Member> = (0..n)
             .map(|_| Member {
                 forward: free_addr(),
@@ -71,13 +85,6 @@ impl Cluster {
             members[0].bind.port()
         ));
         std::fs::write(&file, text).unwrap();
-        let proxy = Proxy::start(ProxyConfig {
-            members: members.clone(),
-            delay,
-            drop,
-            seed: 5,
-        })
-        .expect("proxy binds the forwarding addresses");
         let binary = router_binary();
         let mut routers = Vec::new();
         let (tx, rx) = mpsc::channel();
@@ -108,7 +115,7 @@ impl Cluster {
         Cluster {
             routers,
             members,
-            proxy: Some(proxy),
+            proxy: None,
             file,
         }
     }
@@ -175,4 +182,88 @@ fn fifo_and_total_order_survive_two_percent_loss() {
         assert!(stats.dropped > 0, "{stats:?}");
         assert_eq!(stats.truncated, 0, "no server datagram exceeds 999 bytes");
     }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_proxy_and_ordering_commands_work_from_the_command_line() {
+    let cluster = Cluster::without_proxy(3, "fifo");
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["proxy", "--delay", "5ms", "--cluster"])
+        .arg(&cluster.file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start loadgen proxy");
+    let stdout = proxy.stdout.take().unwrap();
+    let _proxy = Reaped(proxy);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("proxy line");
+    assert!(
+        line.starts_with("proxy: on 3 forwarding address(es)"),
+        "{line}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("chat-router-ordering-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "ordering",
+            "--order",
+            "fifo",
+            "--clients",
+            "12",
+            "--rooms",
+            "2",
+        ])
+        .args(["--messages", "5", "--interval", "10ms", "--cluster"])
+        .arg(&cluster.file)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .expect("run loadgen ordering");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("verdict            clean"), "{stdout}");
+    let json = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON result");
+    let record: loadgen::ordering::OrderingRecord =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(record.clean);
+    assert_eq!((record.servers, record.sent), (3, 60));
+    assert_eq!(record.delivered, record.expected);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["ordering", "--cluster", "/nonexistent/cluster.txt"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot read cluster file /nonexistent/cluster.txt"),
+        "{err}"
+    );
 }

@@ -38,8 +38,13 @@ impl Router {
             args.push(n.to_string());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(&args, port)
+    }
+
+    /// Starts `router ARGS...` (which must listen on `port`) and waits until it listens.
+    pub fn launch(args: &[String], port: u16) -> Router {
         let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
-            .args(&args)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
