@@ -120,7 +120,7 @@ pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
         events: Events::with_capacity(1024),
         buf: vec![0u8; 65_536],
     };
-    join(&mut clients, &mut net)?;
+    join(&mut clients, &mut net, args.seed)?;
 
     let mut checker = Checker::default();
     for (c, client) in clients.iter().enumerate() {
@@ -259,9 +259,9 @@ impl Net {
 
 /// Every client joins its room and waits for the reply; a request whose reply does not come is
 /// sent again (a second reply then says the client is already in the room, which is as good).
-fn join(clients: &mut [Client], net: &mut Net) -> Result<(), LoadError> {
+fn join(clients: &mut [Client], net: &mut Net, seed: u64) -> Result<(), LoadError> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut rng = Rng::new(1);
+    let mut rng = Rng::new(seed);
     while clients.iter().any(|c| !c.joined) {
         if Instant::now() > deadline {
             let missing = clients.iter().filter(|c| !c.joined).count();

@@ -166,7 +166,7 @@ impl Engine {
         group.rooms.get_mut(&name)
     }
 
-    /// Sends `body` on the room's stream to `peer`; false when the stream's window is full.
+    /// Sends `body` on the room's stream to `peer` (new messages check the window first).
     fn send_data(
         &mut self,
         now: Duration,
@@ -174,9 +174,9 @@ impl Engine {
         peer: u16,
         body: Body<'_>,
         out: &mut Outbox,
-    ) -> bool {
+    ) {
         let Some(group) = self.group.as_mut() else {
-            return false;
+            return;
         };
         let dst = group.forward[peer as usize];
         let Some(link) = group
@@ -184,11 +184,8 @@ impl Engine {
             .get_mut(&room)
             .and_then(|r| r.links.get_mut(peer as usize))
         else {
-            return false;
+            return;
         };
-        if link.out.room() == 0 {
-            return false;
-        }
         let mut buf = [0u8; group::MAX_DATAGRAM];
         let datagram = Datagram::Data {
             room: room.as_bytes(),
@@ -196,14 +193,13 @@ impl Engine {
             body,
         };
         let Ok(n) = datagram.encode(&mut buf) else {
-            return false; // the callers size fragments to fit
+            return; // the callers size fragments to fit
         };
         link.out.push(now, buf[..n].into());
         let timer = link.out.timer();
         group.arm(timer);
         send_bytes(out, dst, &buf[..n]);
         self.counters.s2s_out.inc();
-        true
     }
 
     fn send_ack(&mut self, room: Name, peer: u16, seq: u64, out: &mut Outbox) {

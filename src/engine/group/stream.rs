@@ -10,8 +10,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Datagrams a sender may have unacknowledged, and how far ahead a receiver holds.
+/// Unacknowledged datagrams beyond which a sender takes no new message. Proposals and
+/// agreements are always taken (refusing one would stall a room for good); there is at most one
+/// per message in flight of either side, so a stream holds at most about three windows.
 pub const WINDOW: usize = 256;
+/// How far ahead of the next expected datagram a receiver holds.
+const HOLD: u64 = 4 * WINDOW as u64;
 const INITIAL_RTO: Duration = Duration::from_millis(100);
 const MIN_RTO: Duration = Duration::from_millis(10);
 const MAX_RTO: Duration = Duration::from_secs(1);
@@ -56,9 +60,9 @@ impl Default for OutStream {
 }
 
 impl OutStream {
-    /// Datagrams that can still be sent before the window is full.
+    /// New messages' datagrams that can still be sent before the window is full.
     pub fn room(&self) -> usize {
-        WINDOW - self.unacked.len()
+        WINDOW.saturating_sub(self.unacked.len())
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -67,7 +71,6 @@ impl OutStream {
 
     /// Keeps `bytes` (encoded with [`Self::next_seq`]) until acknowledged; the caller sends them.
     pub fn push(&mut self, now: Duration, bytes: Box<[u8]>) {
-        debug_assert!(self.room() > 0, "the caller checks room()");
         self.unacked.push_back(Sent {
             seq: self.next_seq,
             bytes,
@@ -165,7 +168,7 @@ pub enum Arrival {
     Held,
     /// Already handled (a retransmission whose acknowledgement was lost).
     Duplicate,
-    /// Beyond the window: dropped (a correct sender never sends it).
+    /// Beyond what a receiver holds: dropped (a correct sender never sends it).
     TooFar,
 }
 
@@ -190,7 +193,7 @@ impl InStream {
         } else if seq == self.next {
             self.next += 1;
             Arrival::Next
-        } else if seq - self.next >= WINDOW as u64 {
+        } else if seq - self.next >= HOLD {
             Arrival::TooFar
         } else if self.held.insert(seq, datagram.clone()).is_some() {
             Arrival::Duplicate
@@ -244,8 +247,8 @@ mod tests {
         assert_eq!(inn.pop_ready(), None);
         assert_eq!(inn.acked(), 3);
         assert_eq!(inn.arrive(1, &d), Arrival::Duplicate);
-        assert_eq!(inn.arrive(4 + WINDOW as u64, &d), Arrival::TooFar);
-        assert_eq!(inn.arrive(3 + WINDOW as u64, &d), Arrival::Held);
+        assert_eq!(inn.arrive(4 + HOLD, &d), Arrival::TooFar);
+        assert_eq!(inn.arrive(3 + HOLD, &d), Arrival::Held);
     }
 
     #[test]
@@ -289,6 +292,17 @@ mod tests {
         send(&mut out, Duration::from_secs(1), 1);
         let rto = out.timer().unwrap() - Duration::from_secs(1);
         assert!(rto > MS * 20 && rto < MS * 30, "{rto:?}");
+    }
+
+    #[test]
+    fn a_full_window_refuses_new_messages_but_still_takes_control_datagrams() {
+        let mut out = OutStream::default();
+        send(&mut out, Duration::ZERO, WINDOW);
+        assert_eq!(out.room(), 0);
+        send(&mut out, Duration::ZERO, 3); // proposals and agreements
+        assert_eq!(out.room(), 0);
+        assert!(out.ack(MS, WINDOW as u64 + 3).is_none());
+        assert_eq!(out.room(), WINDOW);
     }
 
     #[test]
