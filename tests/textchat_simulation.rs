@@ -305,3 +305,45 @@ fn messages_of_1000_bytes_cross_as_fragments() {
         assert_eq!(report.delivered, report.expected);
     }
 }
+
+#[test]
+fn duckchat_and_text_users_share_a_room_across_a_cluster() {
+    let mut sim = Sim::cluster(11, 2, 3, Order::Total);
+    let (s1, s2, s3) = (CLUSTER_PORT + 1, CLUSTER_PORT + 2, CLUSTER_PORT + 3);
+    let (text, duck, other) = (40001, 40002, 40003);
+    line(&mut sim, text, s1, "/nick tina");
+    line(&mut sim, text, s1, "/join 3");
+    sim.send(addr(duck), s2, Inbound::Login { user: b"dave" });
+    sim.send(addr(duck), s2, Inbound::Join { channel: b"3" });
+    line(&mut sim, other, s3, "/join 3");
+    sim.run_for(SETTLE);
+    sim.clear_inboxes();
+    line(&mut sim, text, s1, "from text");
+    sim.send(
+        addr(duck),
+        s2,
+        Inbound::Say {
+            channel: b"3",
+            text: b"from duckchat",
+        },
+    );
+    sim.run_for(Duration::from_secs(1));
+    let mut duck_saw = sim.says(addr(duck));
+    duck_saw.sort();
+    assert_eq!(duck_saw, ["3 dave from duckchat", "3 tina from text"]);
+    let text_saw = sim.lines(addr(text));
+    let mut sorted = text_saw.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["<dave> from duckchat", "<tina> from text"]);
+    assert_eq!(sim.lines(addr(other)), text_saw, "one order in the room");
+    let order: Vec<String> = sim
+        .says(addr(duck))
+        .iter()
+        .map(|s| s.split_once(' ').map_or("", |x| x.1).to_string())
+        .collect();
+    let text_order: Vec<String> = text_saw
+        .iter()
+        .map(|l| l.replacen('<', "", 1).replacen('>', "", 1))
+        .collect();
+    assert_eq!(order, text_order, "the DuckChat user sees the same order");
+}
