@@ -54,33 +54,7 @@ enum Command {
     },
     /// Play text clients across a cluster, send numbered messages and check what arrives:
     /// loss, duplicates, FIFO and total-order violations, latency. Exits 1 on any violation.
-    Ordering {
-        /// The cluster file the servers use; clients talk to the bind addresses.
-        #[arg(long, value_name = "FILE")]
-        cluster: PathBuf,
-        /// The ordering the servers run (total order is checked only for `total`).
-        #[arg(long, default_value = "total", value_parser = ["unordered", "fifo", "total"])]
-        order: String,
-        #[arg(long, default_value_t = 250)]
-        clients: usize,
-        #[arg(long, default_value_t = 10)]
-        rooms: u32,
-        /// Messages each client sends.
-        #[arg(long, default_value_t = 20)]
-        messages: u64,
-        /// Between two messages of one client.
-        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-        interval: Duration,
-        /// Bytes per message (up to 1000).
-        #[arg(long, default_value_t = 40)]
-        len: usize,
-        /// The longest wait for stragglers once all is sent.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        drain: Duration,
-        /// Write the run's JSON and percentile files into this directory.
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-    },
+    Ordering(OrderingOpts),
     /// Draw the latency percentile curves of result files into an SVG.
     Plot {
         #[arg(required = true, num_args = 1..)]
@@ -88,6 +62,35 @@ enum Command {
         #[arg(short, long, default_value = "latency.svg")]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct OrderingOpts {
+    /// The cluster file the servers use; clients talk to the bind addresses.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// The ordering the servers run (total order is checked only for `total`).
+    #[arg(long, default_value = "total", value_parser = ["unordered", "fifo", "total"])]
+    order: String,
+    #[arg(long, default_value_t = 250)]
+    clients: usize,
+    #[arg(long, default_value_t = 10)]
+    rooms: u32,
+    /// Messages each client sends.
+    #[arg(long, default_value_t = 20)]
+    messages: u64,
+    /// Between two messages of one client.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// Bytes per message (up to 1000).
+    #[arg(long, default_value_t = 40)]
+    len: usize,
+    /// The longest wait for stragglers once all is sent.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Write the run's JSON and percentile files into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -280,19 +283,27 @@ fn proxy(cluster: &Path, delay: Duration, drop: f64, seed: u64) -> Result<(), St
     }
 }
 
-fn check_ordering(
-    cluster: &Path,
-    mut args: OrderingArgs,
-    order: &str,
-    out: Option<&Path>,
-) -> Result<(), String> {
-    if args.len > chat_router::proto::text::MAX_MESSAGE || args.len < 24 {
+fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
+    if opts.len > chat_router::proto::text::MAX_MESSAGE || opts.len < 24 {
         return Err("--len must be from 24 to 1000 bytes".into());
     }
-    if args.clients == 0 || args.rooms == 0 || args.messages == 0 || args.interval.is_zero() {
+    if opts.clients == 0 || opts.rooms == 0 || opts.messages == 0 || opts.interval.is_zero() {
         return Err("--clients, --rooms, --messages and --interval must be above zero".into());
     }
-    args.servers = read_cluster(cluster)?.iter().map(|m| m.bind).collect();
+    let args = OrderingArgs {
+        servers: read_cluster(&opts.cluster)?
+            .iter()
+            .map(|m| m.bind)
+            .collect(),
+        clients: opts.clients,
+        rooms: opts.rooms,
+        messages: opts.messages,
+        interval: opts.interval,
+        len: opts.len,
+        drain: opts.drain,
+        seed: 1,
+    };
+    let (order, out) = (opts.order.as_str(), opts.out.as_deref());
     let result = loadgen::ordering::run(&args).map_err(|e| e.to_string())?;
     print!("{}", result.table(order == "total"));
     if let Some(dir) = out {
@@ -333,29 +344,7 @@ fn main() -> ExitCode {
             drop,
             seed,
         }) => proxy(&cluster, delay, drop, seed),
-        Some(Command::Ordering {
-            cluster,
-            order,
-            clients,
-            rooms,
-            messages,
-            interval,
-            len,
-            drain,
-            out,
-        }) => {
-            let args = OrderingArgs {
-                servers: Vec::new(),
-                clients,
-                rooms,
-                messages,
-                interval,
-                len,
-                drain,
-                seed: 1,
-            };
-            check_ordering(&cluster, args, &order, out.as_deref())
-        }
+        Some(Command::Ordering(opts)) => check_ordering(opts),
         None => run(cli.run),
     };
     match outcome {

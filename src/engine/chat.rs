@@ -16,7 +16,7 @@ impl Chat {
     /// `user` is cut to [`crate::proto::group::MAX_USER`] bytes, the longest a server forwards.
     pub fn new(user: &[u8], text: &[u8]) -> Self {
         let user = &user[..user.len().min(crate::proto::group::MAX_USER)];
-        if user.len() <= 31 && text.len() <= 63 {
+        if user.len() <= Name::CAPACITY && text.len() <= Text::CAPACITY {
             return Chat::Short {
                 user: Name::truncating(user),
                 text: Text::truncating(text),

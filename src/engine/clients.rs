@@ -290,10 +290,7 @@ impl Engine {
     }
 
     pub(super) fn error(&mut self, dst: SocketAddr, message: &[u8], out: &mut Outbox) {
-        if self.mute_errors
-            || self.neighbor_index.contains_key(&dst)
-            || self.peer_index.contains_key(&dst)
-        {
+        if self.mute_errors || self.is_server(&dst) {
             // Servers never get error texts: they would answer them (see handle_datagram).
             return self.counters.errors_suppressed.inc();
         }

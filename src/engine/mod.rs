@@ -33,7 +33,6 @@ pub use counters::{Counter, Counters, DropReason};
 pub use group::{Cluster, Member, Order, MAX_SERVERS};
 pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};
-pub use text_clients::room_channel;
 
 use crate::proto::duckchat::{self, Inbound, SayLayout};
 use crate::proto::{text, Name, Text};
@@ -294,7 +293,11 @@ impl Engine {
         out: &mut Outbox,
     ) {
         self.counters.datagrams_in.inc();
-        if let Some(&peer) = self.peer_index.get(&src) {
+        // Outside a cluster the map is empty: skip hashing the address on every datagram.
+        if let Some(&peer) = (!self.peer_index.is_empty())
+            .then(|| self.peer_index.get(&src))
+            .flatten()
+        {
             self.peer_datagram(peer, buf, out);
             return self.drain_loopback(now, out);
         }
@@ -401,6 +404,12 @@ impl Engine {
         while let Some(msg) = self.loopback.pop_front() {
             self.dispatch(now, msg, out);
         }
+    }
+
+    /// A DuckChat neighbor or a cluster server: never answered with an error, which it would
+    /// take for a request and answer in turn.
+    fn is_server(&self, addr: &SocketAddr) -> bool {
+        self.neighbor_index.contains_key(addr) || self.peer_index.contains_key(addr)
     }
 
     fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {

@@ -17,7 +17,7 @@ pub(super) struct TextSession {
 }
 
 /// The channel of room `n`: its decimal number.
-pub fn room_channel(n: u32) -> Name {
+pub(super) fn room_channel(n: u32) -> Name {
     let mut digits = arrayvec::ArrayString::<10>::new();
     let _ = write!(digits, "{n}"); // at most 10 digits: always fits
     Name::from(digits.as_str())
@@ -230,7 +230,7 @@ impl Engine {
 
     /// One `+OK`/`-ERR` line (never to a server: it would take it for chat).
     fn reply(&mut self, dst: SocketAddr, line: std::fmt::Arguments<'_>, out: &mut Outbox) {
-        if self.peer_index.contains_key(&dst) {
+        if self.is_server(&dst) {
             return self.counters.errors_suppressed.inc();
         }
         if let Some(payload) = out.payload(256, |buf| text::encode_reply(buf, line)) {

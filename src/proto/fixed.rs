@@ -20,6 +20,9 @@ pub type Text = FixedStr<63>;
 pub type Nick = FixedStr<63>;
 
 impl<const CAP: usize> FixedStr<CAP> {
+    /// The most bytes it holds.
+    pub const CAPACITY: usize = CAP;
+
     /// The empty string.
     pub const EMPTY: Self = Self {
         len: 0,

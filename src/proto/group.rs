@@ -382,32 +382,25 @@ mod tests {
     fn max_text_is_exact_at_the_widest_numbers() {
         let user = [b'u'; MAX_USER];
         let room = [b'r'; MAX_ROOM];
-        let text = vec![b't'; max_text(&room, &user)];
-        let d = Datagram::Data {
-            room: &room,
-            seq: u64::MAX,
-            body: Body::Msg {
-                counter: u64::MAX,
-                more: true,
-                user: &user,
-                text: &text,
-            },
+        let widest = |text: &[u8]| {
+            let mut buf = [0u8; 2000];
+            Datagram::Data {
+                room: &room,
+                seq: u64::MAX,
+                body: Body::Msg {
+                    counter: u64::MAX,
+                    more: true,
+                    user: &user,
+                    text,
+                },
+            }
+            .encode(&mut buf)
         };
-        let mut buf = [0u8; 2000];
-        assert_eq!(d.encode(&mut buf), Ok(MAX_DATAGRAM));
+        let text = vec![b't'; max_text(&room, &user)];
+        assert_eq!(widest(&text), Ok(MAX_DATAGRAM));
         let mut longer = text.clone();
         longer.push(b't');
-        let d = Datagram::Data {
-            room: &room,
-            seq: u64::MAX,
-            body: Body::Msg {
-                counter: u64::MAX,
-                more: true,
-                user: &user,
-                text: &longer,
-            },
-        };
-        assert_eq!(d.encode(&mut buf), Err(EncodeError::DoesNotFit));
+        assert_eq!(widest(&longer), Err(EncodeError::DoesNotFit));
     }
 
     #[test]

@@ -115,11 +115,6 @@ impl Group {
     fn servers(&self) -> u16 {
         self.forward.len() as u16
     }
-
-    fn peers(&self) -> impl Iterator<Item = u16> + use<> {
-        let me = self.me;
-        (0..self.servers()).filter(move |&s| s != me)
-    }
 }
 
 fn send_bytes(out: &mut Outbox, dst: SocketAddr, bytes: &[u8]) {
@@ -130,6 +125,17 @@ fn send_bytes(out: &mut Outbox, dst: SocketAddr, bytes: &[u8]) {
 }
 
 impl Engine {
+    /// This server's index in the cluster (0-based).
+    fn group_me(&self) -> u16 {
+        self.group.as_ref().map_or(0, |g| g.me)
+    }
+
+    /// The other servers of the cluster.
+    fn group_peers(&self) -> impl Iterator<Item = u16> + use<> {
+        let (me, servers) = self.group.as_ref().map_or((0, 0), |g| (g.me, g.servers()));
+        (0..servers).filter(move |&s| s != me)
+    }
+
     /// A datagram from another server of the cluster, on whichever shard received it: only the
     /// room is read here; its owner decides.
     pub(super) fn peer_datagram(&mut self, peer: u16, buf: &[u8], out: &mut Outbox) {
@@ -186,19 +192,18 @@ impl Engine {
         else {
             return;
         };
-        let mut buf = [0u8; group::MAX_DATAGRAM];
         let datagram = Datagram::Data {
             room: room.as_bytes(),
             seq: link.out.next_seq(),
             body,
         };
-        let Ok(n) = datagram.encode(&mut buf) else {
+        let Some(payload) = out.payload(group::MAX_DATAGRAM, |buf| datagram.encode(buf)) else {
             return; // the callers size fragments to fit
         };
-        link.out.push(now, buf[..n].into());
+        link.out.push(now, out.bytes(payload).into());
+        out.send(dst, payload);
         let timer = link.out.timer();
         group.arm(timer);
-        send_bytes(out, dst, &buf[..n]);
         self.counters.s2s_out.inc();
     }
 
@@ -235,7 +240,7 @@ impl Engine {
         }
         r.counter += 1;
         let counter = r.counter;
-        let me = self.group.as_ref().map_or(0, |g| g.me);
+        let me = self.group_me();
         self.log_event(
             out,
             format_args!(
@@ -245,25 +250,15 @@ impl Engine {
                 me + 1
             ),
         );
-        let peers: smallvec::SmallVec<[u16; 16]> =
-            self.group.iter().flat_map(|g| g.peers()).collect();
-        for peer in peers {
-            let mut pieces = chat.text().chunks(chunk).peekable();
-            if pieces.peek().is_none() {
+        let text = chat.text();
+        for peer in self.group_peers() {
+            // At least one fragment, so an empty DuckChat text still travels.
+            for i in 0..fragments {
                 let body = Body::Msg {
                     counter,
-                    more: false,
+                    more: i + 1 < fragments,
                     user: chat.user(),
-                    text: b"",
-                };
-                self.send_data(now, room, peer, body, out);
-            }
-            while let Some(piece) = pieces.next() {
-                let body = Body::Msg {
-                    counter,
-                    more: pieces.peek().is_some(),
-                    user: chat.user(),
-                    text: piece,
+                    text: &text[i * chunk..((i + 1) * chunk).min(text.len())],
                 };
                 self.send_data(now, room, peer, body, out);
             }
@@ -280,7 +275,7 @@ impl Engine {
         chat: Chat,
         out: &mut Outbox,
     ) {
-        let me = self.group.as_ref().map_or(0, |g| g.me);
+        let me = self.group_me();
         let Some(total) = self.group_room(room).and_then(|r| r.total.as_mut()) else {
             return self.group_deliver(room, id, &chat, out);
         };
@@ -323,7 +318,7 @@ impl Engine {
         let Some((priority, proposer)) = total.propose(counter, priority, proposer) else {
             return;
         };
-        let me = self.group.as_ref().map_or(0, |g| g.me);
+        let me = self.group_me();
         self.log_event(
             out,
             format_args!(
@@ -332,9 +327,7 @@ impl Engine {
                 me + 1
             ),
         );
-        let peers: smallvec::SmallVec<[u16; 16]> =
-            self.group.iter().flat_map(|g| g.peers()).collect();
-        for peer in peers {
+        for peer in self.group_peers() {
             let body = Body::Agreed {
                 counter,
                 priority,
