@@ -9,7 +9,7 @@ use crate::io::{self, sys, Backend, IoKind};
 use crossbeam_queue::ArrayQueue;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,10 +205,12 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
+                // The backend owns the socket for as long as the loop runs.
+                let socket_fd = socket.as_raw_fd();
                 match Backend::new(io_kind, socket, shared.wakers[shard].eventfd.raw()) {
                     Ok(backend) => {
                         let _ = ready.send(Ok(sys::thread_id()));
-                        shard_loop(shard, engine, backend, &shared);
+                        shard_loop(shard, engine, backend, socket_fd, &shared);
                     }
                     Err(source) => {
                         let _ = ready.send(Err(RuntimeError::Shard { shard, source }));
@@ -273,7 +275,7 @@ fn wait_for_stop(
             let secs = (now.0 - last.0).as_secs_f64().max(1e-9);
             let rate = |a: u64, b: u64| (a - b) as f64 / secs;
             println!(
-                "stats: in={} ({:.0}/s) out={} ({:.0}/s) deliveries={} ({:.0}/s) drops={} decode_errors={}",
+                "stats: in={} ({:.0}/s) out={} ({:.0}/s) deliveries={} ({:.0}/s) drops={} kernel_drops={} decode_errors={}",
                 now.1.datagrams_in,
                 rate(now.1.datagrams_in, last.1.datagrams_in),
                 now.1.datagrams_out,
@@ -281,6 +283,7 @@ fn wait_for_stop(
                 now.1.deliveries,
                 rate(now.1.deliveries, last.1.deliveries),
                 now.1.drops,
+                now.1.kernel_drops,
                 now.1.decode_errors,
             );
             let _ = std::io::stdout().flush();
@@ -295,6 +298,7 @@ struct Totals {
     datagrams_out: u64,
     deliveries: u64,
     drops: u64,
+    kernel_drops: u64,
     decode_errors: u64,
 }
 
@@ -305,14 +309,22 @@ impl Totals {
             datagrams_out: t.datagrams_out + c.datagrams_out.get(),
             deliveries: t.deliveries + c.deliveries.get(),
             drops: t.drops + c.total_drops(),
+            kernel_drops: t.kernel_drops + c.kernel_drops.get(),
             decode_errors: t.decode_errors + c.decode_errors.get(),
         })
     }
 }
 
-fn shard_loop(me: usize, mut engine: Engine, mut backend: Backend, shared: &Shared) {
+fn shard_loop(
+    me: usize,
+    mut engine: Engine,
+    mut backend: Backend,
+    socket_fd: RawFd,
+    shared: &Shared,
+) {
     let mut out = Outbox::with_capacity(4096);
     let counters = engine.counters().clone();
+    let mut kernel_drops = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.epoch.elapsed();
         let mut work = drain_inbox(me, now, &mut engine, &mut out, shared);
@@ -325,11 +337,25 @@ fn shard_loop(me: usize, mut engine: Engine, mut backend: Backend, shared: &Shar
         });
         if now >= engine.next_timeout() {
             engine.handle_timeout(now, &mut out);
+            copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
         }
         flush(me, &mut out, &mut backend, &counters, shared);
         if work == 0 {
             sleep(me, &engine, &mut backend, shared);
         }
+    }
+    copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
+}
+
+/// Adds what the kernel dropped at the socket since the `last` reading to the shard's counters
+/// (on timer events, a few times a second, and once more at the end); the kernel's count is
+/// 32 bits and wraps.
+fn copy_kernel_drops(fd: RawFd, last: &mut u32, counters: &Counters) {
+    if let Ok(now) = sys::socket_drops(fd) {
+        counters
+            .kernel_drops
+            .add(u64::from(now.wrapping_sub(*last)));
+        *last = now;
     }
 }
 

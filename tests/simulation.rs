@@ -3,6 +3,7 @@
 
 mod sim;
 
+use chat_router::engine::{DropReason, Limits};
 use chat_router::proto::duckchat::{self, Inbound};
 use sim::{addr, Sim};
 use std::time::Duration;
@@ -26,9 +27,15 @@ fn single_server_client_behaviour() {
     for shards in SHARDS {
         let mut sim = Sim::topology(1, shards, &[(4000, &[])]);
         let (a, b) = (addr(50001), addr(50002));
+        // A source without a session never gets more bytes than it sent: a 36-byte JOIN gets
+        // no 68-byte error, a 100-byte SAY does.
         sim.send(a, 4000, Inbound::Join { channel: b"x" });
         sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(a), Vec::<String>::new());
+        say(&mut sim, 50001, 4000, "x", "hi");
+        sim.run_for(SETTLE);
         assert_eq!(sim.decoded(a), ["error Not logged in"]);
+        sim.clear_inboxes();
 
         sim.login(a, 4000, "zed");
         sim.login(b, 4000, "amy");
@@ -84,7 +91,7 @@ fn single_server_client_behaviour() {
         sim.send(b, 4000, Inbound::List);
         sim.send(a, 4000, Inbound::Logout);
         sim.run_for(SETTLE);
-        sim.send(a, 4000, Inbound::List);
+        say(&mut sim, 50001, 4000, "Common", "bye?");
         sim.run_for(SETTLE);
         assert_eq!(sim.decoded(a).last().unwrap(), "error Not logged in");
         let got = sim.decoded(b);
@@ -169,7 +176,7 @@ fn silent_users_are_logged_out_and_keep_alive_keeps_them() {
             sim.send(watcher, 4000, Inbound::KeepAlive);
         }
         sim.send(watcher, 4000, Inbound::Who { channel: b"Common" });
-        sim.send(quiet, 4000, Inbound::List);
+        say(&mut sim, 50001, 4000, "Common", "still here?");
         sim.run_for(SETTLE);
         assert_eq!(sim.decoded(watcher), ["who Common alive,watcher"]);
         assert_eq!(sim.decoded(quiet), ["error Not logged in"]);
@@ -467,24 +474,86 @@ fn a_duplicate_id_is_answered_with_leave_and_not_delivered() {
     assert_eq!(sim.s2s_sent(duckchat::S2S_LEAVE, since), [(4000, 4002)]);
 }
 
-#[test]
-fn error_texts_never_ping_pong_between_servers() {
-    // Two servers that are not each other's neighbors; a spoofed datagram "from" 4001 makes
-    // 4000 answer 4001 with an error. Neither server may answer an error with an error.
-    let mut sim = Sim::topology(70, 1, &[(4000, &[]), (4001, &[])]);
-    sim.send_raw(addr(4001), 4000, 42i32.to_le_bytes().to_vec());
-    sim.run_for(SETTLE);
-    let errors = sim.s2s_sent(duckchat::TXT_ERROR, Duration::ZERO);
-    assert_eq!(errors, [(4000, 4001)], "one error, then silence");
-    let suppressed: u64 = [4000, 4001]
+/// Datagrams the servers sent to each other's addresses.
+fn between_servers(sim: &Sim, servers: &[u16]) -> usize {
+    sim.server_log
         .iter()
-        .map(|&p| sim.engine(p, 0).counters().errors_suppressed.get())
-        .sum();
-    assert_eq!(suppressed, 1);
+        .filter(|w| servers.contains(&w.dst.port()))
+        .count()
+}
+
+fn drops(sim: &Sim, port: u16, why: DropReason) -> u64 {
+    sim.engines(port).map(|e| e.counters().drops(why)).sum()
+}
+
+#[test]
+fn no_reply_loops_between_servers() {
+    // Two servers that are not each other's neighbors; every datagram below is spoofed "from"
+    // 4001 to 4000. Whatever 4000 answers, 4001 must not answer in turn.
+    let spoofed: [(&str, Vec<u8>); 5] = [
+        ("an unknown type code", 42i32.to_le_bytes().to_vec()),
+        ("a SAY (answered: Not logged in)", {
+            let mut b = vec![0u8; duckchat::SAY_LEN];
+            b[0] = duckchat::SAY as u8;
+            b
+        }),
+        ("a one-byte text line", b"x".to_vec()),
+        (
+            "a long /nick (answered: +OK)",
+            b"/nick a-rather-long-nick-to-be-answered-in-full".to_vec(),
+        ),
+        ("an -ERR line", b"-ERR You are not in a chat room".to_vec()),
+    ];
+    for (what, bytes) in spoofed {
+        let mut sim = Sim::topology(70, 1, &[(4000, &[]), (4001, &[])]);
+        sim.send_raw(addr(4001), 4000, bytes);
+        sim.run_for(SETTLE);
+        // The log holds the spoofed datagram too.
+        let exchanged = between_servers(&sim, &[4000, 4001]);
+        assert!(
+            exchanged <= 2,
+            "{what}: at most one answer, got {}",
+            exchanged - 1
+        );
+    }
+
+    // Tricked into taking each other for logged-in clients, with a TXT_ERROR-shaped LEAVE to
+    // start them off: errors stop after `errors_in_a_row` each way.
+    let mut sim = Sim::topology(72, 1, &[(4000, &[]), (4001, &[])]);
+    sim.send(addr(4001), 4000, Inbound::Login { user: b"s1" });
+    sim.send(addr(4000), 4001, Inbound::Login { user: b"s0" });
+    sim.run_for(SETTLE);
+    let mut leave = vec![0u8; duckchat::TXT_ERROR_LEN];
+    leave[0] = duckchat::LEAVE as u8;
+    leave[4..17].copy_from_slice(b"Not logged in");
+    sim.send_raw(addr(4001), 4000, leave);
+    sim.run_for(Duration::from_secs(5));
+    // Less the two logins and the LEAVE, all spoofed.
+    let errors = between_servers(&sim, &[4000, 4001]) - 3;
+    let limit = Limits::default().errors_in_a_row as usize;
+    assert!(errors > 2, "they did answer each other: {errors}");
+    assert!(errors <= 2 * limit, "{errors} errors");
+
+    // Its own address is never a client.
+    let mut sim = Sim::topology(73, 1, &[(4000, &[])]);
+    sim.send_raw(addr(4000), 4000, b"x".to_vec());
+    sim.send(addr(4000), 4000, Inbound::Login { user: b"me" });
+    sim.run_for(SETTLE);
+    assert_eq!(
+        between_servers(&sim, &[4000]),
+        2,
+        "the two spoofed ones, no answer"
+    );
+    assert_eq!(drops(&sim, 4000, DropReason::FromServer), 2);
 
     // And a configured neighbor never gets an error text.
     let mut sim = Sim::topology(71, 1, &[(4000, &[4001])]);
     sim.send_raw(addr(4001), 4000, 42i32.to_le_bytes().to_vec());
+    sim.send_raw(
+        addr(4001),
+        4000,
+        vec![duckchat::SAY as u8; duckchat::SAY_LEN],
+    );
     sim.run_for(SETTLE);
     assert!(sim.s2s_sent(duckchat::TXT_ERROR, Duration::ZERO).is_empty());
 }

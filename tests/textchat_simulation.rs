@@ -24,6 +24,23 @@ fn text_commands_get_exactly_one_reply_each() {
     for shards in [1, 3] {
         let mut sim = Sim::topology(1, shards, &[(4000, &[])]);
         let a = 50001;
+        // A source without a session never gets a reply longer than its request.
+        for text in ["hello", "/join abc", "/dance", "/part"] {
+            line(&mut sim, a, 4000, text);
+        }
+        let long = "a line long enough to be answered by the error it gets";
+        line(&mut sim, a, 4000, long);
+        sim.run_for(SETTLE);
+        assert_eq!(sim.lines(addr(a)), ["-ERR You are not in a chat room"]);
+        sim.clear_inboxes();
+        // /nick is the text protocol's login: the session begins.
+        line(&mut sim, a, 4000, "/nick 127.0.0.1:50001");
+        sim.run_for(SETTLE);
+        assert_eq!(
+            sim.lines(addr(a)),
+            ["+OK Nickname set to '127.0.0.1:50001'"]
+        );
+        sim.clear_inboxes();
         for text in [
             "hello",
             "/part",

@@ -1,7 +1,8 @@
 //! The simulated clients' sockets, and getting every client logged in and joined.
 //!
-//! Each client has its own UDP socket on 127.0.0.1, so the router sees it as a distinct
-//! address, as it would a real client. Setup goes channel by channel, in chunks, and checks
+//! Each client has its own UDP socket, so the router sees it as a distinct address, as it would
+//! a real client; clients are spread over loopback addresses ([`client_ip`]) as real ones come
+//! from many hosts, which keeps them within the router's sessions-per-IP limit. Setup goes channel by channel, in chunks, and checks
 //! with WHO that every member really is in: a LOGIN or JOIN lost to a full socket buffer is
 //! found and sent again, so the measured phase starts from a known membership.
 
@@ -22,6 +23,15 @@ fn pace(i: usize) {
     if i % 64 == 63 {
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Clients that share one source IP address, well under the router's default sessions per IP.
+const CLIENTS_PER_IP: usize = 100;
+
+/// The loopback address of client `i`: 127.1.0.0 and up (all of 127.0.0.0/8 is this host's).
+pub fn client_ip(i: usize) -> std::net::Ipv4Addr {
+    let host = (i / CLIENTS_PER_IP) as u32;
+    std::net::Ipv4Addr::from(u32::from_be_bytes([127, 1, 0, 0]) + host)
 }
 
 /// Descriptors kept free for everything that is not a client socket.
@@ -52,8 +62,8 @@ impl Clients {
         reserve_descriptors(n)?;
         let mut sockets = Vec::with_capacity(n);
         let mut addrs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let s = UdpSocket::bind("127.0.0.1:0").map_err(LoadError::Socket)?;
+        for i in 0..n {
+            let s = UdpSocket::bind((client_ip(i), 0)).map_err(LoadError::Socket)?;
             addrs.push(s.local_addr().map_err(LoadError::Socket)?);
             sockets.push(s);
         }

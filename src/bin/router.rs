@@ -1,7 +1,7 @@
 //! `router`: command line -> validated configuration -> runtime.
 
 use chat_router::config::{self, ConfigError};
-use chat_router::engine::{Cluster, Config, Order};
+use chat_router::engine::{Cluster, Config, Limits, Order};
 use chat_router::io::{sys, IoKind};
 use chat_router::proto::duckchat::SayLayout;
 use chat_router::proto::text;
@@ -97,6 +97,18 @@ struct Cli {
     /// Print a one-line summary this often.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     stats_every: Option<Duration>,
+
+    /// Sessions one IP address may hold on each shard (both protocols together).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_ip)]
+    sessions_per_ip: usize,
+
+    /// Sessions of each protocol a shard holds; when full, the longest-silent one makes room.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_shard)]
+    sessions_per_shard: usize,
+
+    /// Channels the server knows at most (from local JOINs and neighbors' S2S_JOINs).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().channels)]
+    max_channels: usize,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -181,8 +193,15 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
             return Err(ConfigError::Zero(name));
         }
     }
-    if cli.cores == Some(0) {
-        return Err(ConfigError::Zero("--cores"));
+    for (name, n) in [
+        ("--cores", cli.cores.unwrap_or(1)),
+        ("--sessions-per-ip", cli.sessions_per_ip),
+        ("--sessions-per-shard", cli.sessions_per_shard),
+        ("--max-channels", cli.max_channels),
+    ] {
+        if n == 0 {
+            return Err(ConfigError::Zero(name));
+        }
     }
     let listen = cluster
         .as_ref()
@@ -190,6 +209,9 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
     let mut engine = Config::new(listen);
     engine.cluster = cluster;
     engine.rooms = cli.rooms;
+    engine.limits.sessions_per_ip = cli.sessions_per_ip;
+    engine.limits.sessions_per_shard = cli.sessions_per_shard;
+    engine.limits.channels = cli.max_channels;
     engine.neighbors = neighbors;
     engine.user_timeout = cli.user_timeout;
     engine.s2s_refresh = cli.s2s_refresh;

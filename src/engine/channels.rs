@@ -2,7 +2,7 @@
 //! out to) and its DuckChat federation tree: join flooding, say forwarding with random ids,
 //! loop detection, pruning and soft state (`shared/spec/duckchat.md`, "Federation").
 
-use super::clients::NO_CHANNEL;
+use super::members::Members;
 use super::{Chat, Config, DropReason, Engine, IdSet, Lossy, Outbox, S2s, ShardMsg, COMMON};
 use crate::proto::duckchat::{self, Inbound, S2sSay};
 use crate::proto::{Name, Text};
@@ -10,11 +10,6 @@ use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-struct Member {
-    client: SocketAddr,
-    user: Name,
-}
 
 /// A neighbor in this channel's tree, and when it last sent S2S_JOIN for it.
 #[derive(Clone, Copy)]
@@ -24,7 +19,8 @@ struct Subscriber {
 }
 
 struct Channel {
-    members: Vec<Member>,
+    /// Every member's user name, by address: O(1) join, rename and leave at any size.
+    members: Members<Name>,
     /// Members per home shard: fan-out goes only to shards with members.
     per_shard: SmallVec<[u32; 8]>,
     /// Whether this server is part of the channel's tree.
@@ -74,7 +70,7 @@ impl Channels {
     pub(super) fn create(&mut self, name: Name) {
         let shards = self.shards as usize;
         self.owned.entry(name).or_insert_with(|| Channel {
-            members: Vec::new(),
+            members: Members::default(),
             per_shard: SmallVec::from_elem(0, shards),
             subscribed: false,
             neighbors: SmallVec::new(),
@@ -100,15 +96,22 @@ impl Engine {
         home: u16,
         out: &mut Outbox,
     ) {
+        if !self.channels.owned.contains_key(&name)
+            && self.channels.owned.len() >= self.cfg.limits.channels
+        {
+            // Home shards check the limit against their directory first; this catches the
+            // joins that raced ahead of it.
+            return self.counters.dropped(DropReason::ChannelLimit);
+        }
         self.ensure_channel(name, out);
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if let Some(m) = channel.members.iter_mut().find(|m| m.client == client) {
-            m.user = user; // a rename
+        if let Some(known) = channel.members.get_mut(&client) {
+            *known = user; // a rename
             return;
         }
-        channel.members.push(Member { client, user });
+        channel.members.insert(client, user);
         channel.per_shard[home as usize] += 1;
         if !channel.subscribed {
             self.subscribe(now, name, None, out);
@@ -125,8 +128,7 @@ impl Engine {
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if let Some(i) = channel.members.iter().position(|m| m.client == client) {
-            channel.members.swap_remove(i);
+        if channel.members.remove(&client) {
             channel.per_shard[home as usize] -= 1;
         }
         self.collect(name, out);
@@ -243,7 +245,7 @@ impl Engine {
         match s2s {
             S2s::Join { channel: name } => {
                 if !self.channels.owned.contains_key(&name)
-                    && self.channels.owned.len() >= self.cfg.limits.channels_per_shard
+                    && self.channels.owned.len() >= self.cfg.limits.channels
                 {
                     return self.counters.dropped(DropReason::ChannelLimit);
                 }
@@ -305,28 +307,36 @@ impl Engine {
         }
     }
 
-    pub(super) fn answer_who(&mut self, name: Name, client: SocketAddr, out: &mut Outbox) {
+    /// WHO, asked by a logged-in user whose home shard saw the channel in its directory (a
+    /// channel removed since gets no answer). The answer is charged to the client's reply
+    /// budget on this shard: what does not fit is not sent, and counted.
+    pub(super) fn answer_who(
+        &mut self,
+        now: Duration,
+        name: Name,
+        client: SocketAddr,
+        out: &mut Outbox,
+    ) {
         let Some(channel) = self.channels.owned.get(&name) else {
-            return self.error_about(client, NO_CHANNEL, &name, out);
+            return;
         };
-        let users = &mut self.channels.who_scratch;
+        let mut users = std::mem::take(&mut self.channels.who_scratch);
         users.clear();
-        users.extend(channel.members.iter().map(|m| m.user));
+        users.extend(channel.members.values().copied());
         users.sort_unstable();
         let per = duckchat::names_per_datagram(duckchat::TXT_WHO_HEAD, duckchat::SPLIT_LIMIT);
-        let mut chunks = users.chunks(per).peekable();
-        if chunks.peek().is_none() {
-            out.send_new(client, duckchat::TXT_WHO_HEAD, |buf| {
-                duckchat::encode_txt_who(buf, &name, [].iter())
+        // An empty channel still gets one (empty) answer.
+        for i in 0..users.len().div_ceil(per).max(1) {
+            let chunk = &users[i * per..((i + 1) * per).min(users.len())];
+            let bytes = duckchat::TXT_WHO_HEAD + chunk.len() * duckchat::NAME_FIELD;
+            if !self.may_reply(now, client, bytes) {
+                break;
+            }
+            out.send_new(client, bytes, |buf| {
+                duckchat::encode_txt_who(buf, &name, chunk.iter())
             });
         }
-        for chunk in chunks {
-            out.send_new(
-                client,
-                duckchat::TXT_WHO_HEAD + chunk.len() * duckchat::NAME_FIELD,
-                |buf| duckchat::encode_txt_who(buf, &name, chunk.iter()),
-            );
-        }
+        self.channels.who_scratch = users;
     }
 
     /// Soft state: forget neighbors that have not refreshed a channel within the S2S timeout.

@@ -1,23 +1,35 @@
-//! The home shard's half: sessions keyed by source address, the requests of the DuckChat
-//! client protocol, the error texts, and delivery to local members of both protocols.
+//! The home shard's half: client sessions (one table per protocol, in order of activity), the
+//! requests of the DuckChat client protocol and their refusals, delivery to local members of
+//! both protocols, and what keeps hostile sources harmless:
+//!
+//! - a full table evicts its longest-silent session instead of refusing a newcomer, and one IP
+//!   address may hold at most `sessions_per_ip` sessions, so spoofed logins cannot lock users out;
+//! - a source without a session never gets a reply larger than its request ([`Engine::refuse`]);
+//! - every reply is charged to its destination's [`ReplyBudget`], and a large LIST answer is
+//!   paced by it rather than sent in one burst;
+//! - a session gets at most `errors_in_a_row` errors before it does something that succeeds, so
+//!   two servers tricked into taking each other for clients stop answering each other.
 
+use super::budget::ReplyBudget;
+use super::members::Members;
+use super::sessions::Sessions;
 use super::text_clients::TextSession;
-use super::{Chat, DropReason, Engine, Lossy, Outbox, ShardMsg};
+use super::{Chat, DropReason, Engine, Limits, Lossy, Outbox, ShardMsg};
 use crate::proto::duckchat::{self, Inbound};
 use crate::proto::{text, Name, Text};
 use ahash::AHashMap;
 use arrayvec::ArrayVec;
 use smallvec::SmallVec;
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Bound;
 use std::time::Duration;
-
-pub(super) const NO_CHANNEL: &[u8] = b"No channel by the name ";
 
 pub(super) struct Session {
     name: Name,
     channels: SmallVec<[Name; 4]>,
-    last_seen: Duration,
+    /// Requests refused since the last one that succeeded.
+    errors_in_a_row: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +38,51 @@ pub(super) enum Protocol {
     Text,
 }
 
+/// Why a DuckChat request is refused; each is one TXT_ERROR text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    NotLoggedIn,
+    UnknownCommand,
+    NoChannel(Name),
+    NotInChannel(Name),
+    TooManyChannels,
+    ServerChannelLimit,
+    BadChannelName,
+    BadUserName,
+}
+
+impl Refusal {
+    /// The error text, at most 63 bytes.
+    fn text<'b>(&self, buf: &'b mut [u8; 96]) -> &'b [u8] {
+        let (prefix, name): (&[u8], &[u8]) = match self {
+            Refusal::NotLoggedIn => (b"Not logged in", b""),
+            Refusal::UnknownCommand => (b"*Unknown command", b""),
+            Refusal::NoChannel(c) => (NO_CHANNEL, c.as_bytes()),
+            Refusal::NotInChannel(c) => (b"You are not in channel ", c.as_bytes()),
+            Refusal::TooManyChannels => (b"Too many channels", b""),
+            Refusal::ServerChannelLimit => (b"Too many channels on this server", b""),
+            Refusal::BadChannelName => (b"Channel names must be printable UTF-8", b""),
+            Refusal::BadUserName => (b"User names must be printable UTF-8", b""),
+        };
+        let end = prefix.len() + name.len();
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()..end].copy_from_slice(name);
+        &buf[..end]
+    }
+}
+
+const NO_CHANNEL: &[u8] = b"No channel by the name ";
+
 /// The members of one channel that this shard is home to, by protocol: each list gets one
 /// payload, encoded once.
 #[derive(Default)]
 pub(super) struct Local {
-    duckchat: Vec<SocketAddr>,
-    text: Vec<SocketAddr>,
+    duckchat: Members<()>,
+    text: Members<()>,
 }
 
 impl Local {
-    fn list(&mut self, protocol: Protocol) -> &mut Vec<SocketAddr> {
+    fn list(&mut self, protocol: Protocol) -> &mut Members<()> {
         match protocol {
             Protocol::DuckChat => &mut self.duckchat,
             Protocol::Text => &mut self.text,
@@ -43,190 +90,379 @@ impl Local {
     }
 }
 
-#[derive(Default)]
 pub(super) struct Clients {
-    sessions: AHashMap<SocketAddr, Session>,
-    pub(super) text: AHashMap<SocketAddr, TextSession>,
+    pub(super) duckchat: Sessions<Session>,
+    pub(super) text: Sessions<TextSession>,
+    /// Sessions of both protocols per source IP.
+    per_ip: AHashMap<IpAddr, u32>,
     /// Members of each channel that this shard is home to.
     local: AHashMap<Name, Local>,
     /// Replica of every channel this server knows, sorted for LIST.
     pub(super) directory: BTreeSet<Name>,
-    expired: Vec<SocketAddr>,
+    pub(super) replies: ReplyBudget,
+    /// LIST answers waiting for reply budget: the client and the last channel it was sent.
+    paced: VecDeque<(SocketAddr, Name)>,
 }
+
+impl Clients {
+    pub(super) fn new(limits: &Limits, hash: ahash::RandomState) -> Self {
+        Self {
+            duckchat: Sessions::default(),
+            text: Sessions::default(),
+            per_ip: AHashMap::new(),
+            local: AHashMap::new(),
+            directory: BTreeSet::new(),
+            replies: ReplyBudget::new(limits.reply_burst, limits.reply_bytes_per_sec, hash),
+            paced: VecDeque::new(),
+        }
+    }
+
+    /// Counts a new session of `ip`; false (nothing counted) when the address has its maximum.
+    pub(super) fn admit(&mut self, ip: IpAddr, limit: usize) -> bool {
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n as usize >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub(super) fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// LIST answers still waiting for budget.
+    pub(super) fn pacing(&self) -> bool {
+        !self.paced.is_empty()
+    }
+}
+
+/// How many expired or evicted sessions one timer event handles, so that a mass expiry is spread
+/// over many short steps instead of stalling the shard.
+pub(super) const EXPIRE_BATCH: usize = 1024;
+/// How often paced answers and unfinished expiry go on.
+pub(super) const PACE_TICK: Duration = Duration::from_millis(5);
+/// At most this many LIST answers wait for budget per shard; more are cut and counted.
+const MAX_PACED: usize = 4096;
 
 impl Engine {
     pub(super) fn client_request(
         &mut self,
         now: Duration,
         src: SocketAddr,
+        len: usize,
         req: Inbound<'_>,
         out: &mut Outbox,
     ) {
         if let Inbound::Login { user } = req {
-            return self.login(now, src, Name::truncating(user), out);
+            return self.login(now, src, len, user, out);
         }
-        let Some(session) = self.clients.sessions.get_mut(&src) else {
-            return self.error(src, b"Not logged in", out);
+        let Some(session) = self.clients.duckchat.touch(&src, now) else {
+            if matches!(req, Inbound::Leave { .. }) && len == duckchat::TXT_ERROR_LEN {
+                // The shape of a TXT_ERROR: another server's error, not a request.
+                return self.counters.dropped(DropReason::ReplyShaped);
+            }
+            return self.refuse(now, src, len, Refusal::NotLoggedIn, out);
         };
-        session.last_seen = now;
         let user = session.name;
         if self.cfg.verbose {
             self.log_request(src, &user, &req, out);
         }
-        match req {
-            Inbound::Logout => self.logout(src, out),
+        let result = match req {
+            Inbound::Logout => {
+                self.logout(src, out);
+                Ok(())
+            }
             Inbound::Join { channel } => self.join(src, Name::truncating(channel), out),
             Inbound::Leave { channel } => self.leave(src, Name::truncating(channel), out),
             Inbound::Say { channel, text } => {
                 let channel = Name::truncating(channel);
-                if self.require_member(src, &channel, out) {
+                self.require_member(src, &channel).map(|()| {
                     let chat = Chat::Short {
                         user,
                         text: Text::truncating(text),
                     };
                     self.send_to_owner(ShardMsg::Said { channel, chat }, out);
-                }
+                })
             }
-            Inbound::List => self.answer_list(src, out),
+            Inbound::List => {
+                self.answer_list(now, src, None, out);
+                Ok(())
+            }
             Inbound::Who { channel } => {
                 let channel = Name::truncating(channel);
-                self.send_to_owner(
-                    ShardMsg::Who {
+                // A channel the user is in exists even before the owner's directory update
+                // for it arrives; the owner handles the JOIN before this WHO (one queue).
+                let member = self.require_member(src, &channel).is_ok();
+                if member || self.clients.directory.contains(&channel) {
+                    let msg = ShardMsg::Who {
                         channel,
                         client: src,
-                    },
-                    out,
-                );
+                    };
+                    self.send_to_owner(msg, out);
+                    Ok(())
+                } else {
+                    Err(Refusal::NoChannel(channel))
+                }
             }
-            Inbound::KeepAlive => {}
+            Inbound::KeepAlive => Ok(()),
             Inbound::Login { .. }
             | Inbound::S2sJoin { .. }
             | Inbound::S2sLeave { .. }
-            | Inbound::S2sSay(_) => self.unknown_command(now, src, out),
-        }
+            | Inbound::S2sSay(_) => Err(Refusal::UnknownCommand),
+        };
+        self.settle(now, src, result, out);
     }
 
     /// A datagram with an unknown type code.
-    pub(super) fn unknown_command(&mut self, now: Duration, src: SocketAddr, out: &mut Outbox) {
-        match self.clients.sessions.get_mut(&src) {
-            Some(session) => {
-                session.last_seen = now;
-                self.error(src, b"*Unknown command", out)
-            }
-            None => self.error(src, b"Not logged in", out),
+    pub(super) fn unknown_command(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        len: usize,
+        out: &mut Outbox,
+    ) {
+        if self.clients.duckchat.touch(&src, now).is_some() {
+            self.settle(now, src, Err(Refusal::UnknownCommand), out);
+        } else {
+            self.refuse(now, src, len, Refusal::NotLoggedIn, out);
         }
     }
 
-    fn login(&mut self, now: Duration, src: SocketAddr, name: Name, out: &mut Outbox) {
+    /// The outcome of a logged-in user's request: an error text for a refusal, unless the user
+    /// has been refused `errors_in_a_row` times running (only a peer answering our errors with
+    /// errors does that) or its address has no reply budget left.
+    fn settle(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        result: Result<(), Refusal>,
+        out: &mut Outbox,
+    ) {
+        let limit = self.cfg.limits.errors_in_a_row;
+        let Some(session) = self.clients.duckchat.get_mut(&src) else {
+            return; // a LOGOUT
+        };
+        match result {
+            Ok(()) => session.errors_in_a_row = 0,
+            Err(refusal) => {
+                session.errors_in_a_row = session.errors_in_a_row.saturating_add(1);
+                if session.errors_in_a_row > limit {
+                    return self.counters.errors_suppressed.inc();
+                }
+                self.send_error(now, src, refusal, out);
+            }
+        }
+    }
+
+    /// A refusal to a source without a session: it gets the error only when its request was at
+    /// least as long (a spoofed source must never receive more than was sent in its name).
+    fn refuse(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        len: usize,
+        refusal: Refusal,
+        out: &mut Outbox,
+    ) {
+        if len < duckchat::TXT_ERROR_LEN {
+            return self.counters.errors_suppressed.inc();
+        }
+        self.send_error(now, src, refusal, out);
+    }
+
+    fn send_error(&mut self, now: Duration, dst: SocketAddr, refusal: Refusal, out: &mut Outbox) {
+        if !self.may_reply(now, dst, duckchat::TXT_ERROR_LEN) {
+            return;
+        }
+        self.counters.errors_sent.inc();
+        let mut buf = [0u8; 96];
+        let message = refusal.text(&mut buf);
+        out.send_new(dst, duckchat::TXT_ERROR_LEN, |b| {
+            duckchat::encode_txt_error(b, message)
+        });
+    }
+
+    /// Whether a reply of `bytes` may go to `dst`: never to a server (it would take it for a
+    /// request), and only within the address's reply budget. Refusals are counted.
+    pub(super) fn may_reply(&mut self, now: Duration, dst: SocketAddr, bytes: usize) -> bool {
+        let allowed = !self.is_server(&dst) && self.clients.replies.allow(now, dst.ip(), bytes);
+        if !allowed {
+            self.counters.errors_suppressed.inc();
+        }
+        allowed
+    }
+
+    fn login(&mut self, now: Duration, src: SocketAddr, len: usize, user: &[u8], out: &mut Outbox) {
+        let name = Name::truncating(user);
         if self.cfg.verbose {
             out.log(format_args!(
                 "{} {} recv Request login {}",
                 self.cfg.local, src, name
             ));
         }
-        if let Some(session) = self.clients.sessions.get_mut(&src) {
+        let valid = text::is_printable_name(name.as_bytes());
+        if let Some(session) = self.clients.duckchat.touch(&src, now) {
+            if !valid {
+                self.counters.dropped(DropReason::BadName);
+                return self.settle(now, src, Err(Refusal::BadUserName), out);
+            }
             // A second login from the same address renames; owners update their WHO lists.
             session.name = name;
-            session.last_seen = now;
+            session.errors_in_a_row = 0;
             let channels = session.channels.clone();
             for channel in channels {
-                let msg = ShardMsg::Joined {
-                    channel,
-                    client: src,
-                    user: name,
-                    home: self.shard,
-                };
-                self.send_to_owner(msg, out);
+                self.member_joined_at_owner(channel, src, name, out);
             }
             return;
         }
-        if self.clients.sessions.len() >= self.cfg.limits.sessions_per_shard {
-            self.counters.dropped(DropReason::SessionLimit);
-            return self.error(src, b"Server full", out);
+        if !valid {
+            self.counters.dropped(DropReason::BadName);
+            return self.refuse(now, src, len, Refusal::BadUserName, out);
+        }
+        if !self.make_room_for_session(src, Protocol::DuckChat, out) {
+            return self.refuse(now, src, len, Refusal::NotLoggedIn, out);
         }
         let session = Session {
             name,
             channels: SmallVec::new(),
-            last_seen: now,
+            errors_in_a_row: 0,
         };
-        self.clients.sessions.insert(src, session);
+        self.clients.duckchat.insert(src, now, session);
+    }
+
+    /// Admits one more session of `protocol` from `src`: false (counted) when its IP address has
+    /// its maximum; when the table is full, the longest-silent session makes room (counted).
+    pub(super) fn make_room_for_session(
+        &mut self,
+        src: SocketAddr,
+        protocol: Protocol,
+        out: &mut Outbox,
+    ) -> bool {
+        if !self
+            .clients
+            .admit(src.ip(), self.cfg.limits.sessions_per_ip)
+        {
+            self.counters.dropped(DropReason::IpLimit);
+            return false;
+        }
+        let full = match protocol {
+            Protocol::DuckChat => self.clients.duckchat.len(),
+            Protocol::Text => self.clients.text.len(),
+        } >= self.cfg.limits.sessions_per_shard;
+        if full {
+            let oldest = match protocol {
+                Protocol::DuckChat => self.clients.duckchat.oldest(),
+                Protocol::Text => self.clients.text.oldest(),
+            };
+            if let Some((victim, _)) = oldest {
+                self.counters.sessions_evicted.inc();
+                match protocol {
+                    Protocol::DuckChat => self.logout(victim, out),
+                    Protocol::Text => self.text_forget(victim, out),
+                }
+            }
+        }
+        true
     }
 
     /// Removes the session at `src` from every channel and forgets it.
     fn logout(&mut self, src: SocketAddr, out: &mut Outbox) {
-        let Some(session) = self.clients.sessions.remove(&src) else {
+        let Some(session) = self.clients.duckchat.remove(&src) else {
             return;
         };
+        self.clients.release(src.ip());
         for channel in session.channels {
             self.part(src, channel, out);
         }
     }
 
-    fn join(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
-        let limit = self.cfg.limits.channels_per_user;
-        let Some(session) = self.clients.sessions.get_mut(&src) else {
-            return;
+    fn join(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) -> Result<(), Refusal> {
+        if !text::is_printable_name(channel.as_bytes()) {
+            self.counters.dropped(DropReason::BadName);
+            return Err(Refusal::BadChannelName);
+        }
+        let limits = &self.cfg.limits;
+        let (per_user, per_server) = (limits.channels_per_user, limits.channels);
+        let new_channel = !self.clients.directory.contains(&channel);
+        let Some(session) = self.clients.duckchat.get_mut(&src) else {
+            return Ok(());
         };
         if session.channels.contains(&channel) {
-            return;
+            return Ok(());
         }
-        if session.channels.len() >= limit {
+        if session.channels.len() >= per_user {
             self.counters.dropped(DropReason::UserChannelLimit);
-            return self.error(src, b"Too many channels", out);
+            return Err(Refusal::TooManyChannels);
+        }
+        if new_channel && self.clients.directory.len() >= per_server {
+            self.counters.dropped(DropReason::ChannelLimit);
+            return Err(Refusal::ServerChannelLimit);
         }
         session.channels.push(channel);
         let user = session.name;
         self.add_local(channel, src, Protocol::DuckChat);
+        self.member_joined_at_owner(channel, src, user, out);
+        Ok(())
+    }
+
+    /// Tells the owner of `channel` that `client` is a member named `user` (or renamed).
+    pub(super) fn member_joined_at_owner(
+        &mut self,
+        channel: Name,
+        client: SocketAddr,
+        user: Name,
+        out: &mut Outbox,
+    ) {
         let msg = ShardMsg::Joined {
             channel,
-            client: src,
+            client,
             user,
             home: self.shard,
         };
         self.send_to_owner(msg, out);
     }
 
-    fn leave(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
-        if !self.require_member(src, &channel, out) {
-            return;
-        }
-        if let Some(session) = self.clients.sessions.get_mut(&src) {
+    fn leave(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) -> Result<(), Refusal> {
+        self.require_member(src, &channel)?;
+        if let Some(session) = self.clients.duckchat.get_mut(&src) {
             session.channels.retain(|c| *c != channel);
         }
         self.part(src, channel, out);
+        Ok(())
     }
 
-    /// True when the user at `src` is in `channel`; otherwise answers with the right error.
-    fn require_member(&mut self, src: SocketAddr, channel: &Name, out: &mut Outbox) -> bool {
+    /// Whether the user at `src` is in `channel`, and if not, the right refusal.
+    fn require_member(&self, src: SocketAddr, channel: &Name) -> Result<(), Refusal> {
         let member = self
             .clients
-            .sessions
+            .duckchat
             .get(&src)
             .is_some_and(|s| s.channels.contains(channel));
-        if !member {
-            let prefix: &[u8] = if self.clients.directory.contains(channel) {
-                b"You are not in channel "
-            } else {
-                NO_CHANNEL
-            };
-            self.error_about(src, prefix, channel, out);
+        match member {
+            true => Ok(()),
+            false if self.clients.directory.contains(channel) => {
+                Err(Refusal::NotInChannel(*channel))
+            }
+            false => Err(Refusal::NoChannel(*channel)),
         }
-        member
     }
 
     pub(super) fn add_local(&mut self, channel: Name, src: SocketAddr, protocol: Protocol) {
         let local = self.clients.local.entry(channel).or_default();
-        local.list(protocol).push(src);
+        local.list(protocol).insert(src, ());
     }
 
     pub(super) fn remove_local(&mut self, channel: Name, src: SocketAddr, protocol: Protocol) {
         let Some(local) = self.clients.local.get_mut(&channel) else {
             return;
         };
-        let members = local.list(protocol);
-        if let Some(i) = members.iter().position(|&m| m == src) {
-            members.swap_remove(i);
-        }
+        local.list(protocol).remove(&src);
         if local.duckchat.is_empty() && local.text.is_empty() {
             self.clients.local.remove(&channel);
         }
@@ -243,18 +479,66 @@ impl Engine {
         self.send_to_owner(msg, out);
     }
 
-    fn answer_list(&mut self, src: SocketAddr, out: &mut Outbox) {
+    /// Answers LIST with the channels after `after` (all of them when `None`), one datagram at
+    /// a time while the client's address has reply budget; the rest waits for budget
+    /// ([`Engine::pace_answers`]).
+    fn answer_list(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        after: Option<Name>,
+        out: &mut Outbox,
+    ) {
         let per = duckchat::names_per_datagram(duckchat::TXT_LIST_HEAD, duckchat::SPLIT_LIMIT);
-        let mut names = self.clients.directory.iter().peekable();
+        let per = per.min(64);
+        let mut last = after;
         loop {
-            let chunk: ArrayVec<&Name, 64> = names.by_ref().take(per.min(64)).collect();
-            out.send_new(
-                src,
-                duckchat::TXT_LIST_HEAD + chunk.len() * duckchat::NAME_FIELD,
-                |buf| duckchat::encode_txt_list(buf, chunk.into_iter()),
-            );
-            if names.peek().is_none() {
+            let from = last.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let chunk: ArrayVec<Name, 64> = self
+                .clients
+                .directory
+                .range((from, Bound::Unbounded))
+                .take(per)
+                .copied()
+                .collect();
+            let bytes = duckchat::TXT_LIST_HEAD + chunk.len() * duckchat::NAME_FIELD;
+            if chunk.is_empty() && last.is_some() {
+                return; // the previous datagram held the last channels
+            }
+            if self.is_server(&src) {
+                return self.counters.errors_suppressed.inc();
+            }
+            if !self.clients.replies.allow(now, src.ip(), bytes) {
+                return self.defer_list(src, last);
+            }
+            out.send_new(src, bytes, |buf| {
+                duckchat::encode_txt_list(buf, chunk.iter())
+            });
+            if chunk.len() < per {
+                return;
+            }
+            last = chunk.last().copied();
+        }
+    }
+
+    fn defer_list(&mut self, src: SocketAddr, last: Option<Name>) {
+        if self.clients.paced.len() >= MAX_PACED {
+            return self.counters.dropped(DropReason::AnswerCut);
+        }
+        // An empty name sorts before every channel (names are never empty).
+        let after = last.unwrap_or(Name::EMPTY);
+        self.clients.paced.push_back((src, after));
+    }
+
+    /// Goes on with the LIST answers that ran out of budget, for clients still logged in.
+    pub(super) fn pace_answers(&mut self, now: Duration, out: &mut Outbox) {
+        for _ in 0..self.clients.paced.len() {
+            let Some((client, after)) = self.clients.paced.pop_front() else {
                 break;
+            };
+            if self.clients.duckchat.contains(&client) {
+                let after = (!after.is_empty()).then_some(after);
+                self.answer_list(now, client, after, out);
             }
         }
     }
@@ -271,7 +555,7 @@ impl Engine {
             if let Some(payload) = out.payload(duckchat::TXT_SAY_LEN, |buf| {
                 duckchat::encode_txt_say(buf, &channel, &user, &text)
             }) {
-                for &member in &local.duckchat {
+                for member in local.duckchat.addrs() {
                     out.send(member, payload);
                 }
             }
@@ -280,7 +564,7 @@ impl Engine {
             if let Some(payload) = out.payload(text::MAX_LINE, |buf| {
                 text::encode_chat(buf, chat.user(), chat.text())
             }) {
-                for &member in &local.text {
+                for member in local.text.addrs() {
                     out.send(member, payload);
                 }
             }
@@ -289,52 +573,31 @@ impl Engine {
         self.counters.deliveries.add(members as u64);
     }
 
-    pub(super) fn error(&mut self, dst: SocketAddr, message: &[u8], out: &mut Outbox) {
-        if self.mute_errors || self.is_server(&dst) {
-            // Servers never get error texts: they would answer them (see handle_datagram).
-            return self.counters.errors_suppressed.inc();
-        }
-        self.counters.errors_sent.inc();
-        out.send_new(dst, duckchat::TXT_ERROR_LEN, |buf| {
-            duckchat::encode_txt_error(buf, message)
-        });
-    }
-
-    /// An error text made of `prefix` and `channel` (the encoder truncates it to 63 bytes).
-    pub(super) fn error_about(
-        &mut self,
-        dst: SocketAddr,
-        prefix: &[u8],
-        channel: &Name,
-        out: &mut Outbox,
-    ) {
-        let mut message = [0u8; 64 + 31];
-        message[..prefix.len()].copy_from_slice(prefix);
-        let end = prefix.len() + channel.len();
-        message[prefix.len()..end].copy_from_slice(channel.as_bytes());
-        self.error(dst, &message[..end], out);
-    }
-
-    /// Logs out every user silent for longer than the user timeout.
-    pub(super) fn expire_users(&mut self, now: Duration, out: &mut Outbox) {
+    /// Logs out users of both protocols silent for longer than the user timeout, longest-silent
+    /// first and at most [`EXPIRE_BATCH`] per call; true when more are due.
+    pub(super) fn expire_users(&mut self, now: Duration, out: &mut Outbox) -> bool {
         let timeout = self.cfg.user_timeout;
-        let mut expired = std::mem::take(&mut self.clients.expired);
-        expired.extend(
-            self.clients
-                .sessions
-                .iter()
-                .filter(|(_, s)| now.saturating_sub(s.last_seen) > timeout)
-                .map(|(&addr, _)| addr),
-        );
-        for addr in expired.drain(..) {
-            self.counters.users_expired.inc();
-            if self.cfg.verbose {
-                out.log(format_args!("{} {} user timed out", self.cfg.local, addr));
+        let due = |oldest: Option<(SocketAddr, Duration)>| {
+            oldest
+                .filter(|&(_, seen)| now.saturating_sub(seen) > timeout)
+                .map(|(addr, _)| addr)
+        };
+        for _ in 0..EXPIRE_BATCH {
+            if let Some(addr) = due(self.clients.duckchat.oldest()) {
+                self.counters.users_expired.inc();
+                if self.cfg.verbose {
+                    out.log(format_args!("{} {} user timed out", self.cfg.local, addr));
+                }
+                self.logout(addr, out);
+            } else if let Some(addr) = due(self.clients.text.oldest()) {
+                self.counters.users_expired.inc();
+                self.log_event(out, format_args!("Client {addr} timed out"));
+                self.text_forget(addr, out);
+            } else {
+                return false;
             }
-            self.logout(addr, out);
         }
-        self.clients.expired = expired;
-        self.expire_text_users(now);
+        due(self.clients.duckchat.oldest()).is_some() || due(self.clients.text.oldest()).is_some()
     }
 
     fn log_request(&self, src: SocketAddr, user: &Name, req: &Inbound<'_>, out: &mut Outbox) {

@@ -20,6 +20,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+
+    /// For counts kept elsewhere (the kernel's) and copied in by their only reader.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Relaxed)
+    }
 }
 
 /// Why a datagram or a message was dropped.
@@ -45,10 +50,22 @@ pub enum DropReason {
     StreamWindow,
     /// Fragments from a cluster server added up to more than a message may hold.
     Oversize,
+    /// A server's reply or delivery (`+OK`, `-ERR`, `<nick> text`, a TXT_ERROR from a source
+    /// without a session): answering it could start an endless exchange.
+    ReplyShaped,
+    /// A client request from an address of a server (this one's own, a neighbor's, a cluster
+    /// server's): spoofed, or a misconfigured peer.
+    FromServer,
+    /// A new session from an IP address that already holds its maximum.
+    IpLimit,
+    /// A user, nick or channel name that is empty, not UTF-8, or has control characters.
+    BadName,
+    /// A LIST answer waiting for reply budget when too many already wait.
+    AnswerCut,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::NotNeighbor,
         DropReason::QueueFull,
         DropReason::SendFailed,
@@ -59,6 +76,11 @@ impl DropReason {
         DropReason::ReplicationBacklog,
         DropReason::StreamWindow,
         DropReason::Oversize,
+        DropReason::ReplyShaped,
+        DropReason::FromServer,
+        DropReason::IpLimit,
+        DropReason::BadName,
+        DropReason::AnswerCut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +95,11 @@ impl DropReason {
             DropReason::ReplicationBacklog => "replication_backlog",
             DropReason::StreamWindow => "stream_window",
             DropReason::Oversize => "oversize",
+            DropReason::ReplyShaped => "reply_shaped",
+            DropReason::FromServer => "from_server",
+            DropReason::IpLimit => "ip_limit",
+            DropReason::BadName => "bad_name",
+            DropReason::AnswerCut => "answer_cut",
         }
     }
 }
@@ -91,7 +118,12 @@ pub struct Counters {
     pub duplicates: Counter,
     pub retransmissions: Counter,
     pub users_expired: Counter,
+    /// Sessions logged out to make room for a newcomer in a full table.
+    pub sessions_evicted: Counter,
     pub neighbors_expired: Counter,
+    /// Datagrams the kernel dropped at this shard's socket (its receive queue was full), read
+    /// from the socket by the runtime: with `datagrams_in` it accounts for everything sent here.
+    pub kernel_drops: Counter,
     drops: [Counter; DropReason::ALL.len()],
 }
 
@@ -115,7 +147,7 @@ impl fmt::Display for Counters {
             f,
             "in={} out={} deliveries={} decode_errors={} errors_sent={} errors_suppressed={} \
              s2s_in={} s2s_out={} duplicates={} retransmissions={} users_expired={} \
-             neighbors_expired={}",
+             sessions_evicted={} neighbors_expired={} kernel_drops={}",
             self.datagrams_in.get(),
             self.datagrams_out.get(),
             self.deliveries.get(),
@@ -127,7 +159,9 @@ impl fmt::Display for Counters {
             self.duplicates.get(),
             self.retransmissions.get(),
             self.users_expired.get(),
+            self.sessions_evicted.get(),
             self.neighbors_expired.get(),
+            self.kernel_drops.get(),
         )?;
         write!(f, " drops:")?;
         for why in DropReason::ALL {

@@ -19,13 +19,16 @@
 //! lines) and the channels; federation is DuckChat's tree of neighbors ([`channels`]) or a
 //! static [`group`] with ordered multicast.
 
+mod budget;
 mod channels;
 mod chat;
 mod clients;
 mod counters;
 pub mod group;
 mod idset;
+mod members;
 mod outbox;
+mod sessions;
 mod text_clients;
 
 pub use chat::Chat;
@@ -46,23 +49,38 @@ use std::time::Duration;
 /// The one channel that exists from start-up and is never deleted.
 pub const COMMON: &str = "Common";
 
-/// Bounds on everything the network can make the engine remember.
+/// Bounds on everything the network can make the engine remember or send: the one place where
+/// they are stated (the README's "Limits" table lists them with these defaults).
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Sessions of each protocol per shard; a full table evicts its longest-silent session.
     pub sessions_per_shard: usize,
+    /// Sessions (both protocols) one IP address may hold on one shard.
+    pub sessions_per_ip: usize,
     pub channels_per_user: usize,
-    pub channels_per_shard: usize,
+    /// Channels the server knows (made by local JOINs and by neighbors' S2S_JOINs).
+    pub channels: usize,
     /// How many recent S2S_SAY ids each owner shard remembers.
     pub recent_ids: usize,
+    /// Reply bytes (errors, `+OK`/`-ERR`, LIST and WHO answers) one IP address may receive from
+    /// one shard: a burst, then a rate.
+    pub reply_burst: u64,
+    pub reply_bytes_per_sec: u64,
+    /// Errors a session gets in a row before it does something that succeeds.
+    pub errors_in_a_row: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             sessions_per_shard: 250_000,
+            sessions_per_ip: 1024,
             channels_per_user: 256,
-            channels_per_shard: 100_000,
+            channels: 10_000,
             recent_ids: 1 << 16,
+            reply_burst: 512 * 1024,
+            reply_bytes_per_sec: 128 * 1024,
+            errors_in_a_row: 32,
         }
     }
 }
@@ -195,9 +213,9 @@ pub struct Engine {
     shards: u16,
     cfg: Arc<Config>,
     owner_hash: ahash::RandomState,
-    neighbor_index: AHashMap<SocketAddr, u16>,
-    /// Servers of the cluster by forwarding address (the source of their datagrams).
-    peer_index: AHashMap<SocketAddr, u16>,
+    /// Every address a server uses: this one's, the neighbors', the cluster's bind and
+    /// forwarding addresses. Nothing from them is a client request, nothing to them a reply.
+    servers: AHashMap<SocketAddr, Server>,
     group: Option<group::Group>,
     counters: Arc<Counters>,
     rng: Rng,
@@ -207,8 +225,8 @@ pub struct Engine {
     channels: channels::Channels,
     next_refresh: Duration,
     next_sweep: Duration,
-    /// Set while handling a datagram that must not be answered with an error.
-    mute_errors: bool,
+    /// When paced answers go on (while there are any).
+    next_pace: Duration,
 }
 
 impl Engine {
@@ -219,38 +237,35 @@ impl Engine {
         let owner_hash = ahash::RandomState::with_seeds(a, b, c, d);
         let mut rng = Rng::new(seed);
         let id_hash = ahash::RandomState::with_seeds(rng.next_u64(), rng.next_u64(), 0, 0);
-        let neighbor_index = cfg
-            .neighbors
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| (a, i as u16))
-            .collect();
-        let peer_index = cfg
-            .cluster
-            .iter()
-            .flat_map(|c| {
-                let me = c.me as usize;
-                c.members
-                    .iter()
-                    .enumerate()
-                    .filter(move |&(i, _)| i != me)
-                    .map(|(i, m)| (m.forward, i as u16))
-            })
-            .collect();
+        // Later roles win: a neighbor or a peer listed at this server's own address is still
+        // recognised as that peer.
+        let mut servers = AHashMap::new();
+        servers.insert(cfg.local, Server::Other);
+        if let Some(c) = &cfg.cluster {
+            for (i, m) in c.members.iter().enumerate() {
+                servers.insert(m.bind, Server::Other);
+                if i != c.me as usize {
+                    servers.insert(m.forward, Server::Peer(i as u16));
+                }
+            }
+        }
+        for (i, &n) in cfg.neighbors.iter().enumerate() {
+            servers.insert(n, Server::Neighbor(i as u16));
+        }
+        let reply_hash = ahash::RandomState::with_seeds(rng.next_u64(), rng.next_u64(), 1, 1);
         let mut engine = Self {
             shard,
             shards,
-            neighbor_index,
-            peer_index,
+            servers,
             group: cfg.cluster.as_ref().map(group::Group::new),
             counters: Arc::new(Counters::default()),
             rng,
             loopback: VecDeque::with_capacity(64),
-            clients: clients::Clients::default(),
+            clients: clients::Clients::new(&cfg.limits, reply_hash),
             channels: channels::Channels::new(&cfg, id_hash, shards),
             next_refresh: now + cfg.s2s_refresh,
             next_sweep: now + Self::sweep_period(&cfg),
-            mute_errors: false,
+            next_pace: now,
             owner_hash,
             cfg,
         };
@@ -279,9 +294,14 @@ impl Engine {
     /// When `handle_timeout` should next be called.
     pub fn next_timeout(&self) -> Duration {
         let retransmit = self.group.as_ref().and_then(|g| g.next_timer());
+        let pace = self
+            .clients
+            .pacing()
+            .then_some(self.next_sweep.min(self.next_pace));
         self.next_refresh
             .min(self.next_sweep)
             .min(retransmit.unwrap_or(Duration::MAX))
+            .min(pace.unwrap_or(Duration::MAX))
     }
 
     /// One datagram received on this shard's socket.
@@ -293,32 +313,33 @@ impl Engine {
         out: &mut Outbox,
     ) {
         self.counters.datagrams_in.inc();
-        // Outside a cluster the map is empty: skip hashing the address on every datagram.
-        if let Some(&peer) = (!self.peer_index.is_empty())
-            .then(|| self.peer_index.get(&src))
-            .flatten()
-        {
-            self.peer_datagram(peer, buf, out);
-            return self.drain_loopback(now, out);
+        match self.servers.get(&src).copied() {
+            None => {}
+            Some(Server::Peer(peer)) => {
+                self.peer_datagram(peer, buf, out);
+                return self.drain_loopback(now, out);
+            }
+            Some(Server::Neighbor(n)) => {
+                match duckchat::decode_inbound(buf, self.cfg.say_layout) {
+                    Ok(inbound) if is_s2s(&inbound) => self.neighbor_datagram(n, src, inbound, out),
+                    Ok(_) => self.counters.dropped(DropReason::FromServer),
+                    Err(_) => self.counters.decode_errors.inc(),
+                }
+                return self.drain_loopback(now, out);
+            }
+            // Our own address (spoofed) or a cluster server's bind address: never a client.
+            Some(Server::Other) => return self.counters.dropped(DropReason::FromServer),
         }
         if text::is_text(buf) {
             self.text_request(now, src, buf, out);
             return self.drain_loopback(now, out);
         }
-        // A TXT_ERROR another server sent us reads as a LEAVE request (type 3, longer than its
-        // struct); answering it with an error of our own would start an endless ping-pong
-        // between two servers (one spoofed datagram is enough). Such datagrams get no error.
-        self.mute_errors = buf.len() == duckchat::TXT_ERROR_LEN
-            && duckchat::type_code(buf) == Some(duckchat::TXT_ERROR);
         match duckchat::decode_inbound(buf, self.cfg.say_layout) {
-            Ok(inbound) => match self.neighbor_index.get(&src) {
-                Some(&n) if is_s2s(&inbound) => self.neighbor_datagram(n, src, inbound, out),
-                _ if is_s2s(&inbound) => self.counters.dropped(DropReason::NotNeighbor),
-                _ => self.client_request(now, src, inbound, out),
-            },
+            Ok(inbound) if is_s2s(&inbound) => self.counters.dropped(DropReason::NotNeighbor),
+            Ok(inbound) => self.client_request(now, src, buf.len(), inbound, out),
             Err(duckchat::DecodeError::UnknownType(_)) => {
                 self.counters.decode_errors.inc();
-                self.unknown_command(now, src, out);
+                self.unknown_command(now, src, buf.len(), out);
             }
             Err(_) => self.counters.decode_errors.inc(),
         }
@@ -336,8 +357,15 @@ impl Engine {
         self.group_timeout(now, out);
         if now >= self.next_sweep {
             self.next_sweep = now + Self::sweep_period(&self.cfg);
-            self.expire_users(now, out);
+            if self.expire_users(now, out) {
+                // More are due: go on soon, in another short step.
+                self.next_sweep = now + clients::PACE_TICK;
+            }
             self.expire_neighbors(now, out);
+        }
+        if self.clients.pacing() && now >= self.next_pace {
+            self.next_pace = now + clients::PACE_TICK;
+            self.pace_answers(now, out);
         }
         if now >= self.next_refresh {
             self.next_refresh = now + self.cfg.s2s_refresh;
@@ -360,7 +388,7 @@ impl Engine {
                 home,
             } => self.member_left(channel, client, home, out),
             ShardMsg::Said { channel, chat } => self.local_say(now, channel, chat, out),
-            ShardMsg::Who { channel, client } => self.answer_who(channel, client, out),
+            ShardMsg::Who { channel, client } => self.answer_who(now, channel, client, out),
             ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
             ShardMsg::FromPeer {
                 room,
@@ -406,10 +434,10 @@ impl Engine {
         }
     }
 
-    /// A DuckChat neighbor or a cluster server: never answered with an error, which it would
+    /// This server, a DuckChat neighbor or a cluster server: never sent a reply, which it would
     /// take for a request and answer in turn.
     fn is_server(&self, addr: &SocketAddr) -> bool {
-        self.neighbor_index.contains_key(addr) || self.peer_index.contains_key(addr)
+        self.servers.contains_key(addr)
     }
 
     fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {
@@ -427,6 +455,15 @@ impl Engine {
             None => out.log(format_args!("{} {line}", self.cfg.local)),
         }
     }
+}
+
+/// What a server's address is to this one.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    Neighbor(u16),
+    Peer(u16),
+    /// This server's own address, or a cluster server's bind address.
+    Other,
 }
 
 fn is_s2s(inbound: &Inbound<'_>) -> bool {

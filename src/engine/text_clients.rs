@@ -13,7 +13,6 @@ use std::time::Duration;
 pub(super) struct TextSession {
     nick: Nick,
     room: Option<u32>,
-    last_seen: Duration,
 }
 
 /// The channel of room `n`: its decimal number.
@@ -24,6 +23,7 @@ pub(super) fn room_channel(n: u32) -> Name {
 }
 
 impl Engine {
+    /// One text line from `src`. Any datagram keeps its session alive, as in DuckChat.
     pub(super) fn text_request(
         &mut self,
         now: Duration,
@@ -31,42 +31,62 @@ impl Engine {
         datagram: &[u8],
         out: &mut Outbox,
     ) {
-        match text::parse(datagram) {
-            Line::Join(arg) => self.text_join(now, src, arg, out),
-            Line::Part => self.text_part(now, src, out),
-            Line::Nick(nick) => self.text_nick(now, src, nick, out),
+        let line = text::parse(datagram);
+        if line == Line::Reply {
+            return self.counters.dropped(DropReason::ReplyShaped);
+        }
+        self.clients.text.touch(&src, now);
+        let len = datagram.len();
+        match line {
+            Line::Join(arg) => self.text_join(now, src, len, arg, out),
+            Line::Part => self.text_part(now, src, len, out),
+            Line::Nick(nick) => self.text_nick(now, src, len, nick, out),
             Line::Quit => {
-                if let Some(session) = self.clients.text.remove(&src) {
+                if self.clients.text.contains(&src) {
                     self.log_event(out, format_args!("Client {src} quits"));
-                    if let Some(room) = session.room {
-                        self.leave_room(src, room, out);
-                    }
+                    self.text_forget(src, out);
                 }
             }
             Line::Unknown(word) => {
-                self.touch(now, src);
                 let word = &word[..word.len().min(32)];
                 self.reply(
+                    now,
                     src,
+                    len,
                     format_args!("-ERR Unknown command {}", Lossy(word)),
                     out,
                 );
             }
-            Line::Chat(line) => self.text_chat(now, src, line, out),
+            Line::Chat(line) => self.text_chat(now, src, len, line, out),
+            Line::Reply => {}
         }
     }
 
-    fn text_join(&mut self, now: Duration, src: SocketAddr, arg: &[u8], out: &mut Outbox) {
+    fn text_join(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        len: usize,
+        arg: &[u8],
+        out: &mut Outbox,
+    ) {
         let rooms = self.cfg.rooms;
         if let Some(m) = self.clients.text.get(&src).and_then(|s| s.room) {
-            self.touch(now, src);
-            return self.reply(src, format_args!("-ERR You are already in room #{m}"), out);
+            return self.reply(
+                now,
+                src,
+                len,
+                format_args!("-ERR You are already in room #{m}"),
+                out,
+            );
         }
         let room = match text::parse_room(arg, rooms) {
             Ok(room) => room,
             Err(RoomError::Missing) => {
                 return self.reply(
+                    now,
                     src,
+                    len,
                     format_args!("-ERR Usage: /join N (rooms 1 to {rooms})"),
                     out,
                 )
@@ -74,45 +94,48 @@ impl Engine {
             Err(RoomError::NotANumber | RoomError::OutOfRange) => {
                 let arg = &arg[..arg.len().min(32)];
                 return self.reply(
+                    now,
                     src,
+                    len,
                     format_args!("-ERR No room '{}': rooms are 1 to {rooms}", Lossy(arg)),
                     out,
                 );
             }
         };
-        let Some(session) = self.text_session(now, src, out) else {
+        let Some(session) = self.text_session(now, src, len, out) else {
             return;
         };
         session.room = Some(room);
         let user = Name::truncating(session.nick.as_bytes());
         let channel = room_channel(room);
         self.add_local(channel, src, Protocol::Text);
-        self.send_to_owner(
-            ShardMsg::Joined {
-                channel,
-                client: src,
-                user,
-                home: self.shard,
-            },
-            out,
-        );
+        self.member_joined_at_owner(channel, src, user, out);
         self.log_event(out, format_args!("Client {src} joins chat room #{room}"));
         self.reply(
+            now,
             src,
+            len,
             format_args!("+OK You are now in chat room #{room}"),
             out,
         );
     }
 
-    fn text_part(&mut self, now: Duration, src: SocketAddr, out: &mut Outbox) {
-        self.touch(now, src);
+    fn text_part(&mut self, now: Duration, src: SocketAddr, len: usize, out: &mut Outbox) {
         let Some(room) = self.clients.text.get_mut(&src).and_then(|s| s.room.take()) else {
-            return self.reply(src, format_args!("-ERR You are not in a chat room"), out);
+            return self.reply(
+                now,
+                src,
+                len,
+                format_args!("-ERR You are not in a chat room"),
+                out,
+            );
         };
         self.leave_room(src, room, out);
         self.log_event(out, format_args!("Client {src} leaves chat room #{room}"));
         self.reply(
+            now,
             src,
+            len,
             format_args!("+OK You have left chat room #{room}"),
             out,
         );
@@ -131,58 +154,91 @@ impl Engine {
         );
     }
 
-    fn text_nick(&mut self, now: Duration, src: SocketAddr, nick: &[u8], out: &mut Outbox) {
+    /// Forgets the text session at `src` (quit, expiry or eviction), leaving its room.
+    pub(super) fn text_forget(&mut self, src: SocketAddr, out: &mut Outbox) {
+        let Some(session) = self.clients.text.remove(&src) else {
+            return;
+        };
+        self.clients.release(src.ip());
+        if let Some(room) = session.room {
+            self.leave_room(src, room, out);
+        }
+    }
+
+    fn text_nick(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        len: usize,
+        nick: &[u8],
+        out: &mut Outbox,
+    ) {
         let problem = match text::check_nick(nick) {
             Ok(()) => None,
             Err(NickError::Missing) => Some("-ERR Usage: /nick NAME"),
             Err(NickError::TooLong) => Some("-ERR Nickname too long (at most 63 bytes)"),
             Err(NickError::HasAngle) => Some("-ERR A nickname must not contain '>'"),
+            Err(NickError::NotPrintable) => {
+                self.counters.dropped(DropReason::BadName);
+                Some("-ERR A nickname must be printable UTF-8")
+            }
         };
         if let Some(problem) = problem {
-            self.touch(now, src);
-            return self.reply(src, format_args!("{problem}"), out);
+            return self.reply(now, src, len, format_args!("{problem}"), out);
         }
-        let Some(session) = self.text_session(now, src, out) else {
+        let Some(session) = self.text_session(now, src, len, out) else {
             return;
         };
         session.nick = Nick::truncating(nick);
         if let Some(room) = session.room {
             // Already a member: the owner renames it in its WHO list.
-            let msg = ShardMsg::Joined {
-                channel: room_channel(room),
-                client: src,
-                user: Name::truncating(nick),
-                home: self.shard,
-            };
-            self.send_to_owner(msg, out);
+            self.member_joined_at_owner(room_channel(room), src, Name::truncating(nick), out);
         }
         self.reply(
+            now,
             src,
+            len,
             format_args!("+OK Nickname set to '{}'", Lossy(nick)),
             out,
         );
     }
 
-    fn text_chat(&mut self, now: Duration, src: SocketAddr, line: &[u8], out: &mut Outbox) {
-        let Some(session) = self.clients.text.get_mut(&src) else {
-            return self.reply(src, format_args!("-ERR You are not in a chat room"), out);
-        };
-        session.last_seen = now;
-        let Some(room) = session.room else {
-            return self.reply(src, format_args!("-ERR You are not in a chat room"), out);
+    fn text_chat(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        len: usize,
+        line: &[u8],
+        out: &mut Outbox,
+    ) {
+        let Some((room, nick)) = self
+            .clients
+            .text
+            .get(&src)
+            .and_then(|s| s.room.map(|room| (room, s.nick)))
+        else {
+            return self.reply(
+                now,
+                src,
+                len,
+                format_args!("-ERR You are not in a chat room"),
+                out,
+            );
         };
         if line.is_empty() {
-            return self.reply(src, format_args!("-ERR Empty message"), out);
+            return self.reply(now, src, len, format_args!("-ERR Empty message"), out);
         }
         if line.len() > text::MAX_MESSAGE {
             let max = text::MAX_MESSAGE;
             return self.reply(
+                now,
                 src,
+                len,
                 format_args!("-ERR Message too long (at most {max} bytes)"),
                 out,
             );
         }
-        let chat = Chat::new(session.nick.as_bytes(), line);
+        let chat = Chat::new(nick.as_bytes(), line);
         self.send_to_owner(
             ShardMsg::Said {
                 channel: room_channel(room),
@@ -193,65 +249,65 @@ impl Engine {
     }
 
     /// The session at `src`, created with the default nick `ip:port` if new; `None` (after an
-    /// error reply) when the shard is full.
+    /// error reply) when its address may hold no more sessions.
     fn text_session(
         &mut self,
         now: Duration,
         src: SocketAddr,
+        len: usize,
         out: &mut Outbox,
     ) -> Option<&mut TextSession> {
-        if !self.clients.text.contains_key(&src) {
-            if self.clients.text.len() >= self.cfg.limits.sessions_per_shard {
-                self.counters.dropped(DropReason::SessionLimit);
-                self.reply(src, format_args!("-ERR Server full"), out);
+        if !self.clients.text.contains(&src) {
+            if !self.make_room_for_session(src, Protocol::Text, out) {
+                self.reply(
+                    now,
+                    src,
+                    len,
+                    format_args!("-ERR Too many sessions from your address"),
+                    out,
+                );
                 return None;
             }
             let mut nick = arrayvec::ArrayString::<63>::new();
             let _ = write!(nick, "{src}"); // an IPv6 address with port fits in 63 bytes
-            self.clients.text.insert(
-                src,
-                TextSession {
-                    nick: Nick::from(nick.as_str()),
-                    room: None,
-                    last_seen: now,
-                },
-            );
+            let session = TextSession {
+                nick: Nick::from(nick.as_str()),
+                room: None,
+            };
+            self.clients.text.insert(src, now, session);
         }
-        let session = self.clients.text.get_mut(&src)?;
-        session.last_seen = now;
-        Some(session)
+        self.clients.text.get_mut(&src)
     }
 
-    fn touch(&mut self, now: Duration, src: SocketAddr) {
-        if let Some(session) = self.clients.text.get_mut(&src) {
-            session.last_seen = now;
-        }
-    }
-
-    /// One `+OK`/`-ERR` line (never to a server: it would take it for chat).
-    fn reply(&mut self, dst: SocketAddr, line: std::fmt::Arguments<'_>, out: &mut Outbox) {
-        if self.is_server(&dst) {
+    /// One `+OK`/`-ERR` line in answer to a request of `len` bytes. A source without a session
+    /// gets it only if it is no longer than the request; every reply is charged to the
+    /// destination's reply budget and never goes to a server (it would take it for chat).
+    fn reply(
+        &mut self,
+        now: Duration,
+        dst: SocketAddr,
+        len: usize,
+        line: std::fmt::Arguments<'_>,
+        out: &mut Outbox,
+    ) {
+        let mut buf = [0u8; 256];
+        let Ok(n) = text::encode_reply(&mut buf, line) else {
+            return;
+        };
+        let stranger = !self.clients.text.contains(&dst);
+        if stranger && n > len {
             return self.counters.errors_suppressed.inc();
         }
-        if let Some(payload) = out.payload(256, |buf| text::encode_reply(buf, line)) {
-            if out.bytes(payload).starts_with(b"-") {
-                self.counters.errors_sent.inc();
-            }
-            out.send(dst, payload);
+        if !self.may_reply(now, dst, n) {
+            return;
         }
-    }
-
-    /// Forgets text users that are in no room and have been silent for longer than the user
-    /// timeout. Users in a room stay: the protocol has no keep-alive, and a listener must keep
-    /// receiving; the session limit bounds them.
-    pub(super) fn expire_text_users(&mut self, now: Duration) {
-        let timeout = self.cfg.user_timeout;
-        let before = self.clients.text.len();
-        self.clients
-            .text
-            .retain(|_, s| s.room.is_some() || now.saturating_sub(s.last_seen) <= timeout);
-        let expired = before - self.clients.text.len();
-        self.counters.users_expired.add(expired as u64);
+        if buf.starts_with(b"-") {
+            self.counters.errors_sent.inc();
+        }
+        out.send_new(dst, n, |b: &mut [u8]| {
+            b[..n].copy_from_slice(&buf[..n]);
+            Ok::<usize, ()>(n)
+        });
     }
 }
 

@@ -34,6 +34,26 @@ fn set_int_opt(
     check(ret).map(drop)
 }
 
+/// Datagrams the kernel dropped at this socket since it was opened (its receive queue was
+/// full, or no buffer was free): SO_MEMINFO's drop count, which wraps at 2^32.
+pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
+    // Newer kernels may report more fields; they copy at most the length we pass.
+    let mut info = [0u32; 16];
+    let mut len = size_of::<[u32; 16]>() as libc::socklen_t;
+    // SAFETY: `info` and `len` outlive the call and `len` is the size of `info` in bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    check(ret)?;
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
 /// A non-blocking UDP socket bound to `addr`. With `reuseport`, every shard binds its own socket
 /// to the same address and the kernel spreads clients across them; without, the bind fails
 /// while any other socket holds the address (how a router makes sure the port is its own).

@@ -34,6 +34,10 @@ pub enum Line<'a> {
     /// A `/command` this protocol does not have (the word, without arguments).
     Unknown(&'a [u8]),
     Chat(&'a [u8]),
+    /// A line shaped like something a server sends (`+OK ...`, `-ERR ...`, `<nick> text`):
+    /// another server's reply or delivery, never a client's request. Answering it could start
+    /// an endless exchange between two servers, so it is never answered.
+    Reply,
 }
 
 /// Splits a client line into a command or a chat message. A trailing CR/LF (from `nc -u` and
@@ -41,7 +45,11 @@ pub enum Line<'a> {
 pub fn parse(datagram: &[u8]) -> Line<'_> {
     let line = trim_newline(datagram);
     let Some(command) = line.strip_prefix(b"/") else {
-        return Line::Chat(line);
+        return if is_reply(line) {
+            Line::Reply
+        } else {
+            Line::Chat(line)
+        };
     };
     let end = command
         .iter()
@@ -56,6 +64,29 @@ pub fn parse(datagram: &[u8]) -> Line<'_> {
         b"quit" => Line::Quit,
         _ => Line::Unknown(&line[..=word.len()]),
     }
+}
+
+/// `+OK`, `-ERR` (alone or followed by a space) or `<nick> ` with a nick free of `>`: the shapes
+/// of [`encode_reply`] and [`encode_chat`]. A person's chat line that starts like a delivery
+/// (`<b> bold`) is taken for one: that is the price of never answering a server.
+fn is_reply(line: &[u8]) -> bool {
+    let word = |w: &[u8]| {
+        line.strip_prefix(w)
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b' ')
+    };
+    if word(b"+OK") || word(b"-ERR") {
+        return true;
+    }
+    line.strip_prefix(b"<")
+        .and_then(|rest| rest.iter().position(|&b| b == b'>').map(|i| &rest[i + 1..]))
+        .is_some_and(|after| after.first() == Some(&b' '))
+}
+
+/// A name (nick, user or channel) a person can read: non-empty, valid UTF-8, and free of control
+/// characters (C0, DEL, C1), which would let one user write line breaks or terminal escape
+/// sequences into other users' screens.
+pub fn is_printable_name(name: &[u8]) -> bool {
+    !name.is_empty() && std::str::from_utf8(name).is_ok_and(|s| !s.chars().any(char::is_control))
 }
 
 fn trim_newline(line: &[u8]) -> &[u8] {
@@ -91,6 +122,8 @@ pub enum NickError {
     TooLong,
     /// `>` would make `<nick> text` ambiguous.
     HasAngle,
+    /// Control characters or bytes that are not UTF-8 (see [`is_printable_name`]).
+    NotPrintable,
 }
 
 pub fn check_nick(nick: &[u8]) -> Result<(), NickError> {
@@ -100,6 +133,8 @@ pub fn check_nick(nick: &[u8]) -> Result<(), NickError> {
         Err(NickError::TooLong)
     } else if nick.contains(&b'>') {
         Err(NickError::HasAngle)
+    } else if !is_printable_name(nick) {
+        Err(NickError::NotPrintable)
     } else {
         Ok(())
     }
@@ -148,6 +183,58 @@ mod tests {
     }
 
     #[test]
+    fn server_lines_are_replies() {
+        for line in [
+            &b"+OK You are now in chat room #3"[..],
+            b"-ERR You are not in a chat room",
+            b"-ERR",
+            b"+OK",
+            b"<127.0.0.1:5000> hello",
+            b"<Linh Tran> ",
+            b"<> x",
+        ] {
+            assert_eq!(
+                parse(line),
+                Line::Reply,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        for line in [
+            &b"+OKAY then"[..],
+            b"-ERRATA",
+            b"<3 you",
+            b"<b>bold",
+            b"x",
+            b"a <b> c",
+        ] {
+            assert_eq!(
+                parse(line),
+                Line::Chat(line),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn printable_names() {
+        assert!(is_printable_name(b"Linh Tran"));
+        assert!(is_printable_name("Zoë 🦆".as_bytes()));
+        for bad in [
+            &b""[..],
+            b"a\nb",
+            b"a\rb",
+            b"\x1b[2J",
+            b"del\x7f",
+            b"\xff\xfe",
+            "c1\u{85}".as_bytes(),
+        ] {
+            assert!(!is_printable_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn rooms_are_numbers_in_range() {
         assert_eq!(parse_room(b"1", 10), Ok(1));
         assert_eq!(parse_room(b"10", 10), Ok(10));
@@ -172,6 +259,7 @@ mod tests {
         assert_eq!(check_nick(b"a>b"), Err(NickError::HasAngle));
         assert_eq!(check_nick(&[b'x'; 64]), Err(NickError::TooLong));
         assert_eq!(check_nick(&[b'x'; 63]), Ok(()));
+        assert_eq!(check_nick(b"a\x1b[31m"), Err(NickError::NotPrintable));
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Engine {
     fn group_room(&mut self, name: Name) -> Option<&mut Room> {
         let group = self.group.as_mut()?;
         if !group.rooms.contains_key(&name) {
-            if group.rooms.len() >= self.cfg.limits.channels_per_shard {
+            if group.rooms.len() >= self.cfg.limits.channels {
                 self.counters.dropped(DropReason::ChannelLimit);
                 return None;
             }

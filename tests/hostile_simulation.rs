@@ -1,0 +1,332 @@
+//! Hostile sources, simulated (see `sim/mod.rs`): spoofed logins that try to lock users out, a
+//! full session table, text sessions that never leave, channels without end, names with control
+//! characters, and answers aimed at a victim. Each test runs with one shard and with three.
+
+mod sim;
+
+use chat_router::engine::{Config, DropReason, Engine, Outbox};
+use chat_router::proto::duckchat::{self, Inbound, SayLayout};
+use sim::{addr, Sim};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_millis(200);
+const SHARDS: [u16; 2] = [1, 3];
+
+/// Client `i` of the spoofed address block 10.x.y.z (one IP each).
+fn spoofed(i: u32) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv4Addr::from((10u32 << 24) + i), 1000))
+}
+
+fn server(seed: u64, shards: u16, tune: impl FnOnce(&mut Config)) -> Sim {
+    let mut sim = Sim::new(seed, shards);
+    let mut cfg = Sim::config(4000, &[]);
+    tune(&mut cfg);
+    sim.add_server(cfg);
+    sim
+}
+
+fn drops(sim: &Sim, why: DropReason) -> u64 {
+    sim.engines(4000).map(|e| e.counters().drops(why)).sum()
+}
+
+fn counter(sim: &Sim, get: impl Fn(&chat_router::engine::Counters) -> u64) -> u64 {
+    sim.engines(4000).map(|e| get(e.counters())).sum()
+}
+
+fn say(sim: &mut Sim, client: SocketAddr, channel: &str, text: &str) {
+    sim.send(
+        client,
+        4000,
+        Inbound::Say {
+            channel: channel.as_bytes(),
+            text: text.as_bytes(),
+        },
+    );
+}
+
+#[test]
+fn spoofed_logins_from_one_address_cannot_lock_others_out() {
+    for shards in SHARDS {
+        let mut sim = server(1, shards, |c| c.limits.sessions_per_ip = 16);
+        for port in 1..=3000u16 {
+            let from = SocketAddr::from(([10, 6, 6, 6], port));
+            sim.send(from, 4000, Inbound::Login { user: b"mallory" });
+            sim.send(from, 4000, Inbound::KeepAlive);
+        }
+        sim.run_for(SETTLE);
+        let admitted = 3000 - drops(&sim, DropReason::IpLimit);
+        assert!(
+            admitted <= 16 * u64::from(shards),
+            "{admitted} sessions from one address"
+        );
+        let user = addr(50001);
+        sim.login(user, 4000, "amy");
+        say(&mut sim, user, "Common", "still welcome");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.says(user), ["Common amy still welcome"]);
+    }
+}
+
+#[test]
+fn a_full_table_evicts_the_longest_silent_session() {
+    for shards in SHARDS {
+        let mut sim = server(2, shards, |c| c.limits.sessions_per_shard = 50);
+        let user = addr(50001);
+        sim.login(user, 4000, "amy");
+        sim.run_for(SETTLE);
+        // Spoofed logins from 2,000 addresses, while the user keeps talking.
+        for i in 0..2000 {
+            sim.send(spoofed(i), 4000, Inbound::Login { user: b"bot" });
+            // Touched more often than the table turns over: never the longest-silent.
+            if i % 20 == 0 {
+                sim.run_for(Duration::from_millis(10));
+                sim.send(user, 4000, Inbound::KeepAlive);
+            }
+        }
+        sim.run_for(SETTLE);
+        let evicted = counter(&sim, |c| c.sessions_evicted.get());
+        assert!(
+            evicted >= 2000 + 1 - 50 * u64::from(shards),
+            "evicted {evicted}"
+        );
+        say(&mut sim, user, "Common", "never evicted");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.says(user), ["Common amy never evicted"]);
+        assert_eq!(drops(&sim, DropReason::SessionLimit), 0, "nobody refused");
+    }
+}
+
+#[test]
+fn text_sessions_expire_like_duckchat_ones() {
+    for shards in SHARDS {
+        let mut sim = server(3, shards, |_| {});
+        let (quiet, talker) = (addr(50001), addr(50002));
+        sim.send_raw(quiet, 4000, b"/join 3".to_vec());
+        sim.send_raw(talker, 4000, b"/join 3".to_vec());
+        sim.run_for(SETTLE);
+        // The talker keeps its session alive by talking; the quiet one says nothing for longer
+        // than the user timeout (20 s in the simulation).
+        for i in 0..6 {
+            sim.run_for(Duration::from_secs(5));
+            sim.send_raw(talker, 4000, format!("tick {i}").into_bytes());
+        }
+        sim.run_for(SETTLE);
+        sim.clear_inboxes();
+        sim.send_raw(talker, 4000, b"anyone?".to_vec());
+        sim.run_for(SETTLE);
+        assert!(sim.lines(quiet).is_empty(), "{:?}", sim.lines(quiet));
+        assert_eq!(sim.lines(talker), ["<127.0.0.1:50002> anyone?"]);
+        assert_eq!(counter(&sim, |c| c.users_expired.get()), 1);
+    }
+}
+
+#[test]
+fn local_joins_are_bounded_by_the_channel_limit() {
+    for shards in SHARDS {
+        let mut sim = server(4, shards, |c| c.limits.channels = 20);
+        let (a, b) = (addr(50001), addr(50002));
+        sim.login(a, 4000, "a");
+        sim.login(b, 4000, "b");
+        sim.run_for(SETTLE);
+        for (user, first) in [(a, 0), (b, 100)] {
+            for i in first..first + 15 {
+                let name = format!("c{i}");
+                sim.send(
+                    user,
+                    4000,
+                    Inbound::Join {
+                        channel: name.as_bytes(),
+                    },
+                );
+                sim.run_for(Duration::from_millis(5));
+            }
+        }
+        sim.run_for(SETTLE);
+        let refusals = sim
+            .decoded(b)
+            .iter()
+            .filter(|l| *l == "error Too many channels on this server")
+            .count();
+        assert_eq!(refusals, 15 + 15 + 1 - 20, "{:?}", sim.decoded(b));
+        sim.send(a, 4000, Inbound::List);
+        sim.run_for(SETTLE);
+        let listed = sim
+            .decoded(a)
+            .iter()
+            .filter_map(|l| l.strip_prefix("list "))
+            .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+            .count();
+        assert_eq!(listed, 20);
+        assert_eq!(drops(&sim, DropReason::ChannelLimit), 11);
+    }
+}
+
+#[test]
+fn names_with_control_characters_are_refused() {
+    for shards in SHARDS {
+        let mut sim = server(5, shards, |_| {});
+        let (a, b) = (addr(50001), addr(50002));
+        sim.send(
+            a,
+            4000,
+            Inbound::Login {
+                user: b"\x1b[2Jevil",
+            },
+        );
+        sim.run_for(SETTLE);
+        say(&mut sim, a, "Common", "am I in?");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(a), ["error Not logged in"]);
+
+        sim.login(b, 4000, "bob");
+        sim.send(
+            b,
+            4000,
+            Inbound::Login {
+                user: b"bob\r\nmallory",
+            },
+        );
+        sim.send(
+            b,
+            4000,
+            Inbound::Join {
+                channel: b"line\nbreak",
+            },
+        );
+        sim.send(b, 4000, Inbound::Join { channel: b"" });
+        // A text source without a session would get no answer longer than its request.
+        sim.send_raw(addr(50003), 4000, b"/nick carol".to_vec());
+        sim.send_raw(addr(50003), 4000, b"/nick \x1b[31mred".to_vec());
+        sim.send_raw(addr(50003), 4000, b"/nick caf\xc3".to_vec());
+        sim.run_for(SETTLE);
+        assert_eq!(
+            sim.decoded(b),
+            [
+                "error User names must be printable UTF-8",
+                "error Channel names must be printable UTF-8",
+                "error Channel names must be printable UTF-8",
+            ]
+        );
+        assert_eq!(
+            sim.lines(addr(50003)),
+            [
+                "+OK Nickname set to 'carol'",
+                "-ERR A nickname must be printable UTF-8",
+                "-ERR A nickname must be printable UTF-8"
+            ]
+        );
+        sim.send(b, 4000, Inbound::Who { channel: b"Common" });
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(b).last().unwrap(), "who Common bob");
+        assert_eq!(drops(&sim, DropReason::BadName), 6);
+    }
+}
+
+#[test]
+fn a_large_list_to_a_spoofed_address_is_paced_by_its_reply_budget() {
+    const BURST: u64 = 4096;
+    const RATE: u64 = 8192;
+    for shards in SHARDS {
+        let mut sim = server(6, shards, |c| {
+            c.limits.reply_burst = BURST;
+            c.limits.reply_bytes_per_sec = RATE;
+            c.limits.channels_per_user = 1000;
+        });
+        let owner = addr(50001);
+        sim.login(owner, 4000, "owner");
+        for i in 0..400 {
+            let name = format!("channel-{i:03}");
+            sim.send(
+                owner,
+                4000,
+                Inbound::Join {
+                    channel: name.as_bytes(),
+                },
+            );
+        }
+        sim.run_for(SETTLE);
+        // LOGIN + LIST (40 bytes) spoofed from the victim: 401 channels, 12.8 kB of answer.
+        let victim = SocketAddr::from(([10, 0, 0, 7], 9));
+        sim.send(victim, 4000, Inbound::Login { user: b"v" });
+        sim.send(victim, 4000, Inbound::List);
+        sim.run_for(Duration::from_millis(50));
+        let bytes = |sim: &Sim| -> u64 { sim.raw(victim).iter().map(|d| d.len() as u64).sum() };
+        let early = bytes(&sim);
+        assert!(early > 0, "the burst is sent at once");
+        assert!(
+            early <= (BURST + RATE / 10) * u64::from(shards),
+            "{early} bytes in the first 50 ms"
+        );
+        sim.run_for(Duration::from_secs(3));
+        let listed: Vec<String> = sim
+            .decoded(victim)
+            .iter()
+            .filter_map(|l| l.strip_prefix("list "))
+            .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(listed.len(), 401, "all of it, in the end");
+        assert!(
+            listed.windows(2).all(|w| w[0] < w[1]),
+            "in order, once each"
+        );
+    }
+}
+
+fn encoded(request: Inbound) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = request.encode(&mut buf, SayLayout::UserFirst).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_mass_expiry_is_spread_over_short_steps() {
+    let mut cfg = Sim::config(4000, &[]);
+    cfg.limits.sessions_per_ip = usize::MAX;
+    let timeout = cfg.user_timeout;
+    let mut engine = Engine::new(0, 1, std::sync::Arc::new(cfg), 1, Duration::ZERO);
+    let mut out = Outbox::with_capacity(1024);
+    const USERS: u32 = 20_000;
+    for i in 0..USERS {
+        let client = spoofed(i);
+        let login = encoded(Inbound::Login { user: b"u" });
+        engine.handle_datagram(Duration::ZERO, client, &login, &mut out);
+        let join = encoded(Inbound::Join { channel: b"big" });
+        engine.handle_datagram(Duration::ZERO, client, &join, &mut out);
+        out.clear();
+    }
+    let mut now = timeout + Duration::from_secs(2);
+    let mut steps = 0;
+    let expired = |e: &Engine| e.counters().users_expired.get();
+    while expired(&engine) < u64::from(USERS) {
+        let before = expired(&engine);
+        now = now.max(engine.next_timeout());
+        engine.handle_timeout(now, &mut out);
+        out.clear();
+        assert!(
+            expired(&engine) - before <= 1024,
+            "one step expired too many"
+        );
+        steps += 1;
+        assert!(steps < 1000, "expiry never finished");
+    }
+    assert!(steps >= u64::from(USERS).div_ceil(1024) as usize);
+    // The channel is gone with its last member.
+    let who = encoded(Inbound::Who { channel: b"big" });
+    let login = encoded(Inbound::Login { user: b"late" });
+    let late = addr(50009);
+    engine.handle_datagram(now, late, &login, &mut out);
+    engine.handle_datagram(now, late, &who, &mut out);
+    let replies: Vec<String> = out
+        .sends()
+        .iter()
+        .filter_map(|s| match duckchat::decode_outbound(out.bytes(s.payload)) {
+            Ok(duckchat::Outbound::Error { message }) => {
+                Some(String::from_utf8_lossy(message).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, ["No channel by the name big"]);
+}
