@@ -330,3 +330,45 @@ fn a_mass_expiry_is_spread_over_short_steps() {
         .collect();
     assert_eq!(replies, ["No channel by the name big"]);
 }
+
+#[test]
+fn a_source_without_a_session_never_gets_more_bytes_than_it_sent() {
+    let cfg = std::sync::Arc::new(Sim::config(4000, &[]));
+    let mut engine = Engine::new(0, 1, cfg, 7, Duration::ZERO);
+    let mut out = Outbox::with_capacity(1024);
+    let mut rng = chat_router::rng::Rng::new(99);
+    let mut answered = 0;
+    for i in 0..50_000u32 {
+        let src = spoofed(i % 5000);
+        let len = rng.below(160) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if len >= 4 && i % 2 == 0 {
+            // A valid type code, but never LOGIN: these sources stay without a session.
+            let kind = 1 + rng.below(11) as i32;
+            bytes[..4].copy_from_slice(&kind.to_le_bytes());
+        } else if i % 4 == 1 {
+            // Text lines, but never the commands that begin a session.
+            bytes.retain(|&b| b != 0);
+            if bytes.starts_with(b"/j") || bytes.starts_with(b"/n") {
+                bytes[1] = b'x';
+            }
+        } else if len >= 4 && bytes[..4] == [0, 0, 0, 0] {
+            bytes[0] = 1;
+        }
+        let now = Duration::from_millis(u64::from(i));
+        engine.handle_datagram(now, src, &bytes, &mut out);
+        let sent: usize = out
+            .sends()
+            .iter()
+            .filter(|s| s.dst == src)
+            .map(|s| out.bytes(s.payload).len())
+            .sum();
+        assert!(sent <= bytes.len(), "{sent} bytes for {bytes:?}");
+        answered += usize::from(sent > 0);
+        out.clear();
+    }
+    assert!(
+        answered > 1000,
+        "strangers do get answers that fit: {answered}"
+    );
+}

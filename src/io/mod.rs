@@ -4,6 +4,7 @@
 //! outbox, `wait` until something happens.
 
 mod mmsg;
+pub mod spoof;
 pub mod sys;
 mod uring;
 

@@ -93,6 +93,27 @@ impl Router {
         );
     }
 
+    /// With `--stats-every`: waits until two stats lines in a row report the same number of
+    /// datagrams in (the router has gone quiet) and returns it; panics if it never does.
+    pub fn quiet_datagrams_in(&mut self) -> u64 {
+        let read = |line: &str| -> u64 {
+            let value = line.split("in=").nth(1).and_then(|v| v.split(' ').next());
+            value.and_then(|v| v.parse().ok()).expect("a stats line")
+        };
+        let mut last = read(&self.wait_for_line("stats:", WAIT));
+        for _ in 0..100 {
+            let now = read(&self.wait_for_line("stats:", WAIT));
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        panic!(
+            "router on {} never went quiet: {} datagrams in",
+            self.port, last
+        );
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

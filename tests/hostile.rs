@@ -1,0 +1,133 @@
+//! Hostile traffic against real `router` processes on loopback: datagrams with forged source
+//! addresses (a raw socket, so these tests need root or CAP_NET_RAW, as CI has) that would make
+//! two servers answer each other forever, and a flood of spoofed logins from one address while
+//! a real user chats.
+
+mod support;
+
+use chat_router::io::spoof::Spoofer;
+use chat_router::proto::duckchat;
+use std::net::SocketAddrV4;
+use support::{free_port, say_text, Client, Router};
+
+const MATRIX: [(&str, &str); 2] = [("1", "mmsg"), ("2", "uring")];
+
+fn v4(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new([127, 0, 0, 1].into(), port)
+}
+
+fn datagram(kind: i32, len: usize, text: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; len];
+    d[..4].copy_from_slice(&kind.to_le_bytes());
+    d[4..4 + text.len()].copy_from_slice(text);
+    d
+}
+
+/// Each of these, forged from one router to another (or to itself), gets at most one answer,
+/// and the answer none.
+fn reply_loop_probes(cores: &str, io: &str) {
+    let flags = ["--cores", cores, "--io", io, "--stats-every", "100ms"];
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Router::start(pa, &[], &flags);
+    let mut b = Router::start(pb, &[], &flags);
+    let mut spoofer = Spoofer::new().expect("raw sockets need root or CAP_NET_RAW");
+    let probes: Vec<Vec<u8>> = vec![
+        b"x".to_vec(),
+        b"/nick a-nick-long-enough-for-its-answer-to-be-sent".to_vec(),
+        b"-ERR You are not in a chat room".to_vec(),
+        b"+OK You are now in chat room #3".to_vec(),
+        b"<mallory> hello".to_vec(),
+        datagram(duckchat::SAY, duckchat::SAY_LEN, b"Common"),
+        datagram(duckchat::LEAVE, duckchat::TXT_ERROR_LEN, b"Not logged in"),
+        datagram(42, 4, b""),
+    ];
+    for probe in &probes {
+        spoofer.send(v4(pa), v4(pb), probe).unwrap();
+        spoofer.send(v4(pb), v4(pa), probe).unwrap();
+        spoofer.send(v4(pa), v4(pa), probe).unwrap();
+    }
+    // Then each logged in as the other's client, and a TXT_ERROR-shaped LEAVE to start them.
+    spoofer
+        .send(v4(pa), v4(pb), &datagram(duckchat::LOGIN, 36, b"a"))
+        .unwrap();
+    spoofer
+        .send(v4(pb), v4(pa), &datagram(duckchat::LOGIN, 36, b"b"))
+        .unwrap();
+    let leave = datagram(duckchat::LEAVE, duckchat::TXT_ERROR_LEN, b"Not logged in");
+    spoofer.send(v4(pa), v4(pb), &leave).unwrap();
+    let received = a.quiet_datagrams_in() + b.quiet_datagrams_in();
+    let sent = 3 * probes.len() as u64 + 3;
+    // At most one answer per forged probe, and the error exchange stops after 32 each way.
+    assert!(
+        received <= 2 * sent + 2 * 32,
+        "{received} datagrams for {sent} forged ones"
+    );
+    let (status, _) = a.interrupt();
+    assert!(status.success());
+    let (status, _) = b.interrupt();
+    assert!(status.success());
+}
+
+/// 30,000 forged logins and keep-alives from one address while a real user, from another,
+/// logs in and chats: every one of its messages comes back.
+fn login_flood(cores: &str, io: &str) {
+    let router = Router::start(free_port(), &[], &["--cores", cores, "--io", io]);
+    let SocketAddr::V4(target) = router.addr() else {
+        unreachable!("IPv4")
+    };
+    let mut spoofer = Spoofer::new().expect("raw sockets need root or CAP_NET_RAW");
+    let flood = std::thread::spawn(move || {
+        for i in 0..30_000u32 {
+            let from = SocketAddrV4::new([127, 66, 0, 1].into(), 1024 + (i % 60_000) as u16);
+            let _ = spoofer.send(from, target, &datagram(duckchat::LOGIN, 36, b"bot"));
+            let _ = spoofer.send(from, target, &datagram(duckchat::KEEP_ALIVE, 4, b""));
+            if i % 256 == 255 {
+                // Paced (about 50k datagrams/s) so that it does not simply fill the socket.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    });
+    let user = Client::connect(router.addr(), "amy");
+    let mut echoed = 0;
+    for i in 0..50 {
+        let text = format!("message {i}");
+        // A message lost to a full socket is said again, as a person would.
+        let back = (0..5).any(|_| {
+            user.say("Common", &text);
+            std::iter::from_fn(|| user.recv(std::time::Duration::from_millis(500)))
+                .any(|r| say_text(&r) == Some(text.as_str()))
+        });
+        echoed += usize::from(back);
+    }
+    flood.join().unwrap();
+    assert_eq!(echoed, 50);
+    let (status, output) = router.interrupt();
+    assert!(status.success());
+    let ip_limited: u64 = output
+        .iter()
+        .filter_map(|l| l.split("ip_limit=").nth(1))
+        .filter_map(|s| s.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        ip_limited > 0,
+        "the flood hit the per-address limit: {output:?}"
+    );
+}
+
+use std::net::SocketAddr;
+
+macro_rules! matrix_tests {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        $(#[test]
+        fn $name() {
+            for (cores, io) in MATRIX {
+                $body(cores, io);
+            }
+        })*
+    };
+}
+
+matrix_tests! {
+    forged_datagrams_start_no_reply_loop => reply_loop_probes,
+    a_login_flood_from_one_address_locks_no_one_out => login_flood,
+}
