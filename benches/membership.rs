@@ -1,0 +1,58 @@
+//! The engine's cost per membership change at different channel sizes: one user joins and
+//! leaves a channel that already holds N members (a JOIN and a LEAVE per iteration, on one
+//! shard, decoding included). With O(1) member lists the time is the same for 10 members and
+//! for 100,000.
+
+use chat_router::engine::{Config, Engine, Outbox};
+use chat_router::proto::duckchat::{Inbound, SayLayout};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn encoded(request: Inbound) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = request.encode(&mut buf, SayLayout::UserFirst).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// 256 clients per address, well within the default sessions per address.
+fn client(i: u32) -> SocketAddr {
+    SocketAddr::from(([127, 0, (i >> 16) as u8 + 1, (i >> 8) as u8], i as u16))
+}
+
+fn membership(c: &mut Criterion) {
+    let mut group = c.benchmark_group("join_and_leave");
+    for members in [10u32, 100_000] {
+        let cfg = Arc::new(Config::new(SocketAddr::from(([127, 0, 0, 1], 4000))));
+        let now = Duration::from_secs(1);
+        let mut engine = Engine::new(0, 1, cfg, 1, now);
+        let mut out = Outbox::with_capacity(4096);
+        let join = encoded(Inbound::Join { channel: b"room" });
+        let leave = encoded(Inbound::Leave { channel: b"room" });
+        for i in 0..=members {
+            let login = encoded(Inbound::Login {
+                user: format!("u{i}").as_bytes(),
+            });
+            engine.handle_datagram(now, client(i), &login, &mut out);
+            engine.handle_datagram(now, client(i), &join, &mut out);
+            out.clear();
+        }
+        // The member that comes and goes joined first: it sits at the front of every list.
+        let mover = client(0);
+        engine.handle_datagram(now, mover, &leave, &mut out);
+        group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter(|| {
+                engine.handle_datagram(now, mover, &join, &mut out);
+                engine.handle_datagram(now, mover, &leave, &mut out);
+                assert!(out.sends().is_empty(), "no error, no answer");
+                out.clear();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, membership);
+criterion_main!(benches);
