@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod compare;
+pub mod hostile;
 pub mod io;
 pub mod latency;
 pub mod machine;

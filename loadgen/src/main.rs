@@ -4,6 +4,7 @@ use chat_router::config::{parse_cluster, parse_duration};
 use chat_router::engine::Member;
 use chat_router::io::IoKind;
 use clap::{Parser, Subcommand};
+use loadgen::hostile::Mix;
 use loadgen::ordering::{OrderingArgs, OrderingRecord};
 use loadgen::plan::Membership;
 use loadgen::plot::{svg, Series};
@@ -142,6 +143,12 @@ struct RunOpts {
     /// Clients that churn (besides --clients, which chat).
     #[arg(long, default_value_t = 256)]
     churn_clients: usize,
+    /// Forged datagrams per second in the `hostile` scenario.
+    #[arg(long, default_value_t = 20_000.0)]
+    hostile_rate: f64,
+    /// Weights of random, mutated and valid-but-abusive forged datagrams (`hostile`).
+    #[arg(long, value_name = "R,M,A", default_value = "1,1,2", value_parser = Mix::parse)]
+    hostile_mix: Mix,
     /// Skip the ceiling run that follows `fanout` and `churn`.
     #[arg(long)]
     no_ceiling: bool,
@@ -173,6 +180,9 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 fn run(opts: RunOpts) -> Result<(), String> {
     if opts.clients == 0 || opts.members == 0 || opts.receivers == 0 || opts.cores == 0 {
         return Err("--clients, --members, --receivers and --cores must be at least 1".into());
+    }
+    if !(opts.hostile_rate > 0.0 && opts.hostile_rate.is_finite()) {
+        return Err("--hostile-rate must be positive".into());
     }
     if opts.churn_clients == 0 || !(opts.churn_rate > 0.0 && opts.churn_rate.is_finite()) {
         return Err("--churn-rate must be positive and --churn-clients at least 1".into());
@@ -206,6 +216,8 @@ fn run(opts: RunOpts) -> Result<(), String> {
             pool: opts.churn_clients,
         },
         ceiling: !opts.no_ceiling,
+        hostile_rate: opts.hostile_rate,
+        hostile_mix: opts.hostile_mix,
         quiet: opts.quiet,
     };
     if args.duration.is_zero() {

@@ -59,6 +59,15 @@ pub struct PhaseResult {
     pub latency: Percentiles,
     /// CPU time of the target's threads per delivery, where it can be read.
     pub cpu_ns_per_delivery: Option<f64>,
+    /// What the router itself dropped during the phase, by its own counters (all reasons) and
+    /// at its sockets (the kernel's): known when loadgen runs the router.
+    #[serde(default)]
+    pub router_drops: Option<u64>,
+    #[serde(default)]
+    pub router_kernel_drops: Option<u64>,
+    /// Forged datagrams the attacker sent during the phase (hostile).
+    #[serde(default)]
+    pub hostile_sent: u64,
     /// The latency histogram: `[value_ns, count]` per non-empty bucket.
     pub histogram: Vec<(u64, u64)>,
 }
@@ -165,6 +174,9 @@ pub fn run(
                 _ => None,
             },
             histogram: total.latency.buckets(),
+            router_drops: None,
+            router_kernel_drops: None,
+            hostile_sent: 0,
         })
     })
 }

@@ -23,6 +23,9 @@ pub struct RunRecord {
     /// The scenario's own phase: the router for `fanout`, the reflector for `ceiling`.
     pub result: PhaseResult,
     pub ceiling: Option<PhaseResult>,
+    /// The same traffic without the attack, just before it (hostile).
+    #[serde(default)]
+    pub baseline: Option<PhaseResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +54,11 @@ pub struct Params {
     pub churn_rate: Option<f64>,
     #[serde(default)]
     pub churn_clients: usize,
+    /// Forged datagrams per second and their mix RANDOM,MUTATED,ABUSIVE (hostile).
+    #[serde(default)]
+    pub hostile_rate: Option<f64>,
+    #[serde(default)]
+    pub hostile_mix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +79,8 @@ impl RunRecord {
     pub fn measured_name(&self) -> &'static str {
         if self.scenario == "ceiling" {
             "reflector"
+        } else if self.scenario == "hostile" {
+            "under attack"
         } else {
             "router"
         }
@@ -114,9 +124,11 @@ impl RunRecord {
         std::fs::write(&json, text + "\n").map_err(io)?;
         let router = self.result.latency_histogram().percentile_text();
         std::fs::write(dir.join(format!("{stem}.hgrm")), router).map_err(io)?;
-        if let Some(c) = &self.ceiling {
-            let text = c.latency_histogram().percentile_text();
-            std::fs::write(dir.join(format!("{stem}.ceiling.hgrm")), text).map_err(io)?;
+        for (name, phase) in [("ceiling", &self.ceiling), ("baseline", &self.baseline)] {
+            if let Some(p) = phase {
+                let text = p.latency_histogram().percentile_text();
+                std::fs::write(dir.join(format!("{stem}.{name}.hgrm")), text).map_err(io)?;
+            }
         }
         Ok(json)
     }
@@ -136,7 +148,11 @@ impl RunRecord {
 
     /// The final table.
     pub fn table(&self) -> String {
-        let mut phases = vec![(self.measured_name(), &self.result)];
+        let mut phases = Vec::new();
+        if let Some(b) = &self.baseline {
+            phases.push(("no attack", b));
+        }
+        phases.push((self.measured_name(), &self.result));
         if let Some(c) = &self.ceiling {
             phases.push(("ceiling", c));
         }
@@ -186,6 +202,11 @@ pub fn rows() -> Vec<Row> {
         ("repeated ids / S2S_LEAVEs", |p| {
             format!("{} / {}", p.repeated_ids, p.tally.s2s_leaves)
         }),
+        ("router drops / kernel", |p| {
+            let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+            format!("{} / {}", n(p.router_drops), n(p.router_kernel_drops))
+        }),
+        ("forged datagrams", |p| p.hostile_sent.to_string()),
         ("p50 us", |p| us(p.latency.p50_us)),
         ("p90 us", |p| us(p.latency.p90_us)),
         ("p99 us", |p| us(p.latency.p99_us)),

@@ -8,6 +8,7 @@
 //! CPU time be read apart from loadgen's own.
 
 use crate::clients::Clients;
+use crate::hostile::{Attacker, Mix};
 use crate::phase::{self, PhaseResult, PhaseSpec};
 use crate::plan::{Membership, Plan};
 use crate::reflector::Reflector;
@@ -33,6 +34,9 @@ pub enum Scenario {
     /// fanout, while a pool of extra clients logs in, joins chat channels, leaves and logs
     /// out at --churn-rate operations per second.
     Churn,
+    /// fanout, then the same traffic again while an attacker forges --hostile-rate datagrams
+    /// per second from sources across 127.0.0.0/8 (needs root or CAP_NET_RAW).
+    Hostile,
 }
 
 impl Scenario {
@@ -42,6 +46,7 @@ impl Scenario {
             Scenario::Ceiling => "ceiling",
             Scenario::Federation => "federation",
             Scenario::Churn => "churn",
+            Scenario::Hostile => "hostile",
         }
     }
 }
@@ -69,6 +74,9 @@ pub struct RunArgs {
     pub churn: Churn,
     /// Run the reflector after the router (fanout only).
     pub ceiling: bool,
+    /// Forged datagrams per second and their mix, in `hostile`.
+    pub hostile_rate: f64,
+    pub hostile_mix: Mix,
     pub quiet: bool,
 }
 
@@ -109,8 +117,9 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         Ok((result, reflector.backend))
     };
 
+    let mut baseline = None;
     let (result, backend) = match args.scenario {
-        Scenario::Fanout | Scenario::Federation | Scenario::Churn => {
+        Scenario::Fanout | Scenario::Federation | Scenario::Churn | Scenario::Hostile => {
             if neighbors > 0 && args.target.is_some() {
                 return Err(LoadError::Setup(
                     "federation runs its own router, started with loadgen's neighbor addresses; drop --target".into(),
@@ -135,8 +144,37 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             if neighbors > 0 {
                 clients.subscribe_neighbors(&plan, neighbors, target)?;
             }
-            let spec = spec("router", target, cpu_of, neighbors);
-            let result = phase::run(&spec, &clients.sockets, &plan)?;
+            let drops = || router.as_ref().map(|r| RouterDrops::of(&r.counters));
+            let measured = |label, attack: Option<(f64, Mix)>| {
+                let spec = spec(label, target, cpu_of.clone(), neighbors);
+                let before = drops();
+                let attacker = match (attack, target) {
+                    (Some((rate, mix)), SocketAddr::V4(v4)) => {
+                        Some(Attacker::start(v4, rate, mix, args.seed).map_err(|e| {
+                            LoadError::Setup(format!(
+                                "the hostile scenario forges source addresses with a raw socket (run as root or with CAP_NET_RAW): {e}"
+                            ))
+                        })?)
+                    }
+                    (Some(_), SocketAddr::V6(_)) => {
+                        return Err(LoadError::Setup("the hostile scenario needs an IPv4 target".into()))
+                    }
+                    (None, _) => None,
+                };
+                let mut result = phase::run(&spec, &clients.sockets, &plan)?;
+                result.hostile_sent = attacker.map_or(0, Attacker::stop);
+                if let (Some(a), Some(b)) = (before, drops()) {
+                    result.router_drops = Some(b.drops - a.drops);
+                    result.router_kernel_drops = Some(b.kernel - a.kernel);
+                }
+                Ok(result)
+            };
+            if args.scenario == Scenario::Hostile {
+                baseline = Some(measured("no attack", None)?);
+            }
+            let attack = (args.scenario == Scenario::Hostile)
+                .then_some((args.hostile_rate, args.hostile_mix));
+            let result = measured("router", attack)?;
             (result, router.as_ref().map_or("external", |r| r.backend))
         }
         Scenario::Ceiling => through_reflector("ceiling")?,
@@ -172,6 +210,8 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             neighbors,
             churn_rate: churn.map(|c| c.rate),
             churn_clients: churners,
+            hostile_rate: (args.scenario == Scenario::Hostile).then_some(args.hostile_rate),
+            hostile_mix: (args.scenario == Scenario::Hostile).then(|| args.hostile_mix.to_string()),
         },
         source: Source {
             commit: source.as_ref().map(|s| s.0.clone()),
@@ -184,7 +224,24 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         },
         result,
         ceiling,
+        baseline,
     })
+}
+
+/// The embedded router's drop counters, summed over its shards.
+#[derive(Clone, Copy)]
+struct RouterDrops {
+    drops: u64,
+    kernel: u64,
+}
+
+impl RouterDrops {
+    fn of(counters: &[std::sync::Arc<chat_router::engine::Counters>]) -> Self {
+        Self {
+            drops: counters.iter().map(|c| c.total_drops()).sum(),
+            kernel: counters.iter().map(|c| c.kernel_drops.get()).sum(),
+        }
+    }
 }
 
 fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::Running, LoadError> {

@@ -28,6 +28,12 @@ fn args(scenario: Scenario) -> RunArgs {
             pool: 50,
         },
         ceiling: true,
+        hostile_rate: 2000.0,
+        hostile_mix: loadgen::hostile::Mix {
+            random: 1,
+            mutated: 1,
+            abusive: 2,
+        },
         quiet: true,
     }
 }
@@ -196,4 +202,32 @@ fn churn_changes_membership_under_chat_without_errors_or_loss() {
     // The chat itself (the 200 steady clients) is unaffected.
     assert_eq!(t.expected, 13_000, "{t:?}");
     assert_eq!((t.lost(), t.duplicates, t.reordered), (0, 0, 0), "{t:?}");
+}
+
+#[test]
+fn hostile_forges_datagrams_while_clients_chat_and_the_router_counts_its_drops() {
+    let mut a = args(Scenario::Hostile);
+    a.clients = 200;
+    let record = scenario::run(&a).unwrap();
+    let baseline = record
+        .baseline
+        .as_ref()
+        .expect("the run without the attack");
+    let attacked = &record.result;
+    assert!(attacked.hostile_sent >= 2000, "{}", attacked.hostile_sent);
+    assert_eq!(baseline.hostile_sent, 0);
+    // Reply-shaped, forged-from-itself, refused names...: the router counted what it refused.
+    assert!(attacked.router_drops.unwrap() > 0, "{attacked:?}");
+    assert!(attacked.router_kernel_drops.is_some());
+    for p in [baseline, attacked] {
+        let t = p.tally;
+        assert_eq!(t.expected, 13_000, "{t:?}");
+        assert_eq!((t.lost(), t.duplicates, t.reordered), (0, 0, 0), "{t:?}");
+    }
+    assert_eq!(record.params.hostile_mix.as_deref(), Some("1,1,2"));
+    let table = record.table();
+    assert!(
+        table.contains("no attack") && table.contains("under attack"),
+        "{table}"
+    );
 }
