@@ -67,6 +67,10 @@ impl Channels {
         }
     }
 
+    pub(super) fn owned_count(&self) -> usize {
+        self.owned.len()
+    }
+
     pub(super) fn create(&mut self, name: Name) {
         let shards = self.shards as usize;
         self.owned.entry(name).or_insert_with(|| Channel {

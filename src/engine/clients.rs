@@ -136,6 +136,24 @@ impl Clients {
         }
     }
 
+    pub(super) fn census(&self) -> super::Census {
+        super::Census {
+            duckchat_sessions: self.duckchat.len(),
+            text_sessions: self.text.len(),
+            sessions_by_address: self.per_ip.values().map(|&n| n as usize).sum(),
+            busiest_address: self.per_ip.values().max().map_or(0, |&n| n as usize),
+            local_channels: self.local.len(),
+            local_members: self
+                .local
+                .values()
+                .map(|l| l.duckchat.len() + l.text.len())
+                .sum(),
+            directory: self.directory.len(),
+            paced_answers: self.paced.len(),
+            ..Default::default()
+        }
+    }
+
     /// LIST answers still waiting for budget.
     pub(super) fn pacing(&self) -> bool {
         !self.paced.is_empty()
@@ -148,7 +166,7 @@ pub(super) const EXPIRE_BATCH: usize = 1024;
 /// How often paced answers and unfinished expiry go on.
 pub(super) const PACE_TICK: Duration = Duration::from_millis(5);
 /// At most this many LIST answers wait for budget per shard; more are cut and counted.
-const MAX_PACED: usize = 4096;
+pub(super) const MAX_PACED: usize = 4096;
 
 impl Engine {
     pub(super) fn client_request(

@@ -208,6 +208,64 @@ impl ShardMsg {
     }
 }
 
+/// What one shard holds: everything the network can make it remember, counted, so that tests
+/// and fuzzing can check it against the [`Limits`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Census {
+    pub duckchat_sessions: usize,
+    pub text_sessions: usize,
+    /// Sessions counted per source IP, summed, and the most any one IP holds.
+    pub sessions_by_address: usize,
+    pub busiest_address: usize,
+    /// Channels with members this shard is home to, and those members.
+    pub local_channels: usize,
+    pub local_members: usize,
+    pub owned_channels: usize,
+    pub directory: usize,
+    pub paced_answers: usize,
+    pub group_rooms: usize,
+}
+
+impl Census {
+    /// The first way in which this census exceeds `limits` (for a server of `shards` shards).
+    pub fn check(&self, limits: &Limits, shards: u16) -> Result<(), String> {
+        let sessions = self.duckchat_sessions + self.text_sessions;
+        let memberships = self.duckchat_sessions * limits.channels_per_user + self.text_sessions;
+        let channels = limits.channels.max(1); // Common exists from the start
+        let checks = [
+            (
+                self.duckchat_sessions <= limits.sessions_per_shard,
+                "DuckChat sessions",
+            ),
+            (
+                self.text_sessions <= limits.sessions_per_shard,
+                "text sessions",
+            ),
+            (
+                self.sessions_by_address == sessions,
+                "sessions counted by address",
+            ),
+            (
+                self.busiest_address <= limits.sessions_per_ip,
+                "sessions of one address",
+            ),
+            (self.local_members <= memberships, "local members"),
+            (self.local_channels <= memberships, "local channels"),
+            (self.owned_channels <= channels, "owned channels"),
+            (
+                self.directory <= channels * usize::from(shards),
+                "directory",
+            ),
+            (self.paced_answers <= clients::MAX_PACED, "paced answers"),
+            (self.group_rooms <= channels, "cluster rooms"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => Err(format!("{what} over the limit: {self:?}")),
+            None => Ok(()),
+        }
+    }
+}
+
 pub struct Engine {
     shard: u16,
     shards: u16,
@@ -284,6 +342,18 @@ impl Engine {
 
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    pub fn census(&self) -> Census {
+        let mut census = self.clients.census();
+        census.owned_channels = self.channels.owned_count();
+        census.group_rooms = self.group.as_ref().map_or(0, group::Group::room_count);
+        census
+    }
+
+    /// Whether `addr` has a session of either protocol on this shard.
+    pub fn has_session(&self, addr: &SocketAddr) -> bool {
+        self.clients.duckchat.contains(addr) || self.clients.text.contains(addr)
     }
 
     /// The shard that owns `channel`.

@@ -91,6 +91,10 @@ pub(super) struct Group {
 }
 
 impl Group {
+    pub(in crate::engine) fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
     pub(super) fn new(cluster: &Cluster) -> Self {
         Self {
             forward: cluster.members.iter().map(|m| m.forward).collect(),
