@@ -249,7 +249,10 @@ fn a_large_list_to_a_spoofed_address_is_paced_by_its_reply_budget() {
         // LOGIN + LIST (40 bytes) spoofed from the victim: 401 channels, 12.8 kB of answer.
         let victim = SocketAddr::from(([10, 0, 0, 7], 9));
         sim.send(victim, 4000, Inbound::Login { user: b"v" });
-        sim.send(victim, 4000, Inbound::List);
+        // More LISTs while the first is paced add nothing: one answer waits per session.
+        for _ in 0..5 {
+            sim.send(victim, 4000, Inbound::List);
+        }
         sim.run_for(Duration::from_millis(50));
         let bytes = |sim: &Sim| -> u64 { sim.raw(victim).iter().map(|d| d.len() as u64).sum() };
         let early = bytes(&sim);

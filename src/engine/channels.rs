@@ -71,6 +71,11 @@ impl Channels {
         self.owned.len()
     }
 
+    /// Whether `name` exists or may be created within `limit` channels.
+    fn has_room_for(&self, name: &Name, limit: usize) -> bool {
+        self.owned.contains_key(name) || self.owned.len() < limit
+    }
+
     pub(super) fn create(&mut self, name: Name) {
         let shards = self.shards as usize;
         self.owned.entry(name).or_insert_with(|| Channel {
@@ -100,9 +105,7 @@ impl Engine {
         home: u16,
         out: &mut Outbox,
     ) {
-        if !self.channels.owned.contains_key(&name)
-            && self.channels.owned.len() >= self.cfg.limits.channels
-        {
+        if !self.channels.has_room_for(&name, self.cfg.limits.channels) {
             // Home shards check the limit against their directory first; this catches the
             // joins that raced ahead of it.
             return self.counters.dropped(DropReason::ChannelLimit);
@@ -248,9 +251,7 @@ impl Engine {
     pub(super) fn neighbor_s2s(&mut self, now: Duration, from: u16, s2s: S2s, out: &mut Outbox) {
         match s2s {
             S2s::Join { channel: name } => {
-                if !self.channels.owned.contains_key(&name)
-                    && self.channels.owned.len() >= self.cfg.limits.channels
-                {
+                if !self.channels.has_room_for(&name, self.cfg.limits.channels) {
                     return self.counters.dropped(DropReason::ChannelLimit);
                 }
                 self.ensure_channel(name, out);

@@ -30,6 +30,9 @@ pub(super) struct Session {
     channels: SmallVec<[Name; 4]>,
     /// Requests refused since the last one that succeeded.
     errors_in_a_row: u32,
+    /// A LIST answer to this session is waiting for reply budget; another LIST meanwhile adds
+    /// nothing (one session cannot fill the queue of waiting answers).
+    list_paced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +190,7 @@ impl Engine {
             }
             return self.refuse(now, src, len, Refusal::NotLoggedIn, out);
         };
-        let user = session.name;
+        let (user, list_paced) = (session.name, session.list_paced);
         if self.cfg.verbose {
             self.log_request(src, &user, &req, out);
         }
@@ -209,7 +212,9 @@ impl Engine {
                 })
             }
             Inbound::List => {
-                self.answer_list(now, src, None, out);
+                if !list_paced {
+                    self.answer_list(now, src, None, out);
+                }
                 Ok(())
             }
             Inbound::Who { channel } => {
@@ -350,6 +355,7 @@ impl Engine {
             name,
             channels: SmallVec::new(),
             errors_in_a_row: 0,
+            list_paced: false,
         };
         self.clients.duckchat.insert(src, now, session);
     }
@@ -507,6 +513,9 @@ impl Engine {
         after: Option<Name>,
         out: &mut Outbox,
     ) {
+        if self.is_server(&src) {
+            return self.counters.errors_suppressed.inc();
+        }
         let per = duckchat::names_per_datagram(duckchat::TXT_LIST_HEAD, duckchat::SPLIT_LIMIT);
         let per = per.min(64);
         let mut last = after;
@@ -522,9 +531,6 @@ impl Engine {
             let bytes = duckchat::TXT_LIST_HEAD + chunk.len() * duckchat::NAME_FIELD;
             if chunk.is_empty() && last.is_some() {
                 return; // the previous datagram held the last channels
-            }
-            if self.is_server(&src) {
-                return self.counters.errors_suppressed.inc();
             }
             if !self.clients.replies.allow(now, src.ip(), bytes) {
                 return self.defer_list(src, last);
@@ -543,9 +549,12 @@ impl Engine {
         if self.clients.paced.len() >= MAX_PACED {
             return self.counters.dropped(DropReason::AnswerCut);
         }
-        // An empty name sorts before every channel (names are never empty).
-        let after = last.unwrap_or(Name::EMPTY);
-        self.clients.paced.push_back((src, after));
+        if let Some(session) = self.clients.duckchat.get_mut(&src) {
+            session.list_paced = true;
+            // An empty name sorts before every channel (names are never empty).
+            let after = last.unwrap_or(Name::EMPTY);
+            self.clients.paced.push_back((src, after));
+        }
     }
 
     /// Goes on with the LIST answers that ran out of budget, for clients still logged in.
@@ -554,7 +563,8 @@ impl Engine {
             let Some((client, after)) = self.clients.paced.pop_front() else {
                 break;
             };
-            if self.clients.duckchat.contains(&client) {
+            if let Some(session) = self.clients.duckchat.get_mut(&client) {
+                session.list_paced = false; // set again if it has to wait once more
                 let after = (!after.is_empty()).then_some(after);
                 self.answer_list(now, client, after, out);
             }

@@ -364,10 +364,7 @@ impl Engine {
     /// When `handle_timeout` should next be called.
     pub fn next_timeout(&self) -> Duration {
         let retransmit = self.group.as_ref().and_then(|g| g.next_timer());
-        let pace = self
-            .clients
-            .pacing()
-            .then_some(self.next_sweep.min(self.next_pace));
+        let pace = self.clients.pacing().then_some(self.next_pace);
         self.next_refresh
             .min(self.next_sweep)
             .min(retransmit.unwrap_or(Duration::MAX))
