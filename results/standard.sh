@@ -12,3 +12,5 @@ done
 lg --clients 10000 --zipf 1.0 --channels 1000 --rate 500 --io uring   # a few huge channels
 lg --scenario federation --clients 10000 --members 10 --neighbors 2 --rate 10000 --io uring
 lg --scenario churn --clients 10000 --members 10 --churn-rate 2000 --rate 15000 --io uring
+# Forged sources need a raw socket: root or CAP_NET_RAW.
+lg --scenario hostile --clients 10000 --members 10 --rate 15000 --hostile-rate 1000000 --io uring

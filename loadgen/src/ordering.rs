@@ -13,6 +13,7 @@ use chat_router::rng::Rng;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct OrderingResult {
     pub latency: Latency,
     /// From the first send to the last delivery.
     pub elapsed: Duration,
+    /// Datagrams the kernel dropped at the clients' own sockets (full receive queues): a loss
+    /// these explain is the test machine's, not the routers'.
+    pub client_socket_drops: u64,
 }
 
 impl OrderingResult {
@@ -59,6 +63,7 @@ impl OrderingResult {
              fifo violations    {}\n\
              total violations   {}{}\n\
              latency us         p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
+             client drops       {} (kernel, at the clients' sockets)\n\
              verdict            {}\n",
             r.sent,
             r.delivered,
@@ -76,6 +81,7 @@ impl OrderingResult {
             p.p99_us,
             p.p999_us,
             p.max_us,
+            self.client_socket_drops,
             if r.clean(total) {
                 "clean"
             } else {
@@ -178,10 +184,16 @@ pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
     for client in &clients {
         let _ = client.socket.send_to(b"/quit", client.server);
     }
+    let client_socket_drops = clients
+        .iter()
+        .filter_map(|c| chat_router::io::sys::socket_drops(c.socket.as_raw_fd()).ok())
+        .map(u64::from)
+        .sum();
     Ok(OrderingResult {
         report: tally.checker.report(),
         latency: tally.latency,
         elapsed: tally.last_arrival.saturating_duration_since(schedule.start),
+        client_socket_drops,
     })
 }
 

@@ -36,6 +36,8 @@ fn free_addr() -> SocketAddr {
 
 struct Cluster {
     routers: Vec<Child>,
+    /// Every line the routers print, with the router's index.
+    lines: mpsc::Receiver<(usize, String)>,
     members: Vec<Member>,
     proxy: Option<Proxy>,
     file: PathBuf,
@@ -101,22 +103,57 @@ impl Cluster {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if line.contains("listening on") {
-                        let _ = tx.send(i);
-                    }
+                    let _ = tx.send((i, line));
                 }
             });
             routers.push(child);
         }
-        for _ in 0..n {
-            rx.recv_timeout(Duration::from_secs(20))
+        let mut listening = 0;
+        while listening < n {
+            let (_, line) = rx
+                .recv_timeout(Duration::from_secs(20))
                 .expect("every router prints its listening line");
+            listening += usize::from(line.contains("listening on"));
         }
         Cluster {
             routers,
+            lines: rx,
             members,
             proxy: None,
             file,
+        }
+    }
+
+    /// Stops the routers with SIGINT and returns the counters they print: what they dropped,
+    /// and what the kernel dropped at their sockets, to tell a router's loss from the machine's.
+    fn stop_and_report(&mut self) -> String {
+        for r in &self.routers {
+            let _ = Command::new("kill")
+                .args(["-INT", &r.id().to_string()])
+                .status();
+        }
+        for r in &mut self.routers {
+            let _ = r.wait();
+        }
+        let mut report = String::new();
+        while let Ok((i, line)) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            if line.contains("drops:") {
+                report += &format!("router {i}: {line}\n");
+            }
+        }
+        report
+    }
+
+    /// Fails with the ordering table, the clients' socket drops and the routers' counters
+    /// unless the run was clean and delivered everything.
+    fn assert_clean(&mut self, label: &str, result: &OrderingResult, total: bool) {
+        let r = &result.report;
+        if !r.clean(total) || r.delivered != r.expected {
+            panic!(
+                "{label}:\n{}{}",
+                result.table(total),
+                self.stop_and_report()
+            );
         }
     }
 
@@ -144,26 +181,19 @@ impl Cluster {
 #[test]
 fn three_servers_in_every_mode_behind_a_reordering_proxy() {
     for order in ["unordered", "fifo", "total"] {
-        let cluster = Cluster::start(3, order, Duration::from_millis(15), 0.0);
+        let mut cluster = Cluster::start(3, order, Duration::from_millis(15), 0.0);
         let result = cluster.check(30, 3, 10, 40);
-        let total = order == "total";
-        assert!(
-            result.report.clean(total),
-            "{order}:\n{}",
-            result.table(total)
-        );
-        assert_eq!(result.report.delivered, result.report.expected);
+        cluster.assert_clean(order, &result, order == "total");
     }
 }
 
 #[test]
 fn ten_servers_and_250_clients_in_total_order() {
-    let cluster = Cluster::start(10, "total", Duration::from_millis(10), 0.0);
+    let mut cluster = Cluster::start(10, "total", Duration::from_millis(10), 0.0);
     let result = cluster.check(250, 10, 4, 40);
-    assert!(result.report.clean(true), "{}", result.table(true));
     // Rooms of 20 and 30 members (250 clients over 10 servers and 10 rooms).
     assert_eq!(result.report.expected, 4 * (5 * 30 * 30 + 5 * 20 * 20));
-    assert_eq!(result.report.delivered, result.report.expected);
+    cluster.assert_clean("total", &result, true);
 }
 
 #[test]
@@ -172,12 +202,7 @@ fn fifo_and_total_order_survive_two_percent_loss() {
         let mut cluster = Cluster::start(3, order, Duration::from_millis(5), 0.02);
         // 1000-byte messages: every one crosses between servers as two fragments.
         let result = cluster.check(30, 3, 10, 1000);
-        let total = order == "total";
-        assert!(
-            result.report.clean(total),
-            "{order}:\n{}",
-            result.table(total)
-        );
+        cluster.assert_clean(order, &result, order == "total");
         let stats = cluster.proxy_stats();
         assert!(stats.dropped > 0, "{stats:?}");
         assert_eq!(stats.truncated, 0, "no server datagram exceeds 999 bytes");
