@@ -159,13 +159,13 @@ impl RunRecord {
         let mut s = String::new();
         let _ = write!(s, "{:<26}", self.scenario);
         for (name, _) in &phases {
-            let _ = write!(s, "{name:>14}");
+            let _ = write!(s, " {name:>17}");
         }
         s.push('\n');
         for (label, value) in rows() {
             let _ = write!(s, "{label:<26}");
             for (_, p) in &phases {
-                let _ = write!(s, "{:>14}", value(p));
+                let _ = write!(s, " {:>17}", value(p));
             }
             s.push('\n');
         }
