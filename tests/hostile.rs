@@ -68,7 +68,7 @@ fn reply_loop_probes(cores: &str, io: &str) {
     assert!(status.success());
 }
 
-/// 30,000 forged logins and keep-alives from one address while a real user, from another,
+/// 300,000 forged logins and keep-alives from one address while a real user, from another,
 /// logs in and chats: every one of its messages comes back.
 fn login_flood(cores: &str, io: &str) {
     let router = Router::start(free_port(), &[], &["--cores", cores, "--io", io]);
@@ -77,12 +77,12 @@ fn login_flood(cores: &str, io: &str) {
     };
     let mut spoofer = Spoofer::new().expect("raw sockets need root or CAP_NET_RAW");
     let flood = std::thread::spawn(move || {
-        for i in 0..30_000u32 {
+        for i in 0..300_000u32 {
             let from = SocketAddrV4::new([127, 66, 0, 1].into(), 1024 + (i % 60_000) as u16);
             let _ = spoofer.send(from, target, &datagram(duckchat::LOGIN, 36, b"bot"));
             let _ = spoofer.send(from, target, &datagram(duckchat::KEEP_ALIVE, 4, b""));
-            if i % 256 == 255 {
-                // Paced (about 50k datagrams/s) so that it does not simply fill the socket.
+            if i % 512 == 511 {
+                // Paced (about 100k datagrams/s) so that it does not simply fill the socket.
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
