@@ -2,23 +2,15 @@
 //! channel of N members on a single shard, from decoding to the outbox holding N sends.
 //! Throughput is in deliveries, so criterion reports time per delivery directly.
 
+mod common;
+
 use chat_router::engine::{Config, Engine, Outbox};
-use chat_router::proto::duckchat::{Inbound, SayLayout};
+use chat_router::proto::duckchat::Inbound;
+use common::{client, encoded};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn encoded(request: Inbound) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = request.encode(&mut buf, SayLayout::UserFirst).unwrap();
-    buf.truncate(n);
-    buf
-}
-
-fn client(i: u32) -> SocketAddr {
-    SocketAddr::from(([127, 0, (i >> 16) as u8 + 1, (i >> 8) as u8], i as u16))
-}
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");

@@ -5,24 +5,15 @@
 //! expired in timer steps of at most 1,024 (criterion reports the cost per member; a step
 //! costs at most 1,024 times that).
 
+mod common;
+
 use chat_router::engine::{Config, Engine, Outbox};
-use chat_router::proto::duckchat::{Inbound, SayLayout};
+use chat_router::proto::duckchat::Inbound;
+use common::{client, encoded};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn encoded(request: Inbound) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let n = request.encode(&mut buf, SayLayout::UserFirst).unwrap();
-    buf.truncate(n);
-    buf
-}
-
-/// 256 clients per address, well within the default sessions per address.
-fn client(i: u32) -> SocketAddr {
-    SocketAddr::from(([127, 0, (i >> 16) as u8 + 1, (i >> 8) as u8], i as u16))
-}
 
 fn membership(c: &mut Criterion) {
     let mut group = c.benchmark_group("join_and_leave");

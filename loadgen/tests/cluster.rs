@@ -27,11 +27,20 @@ fn router_binary() -> PathBuf {
     path
 }
 
+/// An address nobody else will take: a port the kernel found free on a loopback IP of this
+/// call's own. (A port free on 127.0.0.1 a moment ago may be handed to another test's socket
+/// before the router or the proxy binds it; on an IP no other socket uses, it stays free.)
 fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        100 + (pid % 100) as u8,
+        (n / 250 % 256) as u8,
+        (n % 250) as u8 + 1,
+    );
+    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap()
 }
 
 struct Cluster {

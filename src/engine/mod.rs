@@ -78,8 +78,8 @@ impl Default for Limits {
             channels_per_user: 256,
             channels: 10_000,
             recent_ids: 1 << 16,
-            reply_burst: 512 * 1024,
-            reply_bytes_per_sec: 128 * 1024,
+            reply_burst: 64 * 1024,
+            reply_bytes_per_sec: 16 * 1024,
             errors_in_a_row: 32,
         }
     }
