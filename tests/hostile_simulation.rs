@@ -375,3 +375,42 @@ fn a_source_without_a_session_never_gets_more_bytes_than_it_sent() {
         "strangers do get answers that fit: {answered}"
     );
 }
+
+#[test]
+fn a_large_who_to_a_spoofed_address_is_paced_by_its_reply_budget() {
+    const BURST: u64 = 4096;
+    const RATE: u64 = 8192;
+    for shards in SHARDS {
+        let mut sim = server(8, shards, |c| {
+            c.limits.reply_burst = BURST;
+            c.limits.reply_bytes_per_sec = RATE;
+        });
+        // 500 members in Common: 16 kB of names.
+        for i in 0..500 {
+            sim.login(spoofed(1000 + i), 4000, &format!("member-{i:03}"));
+        }
+        sim.run_for(SETTLE);
+        let victim = SocketAddr::from(([10, 0, 0, 7], 9));
+        sim.send(victim, 4000, Inbound::Login { user: b"v" });
+        for _ in 0..5 {
+            sim.send(victim, 4000, Inbound::Who { channel: b"Common" });
+        }
+        sim.run_for(Duration::from_millis(50));
+        let bytes = |sim: &Sim| -> u64 { sim.raw(victim).iter().map(|d| d.len() as u64).sum() };
+        let early = bytes(&sim);
+        assert!(early > 0, "the burst is sent at once");
+        assert!(
+            early <= BURST + RATE / 10,
+            "{early} bytes in the first 50 ms"
+        );
+        sim.run_for(Duration::from_secs(4));
+        let listed: Vec<String> = sim
+            .decoded(victim)
+            .iter()
+            .filter_map(|l| l.strip_prefix("who Common "))
+            .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(listed.len(), 500, "all of it, once");
+        assert!(listed.windows(2).all(|w| w[0] < w[1]), "in order");
+    }
+}

@@ -28,6 +28,7 @@ pub mod group;
 mod idset;
 mod members;
 mod outbox;
+mod paced_who;
 mod sessions;
 mod text_clients;
 
@@ -78,8 +79,8 @@ impl Default for Limits {
             channels_per_user: 256,
             channels: 10_000,
             recent_ids: 1 << 16,
-            reply_burst: 64 * 1024,
-            reply_bytes_per_sec: 16 * 1024,
+            reply_burst: 16 * 1024,
+            reply_bytes_per_sec: 32 * 1024,
             errors_in_a_row: 32,
         }
     }
@@ -223,6 +224,7 @@ pub struct Census {
     pub owned_channels: usize,
     pub directory: usize,
     pub paced_answers: usize,
+    pub paced_who: usize,
     pub group_rooms: usize,
 }
 
@@ -257,6 +259,10 @@ impl Census {
                 "directory",
             ),
             (self.paced_answers <= clients::MAX_PACED, "paced answers"),
+            (
+                self.paced_who <= paced_who::MAX_WAITING,
+                "paced WHO answers",
+            ),
             (self.group_rooms <= channels, "cluster rooms"),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -347,8 +353,14 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut census = self.clients.census();
         census.owned_channels = self.channels.owned_count();
+        census.paced_who = self.channels.paced_who.len();
         census.group_rooms = self.group.as_ref().map_or(0, group::Group::room_count);
         census
+    }
+
+    /// LIST or WHO answers are waiting for reply budget.
+    fn pacing(&self) -> bool {
+        self.clients.pacing() || !self.channels.paced_who.is_empty()
     }
 
     /// Whether `addr` has a session of either protocol on this shard.
@@ -364,7 +376,7 @@ impl Engine {
     /// When `handle_timeout` should next be called.
     pub fn next_timeout(&self) -> Duration {
         let retransmit = self.group.as_ref().and_then(|g| g.next_timer());
-        let pace = self.clients.pacing().then_some(self.next_pace);
+        let pace = self.pacing().then_some(self.next_pace);
         self.next_refresh
             .min(self.next_sweep)
             .min(retransmit.unwrap_or(Duration::MAX))
@@ -430,9 +442,10 @@ impl Engine {
             }
             self.expire_neighbors(now, out);
         }
-        if self.clients.pacing() && now >= self.next_pace {
+        if self.pacing() && now >= self.next_pace {
             self.next_pace = now + clients::PACE_TICK;
             self.pace_answers(now, out);
+            self.pace_who(now, out);
         }
         if now >= self.next_refresh {
             self.next_refresh = now + self.cfg.s2s_refresh;
