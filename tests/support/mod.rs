@@ -13,13 +13,28 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// How long silence must last before "nothing more arrives" is believed.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-/// A port that was free a moment ago (the kernel hands out ephemeral ports at random).
+/// A free port for a router, below the kernel's ephemeral range (32768 and up by default):
+/// a port the kernel picked for us could be handed to another test's client socket before
+/// the router binds it, while one below that range is only ever taken by name. Each test
+/// binary starts at its own offset, then counts up, skipping ports in use.
 pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() * 997 % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from {FIRST} to {}", FIRST + SPAN);
 }
 
 pub struct Router {
