@@ -414,3 +414,38 @@ fn a_large_who_to_a_spoofed_address_is_paced_by_its_reply_budget() {
         assert!(listed.windows(2).all(|w| w[0] < w[1]), "in order");
     }
 }
+
+#[test]
+fn a_cluster_server_never_answers_another_servers_bind_address() {
+    use chat_router::engine::{Cluster, Member, Order};
+    // Forwarding addresses differ from bind addresses, as behind the proxy.
+    let members: Vec<Member> = (1..=3u16)
+        .map(|i| Member {
+            forward: addr(8000 + i),
+            bind: addr(5000 + i),
+        })
+        .collect();
+    let mut cfg = Config::new(members[0].bind);
+    cfg.cluster = Some(Cluster {
+        members: members.clone(),
+        me: 0,
+        order: Order::Total,
+    });
+    let mut engine = Engine::new(0, 1, std::sync::Arc::new(cfg), 1, Duration::ZERO);
+    let mut out = Outbox::with_capacity(64);
+    for from in [
+        members[1].bind,
+        members[2].bind,
+        members[0].bind,
+        members[0].forward,
+    ] {
+        for line in [
+            &b"x"[..],
+            b"/nick a-nick-long-enough-for-its-answer-to-be-sent",
+        ] {
+            engine.handle_datagram(Duration::ZERO, from, line, &mut out);
+            assert!(out.sends().is_empty(), "answered {from}");
+        }
+    }
+    assert_eq!(engine.counters().drops(DropReason::FromServer), 8);
+}

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::process::Command;
+
 use support::{free_port, say_text, until_federated, Client, Reply, Router};
 
 /// Every (cores, io) combination the router must work with.
@@ -299,6 +301,58 @@ fn verbose_prints_the_course_log_lines() {
         line,
         format!("127.0.0.1:{pa} 127.0.0.1:{pb} send S2S Join Common")
     );
+}
+
+/// Sum of `key=N` over the shard lines of a router's shutdown report.
+fn shard_sum(output: &[String], key: &str) -> u64 {
+    output
+        .iter()
+        .filter(|l| l.starts_with("shard "))
+        .filter_map(|l| l.split(key).nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn every_datagram_sent_is_counted_in_or_as_a_kernel_drop() {
+    for io in ["mmsg", "uring"] {
+        let router = Router::start(free_port(), &[], &["--cores", "1", "--io", io]);
+        let pid = router.child.id().to_string();
+        let sender = Client::new(router.addr());
+        // Stopped, the router reads nothing: its socket fills and the kernel drops the rest.
+        assert!(Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let mut sent = 0u64;
+        for i in 0..20_000u32 {
+            // An unknown type code: counted, and (4 bytes, from a stranger) never answered.
+            let mut datagram = [0u8; 100];
+            datagram[..4].copy_from_slice(&(1000 + i as i32).to_le_bytes());
+            sent += u64::from(sender.try_raw(&datagram));
+        }
+        assert!(Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        // A login after the burst, answered once everything before it has been read.
+        let user = Client::connect(router.addr(), "last");
+        drop(user);
+        let (status, output) = router.interrupt();
+        assert!(status.success());
+        let (seen, dropped) = (
+            shard_sum(&output, " in="),
+            shard_sum(&output, "kernel_drops="),
+        );
+        assert!(dropped > 0, "{io}: the socket overflowed: {output:?}");
+        // The sign-in's own datagrams (LOGIN, JOIN, WHO, perhaps repeated) come on top.
+        let signing_in = seen + dropped - sent;
+        assert!(
+            (3..=60).contains(&signing_in),
+            "{io}: {sent} sent, {seen} in, {dropped} dropped by the kernel"
+        );
+    }
 }
 
 #[test]

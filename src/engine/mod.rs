@@ -308,9 +308,14 @@ impl Engine {
         if let Some(c) = &cfg.cluster {
             for (i, m) in c.members.iter().enumerate() {
                 servers.insert(m.bind, Server::Other);
-                if i != c.me as usize {
-                    servers.insert(m.forward, Server::Peer(i as u16));
-                }
+                // This server's own forwarding address is the proxy's socket for it: what comes
+                // from there is forged, and an answer there would come back to it.
+                let role = if i == c.me as usize {
+                    Server::Other
+                } else {
+                    Server::Peer(i as u16)
+                };
+                servers.insert(m.forward, role);
             }
         }
         for (i, &n) in cfg.neighbors.iter().enumerate() {

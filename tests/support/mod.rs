@@ -289,6 +289,11 @@ impl Client {
         self.sock.send_to(bytes, self.server).unwrap();
     }
 
+    /// Sends a datagram; false when the kernel refused it (a full send buffer).
+    pub fn try_raw(&self, bytes: &[u8]) -> bool {
+        self.sock.send_to(bytes, self.server).is_ok()
+    }
+
     pub fn login(&self, name: &str) {
         self.raw(&with_field(head(0), name, 32));
     }
