@@ -247,33 +247,39 @@ fn a_large_list_to_a_spoofed_address_is_paced_by_its_reply_budget() {
         }
         sim.run_for(SETTLE);
         // LOGIN + LIST (40 bytes) spoofed from the victim: 401 channels, 12.8 kB of answer.
-        let victim = SocketAddr::from(([10, 0, 0, 7], 9));
-        sim.send(victim, 4000, Inbound::Login { user: b"v" });
-        // More LISTs while the first is paced add nothing: one answer waits per session.
-        for _ in 0..5 {
-            sim.send(victim, 4000, Inbound::List);
-        }
-        sim.run_for(Duration::from_millis(50));
-        let bytes = |sim: &Sim| -> u64 { sim.raw(victim).iter().map(|d| d.len() as u64).sum() };
-        let early = bytes(&sim);
-        assert!(early > 0, "the burst is sent at once");
+        let (early, listed) = aim_at(&mut sim, Inbound::List, "list ", Duration::from_secs(3));
         assert!(
             early <= (BURST + RATE / 10) * u64::from(shards),
             "{early} bytes in the first 50 ms"
         );
-        sim.run_for(Duration::from_secs(3));
-        let listed: Vec<String> = sim
-            .decoded(victim)
-            .iter()
-            .filter_map(|l| l.strip_prefix("list "))
-            .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
-            .collect();
         assert_eq!(listed.len(), 401, "all of it, in the end");
         assert!(
             listed.windows(2).all(|w| w[0] < w[1]),
             "in order, once each"
         );
     }
+}
+
+/// A forged LOGIN and five `request`s from a victim's address, the later ones while the first
+/// answer is still being paced (they add nothing). Returns the bytes the victim got in the
+/// first 50 ms, and after `then` the names of every answer datagram starting with `prefix`.
+fn aim_at(sim: &mut Sim, request: Inbound, prefix: &str, then: Duration) -> (u64, Vec<String>) {
+    let victim = SocketAddr::from(([10, 0, 0, 7], 9));
+    sim.send(victim, 4000, Inbound::Login { user: b"v" });
+    for _ in 0..5 {
+        sim.send(victim, 4000, request);
+    }
+    sim.run_for(Duration::from_millis(50));
+    let early: u64 = sim.raw(victim).iter().map(|d| d.len() as u64).sum();
+    assert!(early > 0, "the burst is sent at once");
+    sim.run_for(then);
+    let names = sim
+        .decoded(victim)
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    (early, names)
 }
 
 fn encoded(request: Inbound) -> Vec<u8> {
@@ -390,26 +396,12 @@ fn a_large_who_to_a_spoofed_address_is_paced_by_its_reply_budget() {
             sim.login(spoofed(1000 + i), 4000, &format!("member-{i:03}"));
         }
         sim.run_for(SETTLE);
-        let victim = SocketAddr::from(([10, 0, 0, 7], 9));
-        sim.send(victim, 4000, Inbound::Login { user: b"v" });
-        for _ in 0..5 {
-            sim.send(victim, 4000, Inbound::Who { channel: b"Common" });
-        }
-        sim.run_for(Duration::from_millis(50));
-        let bytes = |sim: &Sim| -> u64 { sim.raw(victim).iter().map(|d| d.len() as u64).sum() };
-        let early = bytes(&sim);
-        assert!(early > 0, "the burst is sent at once");
+        let who = Inbound::Who { channel: b"Common" };
+        let (early, listed) = aim_at(&mut sim, who, "who Common ", Duration::from_secs(4));
         assert!(
             early <= BURST + RATE / 10,
             "{early} bytes in the first 50 ms"
         );
-        sim.run_for(Duration::from_secs(4));
-        let listed: Vec<String> = sim
-            .decoded(victim)
-            .iter()
-            .filter_map(|l| l.strip_prefix("who Common "))
-            .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
-            .collect();
         assert_eq!(listed.len(), 500, "all of it, once");
         assert!(listed.windows(2).all(|w| w[0] < w[1]), "in order");
     }
