@@ -111,6 +111,9 @@ pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
     for c in 0..args.clients {
         let mut socket =
             UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(LoadError::Socket)?;
+        // Deliveries come in bursts (a room's messages, retransmissions after a loss) and this
+        // process may not be scheduled when they do: the default buffer holds ~90 of them.
+        let _ = chat_router::io::sys::set_receive_buffer(socket.as_raw_fd(), 4 << 20);
         poll.registry()
             .register(&mut socket, Token(c), Interest::READABLE)
             .map_err(LoadError::Socket)?;

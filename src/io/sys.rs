@@ -34,6 +34,12 @@ fn set_int_opt(
     check(ret).map(drop)
 }
 
+/// Asks for a receive buffer of `bytes` (the kernel caps it at net.core.rmem_max): room for a
+/// burst that arrives while the owner is not scheduled.
+pub fn set_receive_buffer(fd: RawFd, bytes: i32) -> io::Result<()> {
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+}
+
 /// Datagrams the kernel dropped at this socket since it was opened (its receive queue was
 /// full, or no buffer was free): SO_MEMINFO's drop count, which wraps at 2^32.
 pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
@@ -76,7 +82,7 @@ pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
         set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
     // Large buffers absorb bursts; the kernel caps them at net.core.*mem_max, which is fine.
-    let _ = set_int_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 8 << 20);
+    let _ = set_receive_buffer(raw, 8 << 20);
     let _ = set_int_opt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
