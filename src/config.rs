@@ -36,6 +36,8 @@ pub enum ConfigError {
     Index { index: usize, servers: usize },
     #[error("{0}")]
     Conflict(&'static str),
+    #[error("--cores {0}: at most {max} shards", max = crate::runtime::MAX_SHARDS)]
+    TooManyShards(usize),
 }
 
 /// `500ms`, `2s`, `1m`, `1h`, `250us`; fractions allowed (`1.5s`).

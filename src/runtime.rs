@@ -15,8 +15,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// Messages in flight from one shard to another before drops start (counted as `queue_full`).
-const QUEUE_CAPACITY: usize = 8192;
+/// Memory for the whole mesh of queues between shards (n^2 queues), whatever the number of
+/// shards: each queue's depth (messages in flight from one shard to another before drops
+/// start, counted as `queue_full`) follows from it, within the bounds below.
+pub const QUEUE_MESH_BUDGET: usize = 16 << 20;
+const MAX_QUEUE_DEPTH: usize = 8192;
+const MIN_QUEUE_DEPTH: usize = 16;
+/// The most shards a router runs.
+pub const MAX_SHARDS: usize = 64;
+/// One queue slot: the message and the queue's sequence stamp.
+const SLOT: usize = std::mem::size_of::<ShardMsg>() + std::mem::size_of::<usize>();
+// The budget holds the mesh at every shard count up to the maximum.
+const _: () = assert!(QUEUE_MESH_BUDGET / (MAX_SHARDS * MAX_SHARDS * SLOT) >= MIN_QUEUE_DEPTH);
+
+/// The depth of each queue of a mesh of `shards`.
+pub fn queue_depth(shards: usize) -> usize {
+    (QUEUE_MESH_BUDGET / (shards * shards * SLOT)).clamp(MIN_QUEUE_DEPTH, MAX_QUEUE_DEPTH)
+}
 /// Messages handled from one queue before the shard turns back to its socket.
 const DRAIN_BUDGET: usize = 1024;
 /// The longest a shard sleeps, so that a stop request is seen promptly even without a wake-up.
@@ -46,6 +61,8 @@ pub enum RuntimeError {
     },
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("--cores {0}: at most {MAX_SHARDS} shards")]
+    TooManyShards(usize),
 }
 
 /// What every shard shares.
@@ -142,8 +159,11 @@ impl Drop for Running {
 /// Binds the sockets and starts one pinned thread per shard; returns once every shard is ready.
 /// Shard threads are named `shard-N`, so their CPU time can be read from /proc.
 pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
-    let (io_kind, fallback) = io::choose(cfg.io).map_err(RuntimeError::Uring)?;
     let shards = cfg.cores.max(1);
+    if shards > MAX_SHARDS {
+        return Err(RuntimeError::TooManyShards(shards));
+    }
+    let (io_kind, fallback) = io::choose(cfg.io).map_err(RuntimeError::Uring)?;
     let addr = cfg.engine.local;
     claim(addr)?;
     let sockets = (0..shards)
@@ -168,7 +188,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         .collect::<Result<Vec<_>, RuntimeError>>()?;
     let shared = Arc::new(Shared {
         queues: (0..shards * shards)
-            .map(|_| ArrayQueue::new(QUEUE_CAPACITY))
+            .map(|_| ArrayQueue::new(queue_depth(shards)))
             .collect(),
         wakers,
         stop: AtomicBool::new(false),

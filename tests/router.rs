@@ -252,6 +252,7 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
         &["127.0.0.1", "notaport"],
         &["--user-timeout", "5"],
         &["--cores", "0"],
+        &["--cores", "999"],
         &["--bogus"],
         &["--io", "carrier-pigeon"],
         &["no.such.host.invalid.", "4000"],
@@ -269,6 +270,32 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("router: "), "{stderr}");
+    }
+}
+
+/// What a router holds at start, read from /proc: the queue mesh stays within its budget
+/// whatever the number of shards (it grew with their square: 1.45 GB at 64 shards before).
+#[test]
+fn memory_at_start_follows_the_queue_budget() {
+    for shards in [1usize, 8, 64] {
+        let n = shards.to_string();
+        let router = Router::start(free_port(), &[], &["--cores", &n]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", router.child.id()));
+        let rss_kib: usize = status
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        // The process and its first shard, each further shard (its engine, its io_uring and
+        // receive buffers), and the mesh.
+        let bound = 8 * 1024 + shards * 1024 + chat_router::runtime::QUEUE_MESH_BUDGET / 1024;
+        assert!(
+            rss_kib <= bound,
+            "{shards} shards: {rss_kib} KiB at start, budget {bound} KiB"
+        );
+        let (status, _) = router.interrupt();
+        assert!(status.success());
     }
 }
 

@@ -227,9 +227,14 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         sys::random_u64(),
         sys::random_u64(),
     ];
-    let cores = cli
-        .cores
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cli.cores.unwrap_or(available.min(runtime::MAX_SHARDS));
+    if cores > runtime::MAX_SHARDS {
+        return Err(ConfigError::TooManyShards(cores));
+    }
+    if cores > available {
+        eprintln!("router: warning: --cores {cores} is more than the {available} cores here; shards will share them");
+    }
     Ok(RuntimeConfig {
         engine,
         cores,
