@@ -3,6 +3,7 @@ pub mod config;
 pub mod engine;
 pub mod fuzz;
 pub mod io;
+pub mod mesh;
 pub mod proto;
 pub mod rng;
 pub mod runtime;

@@ -1,11 +1,15 @@
 //! Threads and queues: one shard per core, each pinned, with its own SO_REUSEPORT socket, its
 //! own I/O backend and its own engine. Shards talk through a full mesh of bounded lock-free
-//! queues (`queues[from * n + to]`, each with one producer and one consumer); a producer writes
-//! the consumer's eventfd only when the consumer has said it is about to sleep. The main thread
+//! queues (`queues[from * n + to]`, each with one producer and one consumer, their depth from
+//! one memory budget); a producer writes the consumer's eventfd only when the consumer has said
+//! it is about to sleep. A message that finds its queue full waits in the producer's
+//! [`Outgoing`]: membership is never lost, and a shard with too much of it waiting stops reading
+//! its socket until the others catch up. The main thread
 //! owns nothing on the hot path: it waits for SIGINT/SIGTERM, prints stats, and stops the shards.
 
-use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
+use crate::engine::{Config, Counters, Engine, Outbox, ShardMsg};
 use crate::io::{self, sys, Backend, IoKind};
+use crate::mesh::Outgoing;
 use crossbeam_queue::ArrayQueue;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -36,6 +40,8 @@ pub fn queue_depth(shards: usize) -> usize {
 const DRAIN_BUDGET: usize = 1024;
 /// The longest a shard sleeps, so that a stop request is seen promptly even without a wake-up.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// The longest a shard sleeps while messages wait for room in another shard's queue.
+const RETRY_SLEEP: Duration = Duration::from_micros(200);
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -343,25 +349,30 @@ fn shard_loop(
     shared: &Shared,
 ) {
     let mut out = Outbox::with_capacity(4096);
+    let mut outgoing = Outgoing::new(shared.shards);
     let counters = engine.counters().clone();
     let mut kernel_drops = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.epoch.elapsed();
         let mut work = drain_inbox(me, now, &mut engine, &mut out, shared);
-        work += backend.recv(&counters, &mut |src, bytes| {
-            // Causality: a message another shard queued before this datagram arrived (say, the
-            // directory entry for a channel whose creation the sender has already seen
-            // acknowledged) is handled first. Empty queues cost a few loads.
-            drain_inbox(me, now, &mut engine, &mut out, shared);
-            engine.handle_datagram(now, src, bytes, &mut out)
-        });
+        // Too much control waiting for other shards: take nothing new from the socket (the
+        // kernel queues, then drops and counts) until they have caught up.
+        if !outgoing.backlogged() {
+            work += backend.recv(&counters, &mut |src, bytes| {
+                // Causality: a message another shard queued before this datagram arrived (say,
+                // the directory entry for a channel whose creation the sender has already seen
+                // acknowledged) is handled first. Empty queues cost a few loads.
+                drain_inbox(me, now, &mut engine, &mut out, shared);
+                engine.handle_datagram(now, src, bytes, &mut out)
+            });
+        }
         if now >= engine.next_timeout() {
             engine.handle_timeout(now, &mut out);
             copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
         }
-        flush(me, &mut out, &mut backend, &counters, shared);
+        work += flush(me, &mut out, &mut outgoing, &mut backend, &counters, shared);
         if work == 0 {
-            sleep(me, &engine, &mut backend, shared);
+            sleep(me, &engine, &mut backend, !outgoing.is_empty(), shared);
         }
     }
     copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
@@ -399,22 +410,37 @@ fn drain_inbox(
     handled
 }
 
-/// Queues messages for other shards before sending datagrams, so that whatever a client does
-/// after seeing a reply happens after those messages were queued.
-fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters, shared: &Shared) {
-    if out.is_empty() {
-        return;
-    }
-    for (to, msg) in out.take_msgs() {
-        let to = to as usize;
-        if shared.queue(me, to).push(msg).is_err() {
-            counters.dropped(DropReason::QueueFull);
-            continue;
+/// Queues messages for other shards (those still waiting first) before sending datagrams, so
+/// that whatever a client does after seeing a reply happens after those messages were queued.
+/// Returns how many waiting messages went.
+fn flush(
+    me: usize,
+    out: &mut Outbox,
+    outgoing: &mut Outgoing,
+    backend: &mut Backend,
+    counters: &Counters,
+    shared: &Shared,
+) -> usize {
+    let mut push = |to: usize, msg: ShardMsg| -> Option<ShardMsg> {
+        if let Err(full) = shared.queue(me, to).push(msg) {
+            return Some(full);
         }
         // Clearing the flag makes this the only notification until the consumer sleeps again.
         if shared.wakers[to].sleeping.swap(false, Ordering::SeqCst) {
             shared.wakers[to].eventfd.notify();
         }
+        None
+    };
+    let moved = if outgoing.is_empty() {
+        0
+    } else {
+        outgoing.retry(&mut push)
+    };
+    if out.is_empty() {
+        return moved;
+    }
+    for (to, msg) in out.take_msgs() {
+        outgoing.send(to as usize, msg, &mut push, counters);
     }
     if !out.log_text().is_empty() {
         let mut stdout = std::io::stdout().lock();
@@ -432,17 +458,21 @@ fn flush(me: usize, out: &mut Outbox, backend: &mut Backend, counters: &Counters
         backend.send(out, counters);
     }
     out.clear();
+    moved
 }
 
 /// Announces the intent to sleep, re-checks the queues (a producer that pushed before seeing the
 /// flag would not wake us), then sleeps until a datagram, a wake-up or the next timer.
-fn sleep(me: usize, engine: &Engine, backend: &mut Backend, shared: &Shared) {
+/// With messages `waiting` for full queues, it sleeps briefly: no one wakes a producer when a
+/// consumer makes room.
+fn sleep(me: usize, engine: &Engine, backend: &mut Backend, waiting: bool, shared: &Shared) {
     let waker = &shared.wakers[me];
     waker.sleeping.store(true, Ordering::SeqCst);
     let pending = (0..shared.shards).any(|from| !shared.queue(from, me).is_empty());
     if !pending && !shared.stop.load(Ordering::SeqCst) {
         let until_timer = engine.next_timeout().saturating_sub(shared.epoch.elapsed());
-        backend.wait(until_timer.min(MAX_SLEEP));
+        let longest = if waiting { RETRY_SLEEP } else { MAX_SLEEP };
+        backend.wait(until_timer.min(longest));
         waker.eventfd.clear();
     }
     waker.sleeping.store(false, Ordering::SeqCst);

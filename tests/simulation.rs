@@ -557,3 +557,90 @@ fn no_reply_loops_between_servers() {
     sim.run_for(SETTLE);
     assert!(sim.s2s_sent(duckchat::TXT_ERROR, Duration::ZERO).is_empty());
 }
+
+#[test]
+fn membership_survives_full_queues_between_shards() {
+    // Queues of one message between three shards: nearly every message between shards finds
+    // its queue full and waits. Memberships must all arrive, in order, and WHO must agree
+    // with delivery.
+    let mut sim = Sim::new(80, 3);
+    sim.queue_depth = Some(1);
+    sim.add_server(Sim::config(4000, &[]));
+    let users: Vec<_> = (0..30u16).map(|i| addr(50000 + i)).collect();
+    for (i, &u) in users.iter().enumerate() {
+        sim.login(u, 4000, &format!("u{i:02}"));
+        for c in 0..8 {
+            let name = format!("c{c}");
+            sim.send(
+                u,
+                4000,
+                Inbound::Join {
+                    channel: name.as_bytes(),
+                },
+            );
+        }
+    }
+    sim.run_for(SETTLE);
+    // Every third user leaves c3, every fifth logs out, every seventh renames itself.
+    for (i, &u) in users.iter().enumerate() {
+        if i % 3 == 0 {
+            sim.send(u, 4000, Inbound::Leave { channel: b"c3" });
+        }
+        if i % 5 == 0 {
+            sim.send(u, 4000, Inbound::Logout);
+        } else if i % 7 == 0 {
+            sim.send(
+                u,
+                4000,
+                Inbound::Login {
+                    user: format!("r{i:02}").as_bytes(),
+                },
+            );
+        }
+    }
+    sim.run_for(SETTLE);
+    sim.clear_inboxes();
+    let watcher = addr(50999);
+    sim.login(watcher, 4000, "watcher");
+    sim.run_for(SETTLE);
+    for c in 0..8 {
+        let channel = format!("c{c}");
+        let mut expected: Vec<String> = (0..30)
+            .filter(|i| i % 5 != 0 && !(c == 3 && i % 3 == 0))
+            .map(|i| {
+                if i % 7 == 0 {
+                    format!("r{i:02}")
+                } else {
+                    format!("u{i:02}")
+                }
+            })
+            .collect();
+        expected.sort();
+        sim.send(
+            watcher,
+            4000,
+            Inbound::Who {
+                channel: channel.as_bytes(),
+            },
+        );
+        sim.run_for(SETTLE);
+        let who = sim.decoded(watcher).pop().unwrap();
+        assert_eq!(who, format!("who {channel} {}", expected.join(",")));
+        // And a message in the channel reaches exactly those members.
+        say(&mut sim, 50001, 4000, &channel, "hello");
+        sim.run_for(SETTLE);
+        let heard: Vec<usize> = (0..30)
+            .filter(|&i| sim.says(users[i]).iter().any(|s| s.starts_with(&channel)))
+            .collect();
+        let members: Vec<usize> = (0..30)
+            .filter(|i| i % 5 != 0 && !(c == 3 && i % 3 == 0))
+            .collect();
+        assert_eq!(heard, members, "{channel}");
+        sim.clear_inboxes();
+    }
+    let queue_full: u64 = sim
+        .engines(4000)
+        .map(|e| e.counters().drops(DropReason::QueueFull))
+        .sum();
+    assert_eq!(queue_full, 0, "control is never dropped");
+}

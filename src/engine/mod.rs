@@ -189,6 +189,21 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
+    /// Membership (joins, leaves, renames, the directory, neighbors' subscriptions) and WHO,
+    /// which a client waits on: never dropped between shards (see [`crate::mesh`]). Chat and
+    /// the cluster's datagrams (whose streams retransmit) may be, and are counted.
+    pub fn is_control(&self) -> bool {
+        match self {
+            ShardMsg::Joined { .. }
+            | ShardMsg::Left { .. }
+            | ShardMsg::Who { .. }
+            | ShardMsg::ChannelAdded(_)
+            | ShardMsg::ChannelRemoved(_) => true,
+            ShardMsg::FromNeighbor { s2s, .. } => !matches!(s2s, S2s::Say { .. }),
+            ShardMsg::Said { .. } | ShardMsg::Deliver { .. } | ShardMsg::FromPeer { .. } => false,
+        }
+    }
+
     /// The channel a message is about: it decides the owner shard.
     fn channel(&self) -> &Name {
         match self {

@@ -66,6 +66,9 @@ pub struct Sim {
     pub server_log: Vec<Wire>,
     outbox: Outbox,
     client_links: HashMap<(SocketAddr, SocketAddr), Duration>,
+    /// Queues between shards of this depth, with the runtime's waiting room for full ones
+    /// ([`chat_router::mesh::Outgoing`]); `None`: messages are handed over at once.
+    pub queue_depth: Option<usize>,
 }
 
 impl Sim {
@@ -84,6 +87,7 @@ impl Sim {
             server_log: Vec::new(),
             outbox: Outbox::with_capacity(64),
             client_links: HashMap::new(),
+            queue_depth: None,
         }
     }
 
@@ -256,6 +260,9 @@ impl Sim {
         first: impl FnOnce(&mut Engine, &mut Outbox),
         shard: usize,
     ) {
+        if let Some(depth) = self.queue_depth {
+            return self.settle_bounded(server, first, shard, depth);
+        }
         let mut out = std::mem::take(&mut self.outbox);
         let mut queue: VecDeque<(u16, ShardMsg)> = VecDeque::new();
         {
@@ -279,6 +286,64 @@ impl Sim {
             let now = self.now;
             let srv = self.servers.get_mut(&server).expect("server exists");
             srv.shards[dst as usize].handle_message(now, msg, &mut out);
+        }
+        self.outbox = out;
+    }
+
+    /// [`Sim::settle`] with bounded queues between shards: each shard takes what waits for it
+    /// from every other, in turn, and messages that found a queue full wait in the sender's
+    /// [`Outgoing`] as they do in the runtime, until the server is quiescent.
+    fn settle_bounded(
+        &mut self,
+        server: SocketAddr,
+        first: impl FnOnce(&mut Engine, &mut Outbox),
+        shard: usize,
+        depth: usize,
+    ) {
+        use chat_router::mesh::Outgoing;
+        let n = self.shards as usize;
+        let mut out = std::mem::take(&mut self.outbox);
+        let mut queues: Vec<VecDeque<ShardMsg>> = (0..n * n).map(|_| VecDeque::new()).collect();
+        let mut outgoing: Vec<Outgoing> = (0..n).map(|_| Outgoing::new(n)).collect();
+        let counters: Vec<_> = self.servers[&server]
+            .shards
+            .iter()
+            .map(|e| e.counters().clone())
+            .collect();
+        {
+            let srv = self.servers.get_mut(&server).expect("server exists");
+            first(&mut srv.shards[shard], &mut out);
+        }
+        let mut from = shard;
+        loop {
+            // What shard `from` just produced: datagrams to the network, messages to the mesh.
+            let sends: Vec<(SocketAddr, Vec<u8>)> = out
+                .sends()
+                .iter()
+                .map(|s| (s.dst, out.bytes(s.payload).to_vec()))
+                .collect();
+            let mut push = |to, msg| offer(&mut queues[from * n + to], depth, msg);
+            for (to, msg) in out.take_msgs() {
+                outgoing[from].send(to as usize, msg, &mut push, &counters[from]);
+            }
+            out.clear();
+            for (dst, bytes) in sends {
+                self.schedule(server, dst, bytes);
+            }
+            // The next message: the first queue with one, after letting every shard retry.
+            for (s, o) in outgoing.iter_mut().enumerate() {
+                o.retry(&mut |to, msg| offer(&mut queues[s * n + to], depth, msg));
+            }
+            let Some(i) = (0..n * n).find(|&i| !queues[i].is_empty()) else {
+                assert!(outgoing.iter().all(Outgoing::is_empty), "messages stuck");
+                break;
+            };
+            let msg = queues[i].pop_front().expect("not empty");
+            let to = i % n;
+            from = to;
+            let now = self.now;
+            let srv = self.servers.get_mut(&server).expect("server exists");
+            srv.shards[to].handle_message(now, msg, &mut out);
         }
         self.outbox = out;
     }
@@ -406,4 +471,13 @@ impl Sim {
     pub fn unique(v: &[String]) -> bool {
         v.iter().collect::<HashSet<_>>().len() == v.len()
     }
+}
+
+/// Puts `msg` in a queue of `depth`; hands it back when the queue is full.
+fn offer(queue: &mut VecDeque<ShardMsg>, depth: usize, msg: ShardMsg) -> Option<ShardMsg> {
+    if queue.len() >= depth {
+        return Some(msg);
+    }
+    queue.push_back(msg);
+    None
 }
