@@ -18,6 +18,8 @@ pub const MAX_WAITING_CONTROL: usize = 16_384;
 
 pub struct Outgoing {
     waiting: Vec<VecDeque<ShardMsg>>,
+    /// Messages waiting in all, and control messages among them.
+    total: usize,
     control: usize,
 }
 
@@ -25,6 +27,7 @@ impl Outgoing {
     pub fn new(shards: usize) -> Self {
         Self {
             waiting: (0..shards).map(|_| VecDeque::new()).collect(),
+            total: 0,
             control: 0,
         }
     }
@@ -48,6 +51,7 @@ impl Outgoing {
             return counters.dropped(DropReason::QueueFull);
         }
         self.waiting[to].push_back(msg);
+        self.total += 1;
     }
 
     /// Hands waiting messages to their queues, oldest first, while there is room; returns how
@@ -56,6 +60,9 @@ impl Outgoing {
     where
         P: FnMut(usize, ShardMsg) -> Option<ShardMsg>,
     {
+        if self.total == 0 {
+            return 0;
+        }
         let mut moved = 0;
         for (to, waiting) in self.waiting.iter_mut().enumerate() {
             while let Some(msg) = waiting.pop_front() {
@@ -65,6 +72,7 @@ impl Outgoing {
                     break;
                 }
                 self.control -= usize::from(control);
+                self.total -= 1;
                 moved += 1;
             }
         }
@@ -72,7 +80,11 @@ impl Outgoing {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.waiting.iter().all(VecDeque::is_empty)
+        debug_assert_eq!(
+            self.total,
+            self.waiting.iter().map(VecDeque::len).sum::<usize>()
+        );
+        self.total == 0
     }
 
     /// So many control messages wait that the shard must stop taking new work from its socket.

@@ -431,11 +431,7 @@ fn flush(
         }
         None
     };
-    let moved = if outgoing.is_empty() {
-        0
-    } else {
-        outgoing.retry(&mut push)
-    };
+    let moved = outgoing.retry(&mut push);
     if out.is_empty() {
         return moved;
     }
