@@ -3,7 +3,6 @@
 //! loop detection, pruning and soft state (`shared/spec/duckchat.md`, "Federation").
 
 use super::members::Members;
-use super::paced_who::WhoQueue;
 use super::{Chat, Config, DropReason, Engine, IdSet, Lossy, Outbox, S2s, ShardMsg, COMMON};
 use crate::proto::duckchat::{self, Inbound, S2sSay};
 use crate::proto::{Name, Text};
@@ -53,9 +52,6 @@ pub(super) struct Channels {
     owned: AHashMap<Name, Channel>,
     seen: IdSet,
     shards: u16,
-    who_scratch: Vec<Name>,
-    /// WHO answers waiting for their destination's reply budget.
-    pub(super) paced_who: WhoQueue,
     expired: Vec<(Name, u16)>,
 }
 
@@ -65,8 +61,6 @@ impl Channels {
             owned: AHashMap::new(),
             seen: IdSet::new(cfg.limits.recent_ids, id_hash),
             shards,
-            who_scratch: Vec::new(),
-            paced_who: WhoQueue::default(),
             expired: Vec::new(),
         }
     }
@@ -316,77 +310,27 @@ impl Engine {
         }
     }
 
-    /// WHO, asked by a logged-in user whose home shard saw the channel in its directory (a
-    /// channel removed since gets no answer). The answer is charged to the client's reply
-    /// budget on this shard; what does not fit waits for the budget to return.
-    pub(super) fn answer_who(
+    /// WHO: the channel's members, sorted, sent to the asking user's home shard, which
+    /// answers (the owner never sends to a client). A channel removed since its home shard saw
+    /// it in the directory gets no answer.
+    pub(super) fn who_names(
         &mut self,
-        now: Duration,
         name: Name,
         client: SocketAddr,
+        home: u16,
         out: &mut Outbox,
     ) {
-        if self.is_server(&client) || self.channels.paced_who.waits_for(&client) {
-            return; // never to a server; or the answer to its last WHO is still going out
-        }
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
-        let mut users = std::mem::take(&mut self.channels.who_scratch);
-        users.clear();
-        users.extend(channel.members.values().copied());
-        users.sort_unstable();
-        let sent = self.send_who(now, client, &name, &users, true, out);
-        if sent < users.len() && !self.channels.paced_who.push(client, name, &users[sent..]) {
-            self.counters.dropped(DropReason::AnswerCut);
-        }
-        self.channels.who_scratch = users;
-    }
-
-    /// Sends TXT_WHO datagrams of `users` while `client`'s budget allows (an empty channel's
-    /// answer is one empty datagram when `first`); returns how many names went out.
-    fn send_who(
-        &mut self,
-        now: Duration,
-        client: SocketAddr,
-        name: &Name,
-        users: &[Name],
-        first: bool,
-        out: &mut Outbox,
-    ) -> usize {
-        let per = duckchat::names_per_datagram(duckchat::TXT_WHO_HEAD, duckchat::SPLIT_LIMIT);
-        let mut sent = 0;
-        while sent < users.len() || (first && sent == 0 && users.is_empty()) {
-            let chunk = &users[sent..(sent + per).min(users.len())];
-            let bytes = duckchat::TXT_WHO_HEAD + chunk.len() * duckchat::NAME_FIELD;
-            if !self.clients.replies.allow(now, client.ip(), bytes) {
-                break;
-            }
-            out.send_new(client, bytes, |buf| {
-                duckchat::encode_txt_who(buf, name, chunk.iter())
-            });
-            if chunk.is_empty() {
-                break;
-            }
-            sent += chunk.len();
-        }
-        sent
-    }
-
-    /// Goes on with the WHO answers waiting for budget.
-    pub(super) fn pace_who(&mut self, now: Duration, out: &mut Outbox) {
-        for _ in 0..self.channels.paced_who.len() {
-            let Some(p) = self.channels.paced_who.pop() else {
-                break;
-            };
-            let sent = self.send_who(now, p.client, &p.channel, &p.names, false, out);
-            if sent < p.names.len() {
-                // Room is certain: this entry just left the queue.
-                self.channels
-                    .paced_who
-                    .push(p.client, p.channel, &p.names[sent..]);
-            }
-        }
+        let mut names: Vec<Name> = channel.members.values().copied().collect();
+        names.sort_unstable();
+        let msg = ShardMsg::WhoNames {
+            channel: name,
+            client,
+            names: names.into(),
+        };
+        self.send_to_shard(home, msg, out);
     }
 
     /// Soft state: forget neighbors that have not refreshed a channel within the S2S timeout.

@@ -5,11 +5,12 @@
 //! - a full table evicts its longest-silent session instead of refusing a newcomer, and one IP
 //!   address may hold at most `sessions_per_ip` sessions, so spoofed logins cannot lock users out;
 //! - a source without a session never gets a reply larger than its request ([`Engine::refuse`]);
-//! - every reply is charged to its destination's [`ReplyBudget`], and a large LIST answer is
-//!   paced by it rather than sent in one burst;
+//! - every reply is charged to its destination's [`ReplyBudget`], and long LIST and WHO
+//!   answers are paced by it ([`answers`]);
 //! - a session gets at most `errors_in_a_row` errors before it does something that succeeds, so
 //!   two servers tricked into taking each other for clients stop answering each other.
 
+use super::answers;
 use super::budget::ReplyBudget;
 use super::members::Members;
 use super::sessions::Sessions;
@@ -18,11 +19,9 @@ use super::{Chat, DropReason, Engine, Limits, Lossy, Outbox, ShardMsg};
 use crate::proto::duckchat::{self, Inbound};
 use crate::proto::{text, Name, Text};
 use ahash::AHashMap;
-use arrayvec::ArrayVec;
 use smallvec::SmallVec;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Bound;
 use std::time::Duration;
 
 pub(super) struct Session {
@@ -30,9 +29,10 @@ pub(super) struct Session {
     channels: SmallVec<[Name; 4]>,
     /// Requests refused since the last one that succeeded.
     errors_in_a_row: u32,
-    /// A LIST answer to this session is waiting for reply budget; another LIST meanwhile adds
-    /// nothing (one session cannot fill the queue of waiting answers).
-    list_paced: bool,
+    /// A LIST or WHO answer to this session is waiting for reply budget: another LIST or WHO
+    /// meanwhile adds nothing (one session cannot fill the queue of waiting answers).
+    pub(super) list_waiting: bool,
+    pub(super) who_waiting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +103,8 @@ pub(super) struct Clients {
     /// Replica of every channel this server knows, sorted for LIST.
     pub(super) directory: BTreeSet<Name>,
     pub(super) replies: ReplyBudget,
-    /// LIST answers waiting for reply budget: the client and the last channel it was sent.
-    paced: VecDeque<(SocketAddr, Name)>,
+    /// LIST and WHO answers waiting for reply budget.
+    pub(super) waiting: answers::Waiting,
 }
 
 impl Clients {
@@ -116,7 +116,7 @@ impl Clients {
             local: AHashMap::new(),
             directory: BTreeSet::new(),
             replies: ReplyBudget::new(limits.reply_burst, limits.reply_bytes_per_sec, hash),
-            paced: VecDeque::new(),
+            waiting: answers::Waiting::default(),
         }
     }
 
@@ -152,14 +152,14 @@ impl Clients {
                 .map(|l| l.duckchat.len() + l.text.len())
                 .sum(),
             directory: self.directory.len(),
-            paced_answers: self.paced.len(),
+            paced_answers: self.waiting.len(),
             ..Default::default()
         }
     }
 
-    /// LIST answers still waiting for budget.
+    /// LIST or WHO answers still waiting for budget.
     pub(super) fn pacing(&self) -> bool {
-        !self.paced.is_empty()
+        !self.waiting.is_empty()
     }
 }
 
@@ -168,8 +168,6 @@ impl Clients {
 pub(super) const EXPIRE_BATCH: usize = 1024;
 /// How often paced answers and unfinished expiry go on.
 pub(super) const PACE_TICK: Duration = Duration::from_millis(5);
-/// At most this many LIST answers wait for budget per shard; more are cut and counted.
-pub(super) const MAX_PACED: usize = 4096;
 
 impl Engine {
     pub(super) fn client_request(
@@ -190,7 +188,8 @@ impl Engine {
             }
             return self.refuse(now, src, len, Refusal::NotLoggedIn, out);
         };
-        let (user, list_paced) = (session.name, session.list_paced);
+        let (user, list_waiting, who_waiting) =
+            (session.name, session.list_waiting, session.who_waiting);
         if self.cfg.verbose {
             self.log_request(src, &user, &req, out);
         }
@@ -212,7 +211,7 @@ impl Engine {
                 })
             }
             Inbound::List => {
-                if !list_paced {
+                if !list_waiting {
                     self.answer_list(now, src, None, out);
                 }
                 Ok(())
@@ -222,15 +221,18 @@ impl Engine {
                 // A channel the user is in exists even before the owner's directory update
                 // for it arrives; the owner handles the JOIN before this WHO (one queue).
                 let member = self.require_member(src, &channel).is_ok();
-                if member || self.clients.directory.contains(&channel) {
-                    let msg = ShardMsg::Who {
-                        channel,
-                        client: src,
-                    };
-                    self.send_to_owner(msg, out);
-                    Ok(())
-                } else {
+                if !member && !self.clients.directory.contains(&channel) {
                     Err(Refusal::NoChannel(channel))
+                } else {
+                    if !who_waiting {
+                        let msg = ShardMsg::Who {
+                            channel,
+                            client: src,
+                            home: self.shard,
+                        };
+                        self.send_to_owner(msg, out);
+                    }
+                    Ok(())
                 }
             }
             Inbound::KeepAlive => Ok(()),
@@ -355,7 +357,8 @@ impl Engine {
             name,
             channels: SmallVec::new(),
             errors_in_a_row: 0,
-            list_paced: false,
+            list_waiting: false,
+            who_waiting: false,
         };
         self.clients.duckchat.insert(src, now, session);
     }
@@ -501,74 +504,6 @@ impl Engine {
             home: self.shard,
         };
         self.send_to_owner(msg, out);
-    }
-
-    /// Answers LIST with the channels after `after` (all of them when `None`), one datagram at
-    /// a time while the client's address has reply budget; the rest waits for budget
-    /// ([`Engine::pace_answers`]).
-    fn answer_list(
-        &mut self,
-        now: Duration,
-        src: SocketAddr,
-        after: Option<Name>,
-        out: &mut Outbox,
-    ) {
-        if self.is_server(&src) {
-            return self.counters.errors_suppressed.inc();
-        }
-        let per = duckchat::names_per_datagram(duckchat::TXT_LIST_HEAD, duckchat::SPLIT_LIMIT);
-        let per = per.min(64);
-        let mut last = after;
-        loop {
-            let from = last.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-            let chunk: ArrayVec<Name, 64> = self
-                .clients
-                .directory
-                .range((from, Bound::Unbounded))
-                .take(per)
-                .copied()
-                .collect();
-            let bytes = duckchat::TXT_LIST_HEAD + chunk.len() * duckchat::NAME_FIELD;
-            if chunk.is_empty() && last.is_some() {
-                return; // the previous datagram held the last channels
-            }
-            if !self.clients.replies.allow(now, src.ip(), bytes) {
-                return self.defer_list(src, last);
-            }
-            out.send_new(src, bytes, |buf| {
-                duckchat::encode_txt_list(buf, chunk.iter())
-            });
-            if chunk.len() < per {
-                return;
-            }
-            last = chunk.last().copied();
-        }
-    }
-
-    fn defer_list(&mut self, src: SocketAddr, last: Option<Name>) {
-        if self.clients.paced.len() >= MAX_PACED {
-            return self.counters.dropped(DropReason::AnswerCut);
-        }
-        if let Some(session) = self.clients.duckchat.get_mut(&src) {
-            session.list_paced = true;
-            // An empty name sorts before every channel (names are never empty).
-            let after = last.unwrap_or(Name::EMPTY);
-            self.clients.paced.push_back((src, after));
-        }
-    }
-
-    /// Goes on with the LIST answers that ran out of budget, for clients still logged in.
-    pub(super) fn pace_answers(&mut self, now: Duration, out: &mut Outbox) {
-        for _ in 0..self.clients.paced.len() {
-            let Some((client, after)) = self.clients.paced.pop_front() else {
-                break;
-            };
-            if let Some(session) = self.clients.duckchat.get_mut(&client) {
-                session.list_paced = false; // set again if it has to wait once more
-                let after = (!after.is_empty()).then_some(after);
-                self.answer_list(now, client, after, out);
-            }
-        }
     }
 
     /// Sends the message to every member this shard is home to: a TXT_SAY (name and text cut

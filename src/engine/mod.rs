@@ -19,6 +19,7 @@
 //! lines) and the channels; federation is DuckChat's tree of neighbors ([`channels`]) or a
 //! static [`group`] with ordered multicast.
 
+mod answers;
 mod budget;
 mod channels;
 mod chat;
@@ -28,7 +29,6 @@ pub mod group;
 mod idset;
 mod members;
 mod outbox;
-mod paced_who;
 mod sessions;
 mod text_clients;
 
@@ -162,10 +162,17 @@ pub enum ShardMsg {
         channel: Name,
         chat: Chat,
     },
-    /// Home -> owner: answer WHO to this client.
+    /// Home -> owner: the members of this channel, for this client's WHO.
     Who {
         channel: Name,
         client: SocketAddr,
+        home: u16,
+    },
+    /// Owner -> home: the members' names, sorted, for the home shard to answer WHO with.
+    WhoNames {
+        channel: Name,
+        client: SocketAddr,
+        names: Arc<[Name]>,
     },
     /// Receiving shard -> owner: a neighbor's datagram.
     FromNeighbor {
@@ -197,6 +204,7 @@ impl ShardMsg {
             ShardMsg::Joined { .. }
             | ShardMsg::Left { .. }
             | ShardMsg::Who { .. }
+            | ShardMsg::WhoNames { .. }
             | ShardMsg::ChannelAdded(_)
             | ShardMsg::ChannelRemoved(_) => true,
             ShardMsg::FromNeighbor { s2s, .. } => !matches!(s2s, S2s::Say { .. }),
@@ -211,6 +219,7 @@ impl ShardMsg {
             | ShardMsg::Left { channel, .. }
             | ShardMsg::Said { channel, .. }
             | ShardMsg::Who { channel, .. }
+            | ShardMsg::WhoNames { channel, .. }
             | ShardMsg::Deliver { channel, .. }
             | ShardMsg::ChannelAdded(channel)
             | ShardMsg::ChannelRemoved(channel)
@@ -239,7 +248,6 @@ pub struct Census {
     pub owned_channels: usize,
     pub directory: usize,
     pub paced_answers: usize,
-    pub paced_who: usize,
     pub group_rooms: usize,
 }
 
@@ -273,11 +281,7 @@ impl Census {
                 self.directory <= channels * usize::from(shards),
                 "directory",
             ),
-            (self.paced_answers <= clients::MAX_PACED, "paced answers"),
-            (
-                self.paced_who <= paced_who::MAX_WAITING,
-                "paced WHO answers",
-            ),
+            (self.paced_answers <= answers::MAX_WAITING, "paced answers"),
             (self.group_rooms <= channels, "cluster rooms"),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -373,14 +377,13 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut census = self.clients.census();
         census.owned_channels = self.channels.owned_count();
-        census.paced_who = self.channels.paced_who.len();
         census.group_rooms = self.group.as_ref().map_or(0, group::Group::room_count);
         census
     }
 
     /// LIST or WHO answers are waiting for reply budget.
     fn pacing(&self) -> bool {
-        self.clients.pacing() || !self.channels.paced_who.is_empty()
+        self.clients.pacing()
     }
 
     /// Whether `addr` has a session of either protocol on this shard.
@@ -465,7 +468,6 @@ impl Engine {
         if self.pacing() && now >= self.next_pace {
             self.next_pace = now + clients::PACE_TICK;
             self.pace_answers(now, out);
-            self.pace_who(now, out);
         }
         if now >= self.next_refresh {
             self.next_refresh = now + self.cfg.s2s_refresh;
@@ -488,7 +490,20 @@ impl Engine {
                 home,
             } => self.member_left(channel, client, home, out),
             ShardMsg::Said { channel, chat } => self.local_say(now, channel, chat, out),
-            ShardMsg::Who { channel, client } => self.answer_who(now, channel, client, out),
+            ShardMsg::Who {
+                channel,
+                client,
+                home,
+            } => self.who_names(channel, client, home, out),
+            ShardMsg::WhoNames {
+                channel,
+                client,
+                names,
+            } => {
+                if self.clients.duckchat.contains(&client) {
+                    self.answer_who(now, client, channel, names, 0, out);
+                }
+            }
             ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
             ShardMsg::FromPeer {
                 room,
