@@ -104,7 +104,6 @@ mod tests {
         ShardMsg::Left {
             channel: Name::from("c"),
             client: SocketAddr::from(([127, 0, 0, 1], i)),
-            home: 0,
         }
     }
 

@@ -441,3 +441,64 @@ fn a_cluster_server_never_answers_another_servers_bind_address() {
     }
     assert_eq!(engine.counters().drops(DropReason::FromServer), 8);
 }
+
+#[test]
+fn a_join_the_owner_refuses_is_undone_on_the_home_shard() {
+    // Two shards, room for two channels on each owner. Three users on shard 0 join three new
+    // channels owned by shard 1 before shard 1's directory updates can reach shard 0: the
+    // home shard's own check lets all three through, and the owner refuses the third.
+    let mut cfg = Sim::config(4000, &[]);
+    cfg.limits.channels = 2;
+    let cfg = std::sync::Arc::new(cfg);
+    let now = Duration::from_secs(1);
+    let mut shards: Vec<Engine> = (0..2)
+        .map(|i| Engine::new(i, 2, cfg.clone(), 1, now))
+        .collect();
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("x{i}"))
+        .filter(|n| shards[0].owner(&chat_router::proto::Name::from(n.as_str())) == 1)
+        .take(3)
+        .collect();
+    let mut out = Outbox::with_capacity(64);
+    let mut to_owner = Vec::new();
+    let users: Vec<SocketAddr> = (0..3).map(|i| addr(50000 + i)).collect();
+    for (user, name) in users.iter().zip(&names) {
+        shards[0].handle_datagram(
+            now,
+            *user,
+            &encoded(Inbound::Login { user: b"u" }),
+            &mut out,
+        );
+        let join = encoded(Inbound::Join {
+            channel: name.as_bytes(),
+        });
+        shards[0].handle_datagram(now, *user, &join, &mut out);
+        to_owner.extend(out.take_msgs());
+        out.clear();
+    }
+    // Now shard 1 handles the three joins; its answers go back to shard 0.
+    let mut back = Vec::new();
+    for (to, msg) in to_owner {
+        assert_eq!(to, 1);
+        shards[1].handle_message(now, msg, &mut out);
+        back.extend(out.take_msgs().filter(|(to, _)| *to == 0));
+        out.clear();
+    }
+    let mut errors = Vec::new();
+    for (_, msg) in back {
+        shards[0].handle_message(now, msg, &mut out);
+        for s in out.sends() {
+            if let Ok(duckchat::Outbound::Error { message }) =
+                duckchat::decode_outbound(out.bytes(s.payload))
+            {
+                errors.push((s.dst, String::from_utf8_lossy(message).into_owned()));
+            }
+        }
+        out.clear();
+    }
+    assert_eq!(
+        errors,
+        [(users[2], "Too many channels on this server".to_string())]
+    );
+    chat_router::engine::check_agreement(&shards).unwrap();
+}

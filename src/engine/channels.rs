@@ -19,8 +19,9 @@ struct Subscriber {
 }
 
 struct Channel {
-    /// Every member's user name, by address: O(1) join, rename and leave at any size.
-    members: Members<Name>,
+    /// Every member's user name and home shard, by address: O(1) join, rename and leave at
+    /// any size.
+    members: Members<(Name, u16)>,
     /// Members per home shard: fan-out goes only to shards with members.
     per_shard: SmallVec<[u32; 8]>,
     /// Whether this server is part of the channel's tree.
@@ -69,6 +70,27 @@ impl Channels {
         self.owned.len()
     }
 
+    /// Every member of every channel this shard owns, with its home shard; and whether each
+    /// channel's per-shard counts match its members.
+    pub(super) fn member_homes(&self) -> impl Iterator<Item = (Name, SocketAddr, u16)> + '_ {
+        self.owned.iter().flat_map(|(name, c)| {
+            c.members
+                .addrs()
+                .zip(c.members.values())
+                .map(|(addr, &(_, home))| (*name, addr, home))
+        })
+    }
+
+    pub(super) fn counts_agree(&self) -> bool {
+        self.owned.values().all(|c| {
+            let mut counts: SmallVec<[u32; 8]> = SmallVec::from_elem(0, c.per_shard.len());
+            for &(_, home) in c.members.values() {
+                counts[home as usize] += 1;
+            }
+            counts == c.per_shard
+        })
+    }
+
     /// Whether `name` exists or may be created within `limit` channels.
     fn has_room_for(&self, name: &Name, limit: usize) -> bool {
         self.owned.contains_key(name) || self.owned.len() < limit
@@ -105,35 +127,34 @@ impl Engine {
     ) {
         if !self.channels.has_room_for(&name, self.cfg.limits.channels) {
             // Home shards check the limit against their directory first; this catches the
-            // joins that raced ahead of it.
-            return self.counters.dropped(DropReason::ChannelLimit);
+            // joins that raced ahead of it, and the home shard undoes the join.
+            self.counters.dropped(DropReason::ChannelLimit);
+            let msg = ShardMsg::JoinRefused {
+                channel: name,
+                client,
+            };
+            return self.send_to_shard(home, msg, out);
         }
         self.ensure_channel(name, out);
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if let Some(known) = channel.members.get_mut(&client) {
+        if let Some((known, _)) = channel.members.get_mut(&client) {
             *known = user; // a rename
             return;
         }
-        channel.members.insert(client, user);
+        channel.members.insert(client, (user, home));
         channel.per_shard[home as usize] += 1;
         if !channel.subscribed {
             self.subscribe(now, name, None, out);
         }
     }
 
-    pub(super) fn member_left(
-        &mut self,
-        name: Name,
-        client: SocketAddr,
-        home: u16,
-        out: &mut Outbox,
-    ) {
+    pub(super) fn member_left(&mut self, name: Name, client: SocketAddr, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if channel.members.remove(&client) {
+        if let Some((_, home)) = channel.members.remove(&client) {
             channel.per_shard[home as usize] -= 1;
         }
         self.collect(name, out);
@@ -323,7 +344,7 @@ impl Engine {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
-        let mut names: Vec<Name> = channel.members.values().copied().collect();
+        let mut names: Vec<Name> = channel.members.values().map(|&(user, _)| user).collect();
         names.sort_unstable();
         let msg = ShardMsg::WhoNames {
             channel: name,

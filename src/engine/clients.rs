@@ -157,6 +157,16 @@ impl Clients {
         }
     }
 
+    /// Every member of every channel this shard is home to (both protocols).
+    pub(super) fn local_members(&self) -> impl Iterator<Item = (Name, SocketAddr)> + '_ {
+        self.local.iter().flat_map(|(name, l)| {
+            l.duckchat
+                .addrs()
+                .chain(l.text.addrs())
+                .map(move |addr| (*name, addr))
+        })
+    }
+
     /// LIST or WHO answers still waiting for budget.
     pub(super) fn pacing(&self) -> bool {
         !self.waiting.is_empty()
@@ -498,12 +508,35 @@ impl Engine {
     /// Takes `src` off this shard's member list of `channel` and tells the channel's owner.
     fn part(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
         self.remove_local(channel, src, Protocol::DuckChat);
-        let msg = ShardMsg::Left {
-            channel,
-            client: src,
-            home: self.shard,
-        };
-        self.send_to_owner(msg, out);
+        self.member_left_at_owner(channel, src, out);
+    }
+
+    /// Tells the owner of `channel` that `client` is no longer a member.
+    pub(super) fn member_left_at_owner(
+        &mut self,
+        channel: Name,
+        client: SocketAddr,
+        out: &mut Outbox,
+    ) {
+        self.send_to_owner(ShardMsg::Left { channel, client }, out);
+    }
+
+    /// The owner could not create `channel` for a join: undo it and tell the user.
+    pub(super) fn join_refused(
+        &mut self,
+        now: Duration,
+        channel: Name,
+        client: SocketAddr,
+        out: &mut Outbox,
+    ) {
+        if let Some(session) = self.clients.duckchat.get_mut(&client) {
+            if session.channels.contains(&channel) {
+                session.channels.retain(|c| *c != channel);
+                self.remove_local(channel, client, Protocol::DuckChat);
+                self.send_error(now, client, Refusal::ServerChannelLimit, out);
+            }
+        }
+        self.text_join_refused(now, channel, client, out);
     }
 
     /// Sends the message to every member this shard is home to: a TXT_SAY (name and text cut

@@ -43,18 +43,15 @@ impl<V> Members<V> {
         true
     }
 
-    /// True when `addr` was a member.
-    pub(super) fn remove(&mut self, addr: &SocketAddr) -> bool {
-        let Some(i) = self.index.remove(addr) else {
-            return false;
-        };
-        let i = i as usize;
-        self.list.swap_remove(i);
+    /// The member's value, if `addr` was a member.
+    pub(super) fn remove(&mut self, addr: &SocketAddr) -> Option<V> {
+        let i = self.index.remove(addr)? as usize;
+        let (_, value) = self.list.swap_remove(i);
         if let Some((moved, _)) = self.list.get(i) {
             self.index.insert(*moved, i as u32);
         }
         debug_assert_eq!(self.index.len(), self.list.len());
-        true
+        Some(value)
     }
 
     pub(super) fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -78,9 +75,9 @@ mod tests {
             assert!(m.insert(a(p), p));
         }
         assert!(!m.insert(a(3), 30), "a member is not added twice");
-        assert!(m.remove(&a(1)));
-        assert!(!m.remove(&a(1)));
-        assert!(m.remove(&a(3)));
+        assert_eq!(m.remove(&a(1)), Some(1));
+        assert_eq!(m.remove(&a(1)), None);
+        assert_eq!(m.remove(&a(3)), Some(3));
         assert_eq!(m.len(), 3);
         for p in [2, 4, 5] {
             assert_eq!(m.get_mut(&a(p)), Some(&mut p.clone()));
@@ -89,7 +86,7 @@ mod tests {
         left.sort();
         assert_eq!(left, [2, 4, 5]);
         for p in [2, 4, 5] {
-            assert!(m.remove(&a(p)));
+            assert_eq!(m.remove(&a(p)), Some(p));
         }
         assert!(m.is_empty());
     }

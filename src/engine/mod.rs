@@ -155,7 +155,12 @@ pub enum ShardMsg {
     Left {
         channel: Name,
         client: SocketAddr,
-        home: u16,
+    },
+    /// Owner -> home: the channel could not be created (the server's channel limit, reached by
+    /// joins racing on other shards); the home shard undoes the join.
+    JoinRefused {
+        channel: Name,
+        client: SocketAddr,
     },
     /// Home -> owner: a local user said something.
     Said {
@@ -203,6 +208,7 @@ impl ShardMsg {
         match self {
             ShardMsg::Joined { .. }
             | ShardMsg::Left { .. }
+            | ShardMsg::JoinRefused { .. }
             | ShardMsg::Who { .. }
             | ShardMsg::WhoNames { .. }
             | ShardMsg::ChannelAdded(_)
@@ -217,6 +223,7 @@ impl ShardMsg {
         match self {
             ShardMsg::Joined { channel, .. }
             | ShardMsg::Left { channel, .. }
+            | ShardMsg::JoinRefused { channel, .. }
             | ShardMsg::Said { channel, .. }
             | ShardMsg::Who { channel, .. }
             | ShardMsg::WhoNames { channel, .. }
@@ -289,6 +296,37 @@ impl Census {
             None => Ok(()),
         }
     }
+}
+
+/// Checks what the shards of one server hold against each other, at a moment when no message is
+/// in flight between them (the simulator's quiescence): each channel's owner lists exactly the
+/// members that their home shards hold, with the right home, and its per-shard counts match.
+/// Returns the first disagreement.
+pub fn check_agreement(shards: &[Engine]) -> Result<(), String> {
+    use std::collections::HashSet;
+    let mut owned = HashSet::new();
+    let mut local = HashSet::new();
+    for (i, shard) in shards.iter().enumerate() {
+        if !shard.channels.counts_agree() {
+            return Err(format!(
+                "shard {i}: per-shard member counts disagree with the members"
+            ));
+        }
+        owned.extend(shard.channels.member_homes());
+        let home = i as u16;
+        local.extend(shard.clients.local_members().map(|(c, a)| (c, a, home)));
+    }
+    if let Some((c, a, h)) = owned.difference(&local).next() {
+        return Err(format!(
+            "{a} is a member of {c} at its owner but not on its home shard {h}"
+        ));
+    }
+    if let Some((c, a, h)) = local.difference(&owned).next() {
+        return Err(format!(
+            "{a} is a member of {c} on shard {h} but not at its owner"
+        ));
+    }
+    Ok(())
 }
 
 pub struct Engine {
@@ -484,11 +522,10 @@ impl Engine {
                 user,
                 home,
             } => self.member_joined(now, channel, client, user, home, out),
-            ShardMsg::Left {
-                channel,
-                client,
-                home,
-            } => self.member_left(channel, client, home, out),
+            ShardMsg::Left { channel, client } => self.member_left(channel, client, out),
+            ShardMsg::JoinRefused { channel, client } => {
+                self.join_refused(now, channel, client, out)
+            }
             ShardMsg::Said { channel, chat } => self.local_say(now, channel, chat, out),
             ShardMsg::Who {
                 channel,

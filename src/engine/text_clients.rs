@@ -144,12 +144,30 @@ impl Engine {
     fn leave_room(&mut self, src: SocketAddr, room: u32, out: &mut Outbox) {
         let channel = room_channel(room);
         self.remove_local(channel, src, Protocol::Text);
-        self.send_to_owner(
-            ShardMsg::Left {
-                channel,
-                client: src,
-                home: self.shard,
-            },
+        self.member_left_at_owner(channel, src, out);
+    }
+
+    /// The owner could not create the room's channel (see [`Engine::join_refused`]).
+    pub(super) fn text_join_refused(
+        &mut self,
+        now: Duration,
+        channel: Name,
+        client: SocketAddr,
+        out: &mut Outbox,
+    ) {
+        let Some(session) = self.clients.text.get_mut(&client) else {
+            return;
+        };
+        let Some(room) = session.room.filter(|&r| room_channel(r) == channel) else {
+            return;
+        };
+        session.room = None;
+        self.remove_local(channel, client, Protocol::Text);
+        self.reply(
+            now,
+            client,
+            usize::MAX,
+            format_args!("-ERR Too many channels on this server: not in room #{room}"),
             out,
         );
     }

@@ -261,8 +261,30 @@ impl Sim {
         shard: usize,
     ) {
         if let Some(depth) = self.queue_depth {
-            return self.settle_bounded(server, first, shard, depth);
+            self.settle_bounded(server, first, shard, depth);
+        } else {
+            self.settle_at_once(server, first, shard);
         }
+        // Quiescent: the shards must agree, and hold no more than their limits allow.
+        let shards = &self.servers[&server].shards;
+        if let Err(e) = chat_router::engine::check_agreement(shards) {
+            panic!("{server} at {:?}: {e}", self.now);
+        }
+        let limits = &self.configs[&server].limits;
+        for shard in shards {
+            if let Err(e) = shard.census().check(limits, self.shards) {
+                panic!("{server} at {:?}: {e}", self.now);
+            }
+        }
+    }
+
+    /// Messages between shards handed over at once, in one FIFO.
+    fn settle_at_once(
+        &mut self,
+        server: SocketAddr,
+        first: impl FnOnce(&mut Engine, &mut Outbox),
+        shard: usize,
+    ) {
         let mut out = std::mem::take(&mut self.outbox);
         let mut queue: VecDeque<(u16, ShardMsg)> = VecDeque::new();
         {
