@@ -1,6 +1,8 @@
 //! The engine's hot path does not touch the heap: once sessions, channels and the outbox exist,
-//! client SAYs, S2S_SAYs (fresh and duplicate ids) and the cross-shard fan-out they cause run
-//! with zero allocations. A counting global allocator watches this test's thread only.
+//! client SAYs, S2S_SAYs (fresh and duplicate ids), text chat lines that fit DuckChat's fields,
+//! and the cross-shard fan-out they cause run with zero allocations; a longer text line costs
+//! exactly one (its copy, shared by every shard that delivers it). A counting global allocator
+//! watches this test's thread only.
 
 use chat_router::engine::{Config, Engine, Outbox, ShardMsg};
 use chat_router::proto::duckchat::{Inbound, S2sSay, SayLayout};
@@ -178,4 +180,45 @@ fn says_and_s2s_says_do_not_allocate_after_warm_up() {
         server.sent - sent_before
     );
     assert_eq!(allocations, 0, "heap allocations on the hot path");
+}
+
+#[test]
+fn text_chat_allocates_only_a_shared_copy_of_long_lines() {
+    let mut server = Server::new();
+    let clients: Vec<SocketAddr> = (0..64).map(|i| addr(20_000 + i)).collect();
+    for (i, &c) in clients.iter().enumerate() {
+        server.datagram(c, format!("/nick n{i}").as_bytes());
+        server.datagram(c, b"/join 3");
+    }
+    let short = b"hello, room three";
+    let long = [b'x'; 900];
+    for _ in 0..10 {
+        for &c in &clients {
+            server.datagram(c, short);
+            server.datagram(c, &long);
+        }
+    }
+    let sent_before = server.sent;
+    let short_allocations = allocations_during(|| {
+        for _ in 0..10 {
+            for &c in &clients {
+                server.datagram(c, short);
+            }
+        }
+    });
+    let long_allocations = allocations_during(|| {
+        for _ in 0..10 {
+            for &c in &clients {
+                server.datagram(c, &long);
+            }
+        }
+    });
+    // Each line reaches the 64 members and the neighbor.
+    assert_eq!(
+        server.sent - sent_before,
+        2 * 10 * 64 * 65,
+        "every line reached the room"
+    );
+    assert_eq!(short_allocations, 0, "heap allocations for short lines");
+    assert_eq!(long_allocations, 10 * 64, "one shared copy per long line");
 }

@@ -22,12 +22,11 @@ impl Chat {
                 text: Text::truncating(text),
             };
         }
-        let mut bytes = Vec::with_capacity(user.len() + text.len());
-        bytes.extend_from_slice(user);
-        bytes.extend_from_slice(text);
+        // One allocation: the iterator knows its exact length.
+        let bytes: Arc<[u8]> = user.iter().chain(text).copied().collect();
         Chat::Long {
             user_len: user.len() as u8,
-            bytes: bytes.into(),
+            bytes,
         }
     }
 

@@ -354,6 +354,10 @@ impl Engine {
     /// Shard `shard` of `shards`; `seed` feeds the S2S id generator (use OS randomness in production).
     pub fn new(shard: u16, shards: u16, cfg: Arc<Config>, seed: u64, now: Duration) -> Self {
         assert!(shard < shards, "shard {shard} of {shards}");
+        assert!(
+            cfg.neighbors.is_empty() || cfg.cluster.is_none(),
+            "one federation: DuckChat neighbors or a cluster, not both"
+        );
         let [a, b, c, d] = cfg.hash_seeds;
         let owner_hash = ahash::RandomState::with_seeds(a, b, c, d);
         let mut rng = Rng::new(seed);
@@ -509,7 +513,9 @@ impl Engine {
         }
         if now >= self.next_refresh {
             self.next_refresh = now + self.cfg.s2s_refresh;
-            self.refresh_subscriptions(out);
+            if !self.cfg.neighbors.is_empty() {
+                self.refresh_subscriptions(out);
+            }
         }
         self.drain_loopback(now, out);
     }
