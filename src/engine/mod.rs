@@ -18,6 +18,26 @@
 //! Two client protocols share the port ([`clients`] for DuckChat, [`text_clients`] for text
 //! lines) and the channels; federation is DuckChat's tree of neighbors ([`channels`]) or a
 //! static [`group`] with ordered multicast.
+//!
+//! # Calling contract
+//!
+//! One [`Engine`] per shard, all built from one [`Config`] with the same shard count; the
+//! caller owns the clock (`now` never goes backwards) and the queues between shards.
+//!
+//! - [`Engine::handle_datagram`]: a datagram this shard's socket received (the caller sends
+//!   every datagram of one source to the same shard, as SO_REUSEPORT does).
+//! - [`Engine::handle_message`]: a [`ShardMsg`] another shard (or this one) addressed to it, in
+//!   the order that shard emitted them.
+//! - [`Engine::handle_timeout`]: call it when `now` reaches [`Engine::next_timeout`], which any
+//!   of the three calls may move.
+//!
+//! Each call appends to the [`Outbox`] it is given: datagrams to send (in order), messages for
+//! other shards (`take_msgs`: hand them over in order; membership must never be dropped, see
+//! [`ShardMsg::is_control`] and `crate::mesh`) and, with `verbose`, log lines. The caller
+//! empties the outbox after each call, queuing the messages before sending the datagrams (a
+//! client that reacts to a reply must find the state that reply implies). Between calls, with
+//! no message in flight, the shards agree ([`check_agreement`]) and each holds no more than
+//! its [`Limits`] allow ([`Engine::census`]).
 
 mod answers;
 mod budget;
@@ -49,6 +69,16 @@ use std::time::Duration;
 
 /// The one channel that exists from start-up and is never deleted.
 pub const COMMON: &str = "Common";
+
+// Relations the code relies on.
+// A stored name always fits a DuckChat field with its NUL.
+const _: () = assert!(Name::CAPACITY < duckchat::NAME_FIELD);
+// Every text room's channel name ("1" to the largest room number) is a valid channel name.
+const _: () = assert!(text::MAX_ROOMS.ilog10() as usize + 1 <= Name::CAPACITY);
+// `Common` is a valid channel name.
+const _: () = assert!(COMMON.len() <= Name::CAPACITY);
+// A text delivery always fits the outbox's largest payload and a UDP datagram.
+const _: () = assert!(text::MAX_LINE <= 65_507);
 
 /// Bounds on everything the network can make the engine remember or send: the one place where
 /// they are stated (the README's "Limits" table lists them with these defaults).
