@@ -73,8 +73,9 @@ pub const COMMON: &str = "Common";
 // Relations the code relies on.
 // A stored name always fits a DuckChat field with its NUL.
 const _: () = assert!(Name::CAPACITY < duckchat::NAME_FIELD);
-// Every text room's channel name ("1" to the largest room number) is a valid channel name.
-const _: () = assert!(text::MAX_ROOMS.ilog10() as usize + 1 <= Name::CAPACITY);
+// Every text room's channel name ("1" to the largest room number, ilog10 + 1 digits) is a
+// valid channel name.
+const _: () = assert!((text::MAX_ROOMS.ilog10() as usize) < Name::CAPACITY);
 // `Common` is a valid channel name.
 const _: () = assert!(COMMON.len() <= Name::CAPACITY);
 // A text delivery always fits the outbox's largest payload and a UDP datagram.
