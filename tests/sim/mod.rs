@@ -67,7 +67,7 @@ pub struct Sim {
     outbox: Outbox,
     client_links: HashMap<(SocketAddr, SocketAddr), Duration>,
     /// Queues between shards of this depth, with the runtime's waiting room for full ones
-    /// ([`chat_router::mesh::Outgoing`]); `None`: messages are handed over at once.
+    /// ([`chat_router::mesh::Outgoing`]); `None`: unbounded.
     pub queue_depth: Option<usize>,
 }
 
@@ -253,18 +253,16 @@ impl Sim {
     }
 
     /// Handles whatever one engine call produced: sends go to the network, messages between
-    /// shards are handed over at once (FIFO), until the server is quiescent.
+    /// shards through the mesh ([`Sim::run_shards`]), until the server is quiescent; then checks
+    /// that its shards agree and keep their limits.
     fn settle(
         &mut self,
         server: SocketAddr,
         first: impl FnOnce(&mut Engine, &mut Outbox),
         shard: usize,
     ) {
-        if let Some(depth) = self.queue_depth {
-            self.settle_bounded(server, first, shard, depth);
-        } else {
-            self.settle_at_once(server, first, shard);
-        }
+        let depth = self.queue_depth.unwrap_or(usize::MAX);
+        self.run_shards(server, first, shard, depth);
         // Quiescent: the shards must agree, and hold no more than their limits allow.
         let shards = &self.servers[&server].shards;
         if let Err(e) = chat_router::engine::check_agreement(shards) {
@@ -278,44 +276,10 @@ impl Sim {
         }
     }
 
-    /// Messages between shards handed over at once, in one FIFO.
-    fn settle_at_once(
-        &mut self,
-        server: SocketAddr,
-        first: impl FnOnce(&mut Engine, &mut Outbox),
-        shard: usize,
-    ) {
-        let mut out = std::mem::take(&mut self.outbox);
-        let mut queue: VecDeque<(u16, ShardMsg)> = VecDeque::new();
-        {
-            let srv = self.servers.get_mut(&server).expect("server exists");
-            first(&mut srv.shards[shard], &mut out);
-        }
-        loop {
-            let sends: Vec<(SocketAddr, Vec<u8>)> = out
-                .sends()
-                .iter()
-                .map(|s| (s.dst, out.bytes(s.payload).to_vec()))
-                .collect();
-            queue.extend(out.take_msgs());
-            out.clear();
-            for (dst, bytes) in sends {
-                self.schedule(server, dst, bytes);
-            }
-            let Some((dst, msg)) = queue.pop_front() else {
-                break;
-            };
-            let now = self.now;
-            let srv = self.servers.get_mut(&server).expect("server exists");
-            srv.shards[dst as usize].handle_message(now, msg, &mut out);
-        }
-        self.outbox = out;
-    }
-
-    /// [`Sim::settle`] with bounded queues between shards: each shard takes what waits for it
-    /// from every other, in turn, and messages that found a queue full wait in the sender's
-    /// [`Outgoing`] as they do in the runtime, until the server is quiescent.
-    fn settle_bounded(
+    /// Runs the shards until the server is quiescent: each message goes through a queue of
+    /// `depth` between two shards, taken by the receiver in turn, and one that finds its queue
+    /// full waits in the sender's [`Outgoing`], as in the runtime.
+    fn run_shards(
         &mut self,
         server: SocketAddr,
         first: impl FnOnce(&mut Engine, &mut Outbox),
