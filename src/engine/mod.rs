@@ -454,11 +454,6 @@ impl Engine {
         census
     }
 
-    /// LIST or WHO answers are waiting for reply budget.
-    fn pacing(&self) -> bool {
-        self.clients.pacing()
-    }
-
     /// Whether `addr` has a session of either protocol on this shard.
     pub fn has_session(&self, addr: &SocketAddr) -> bool {
         self.clients.duckchat.contains(addr) || self.clients.text.contains(addr)
@@ -472,7 +467,7 @@ impl Engine {
     /// When `handle_timeout` should next be called.
     pub fn next_timeout(&self) -> Duration {
         let retransmit = self.group.as_ref().and_then(|g| g.next_timer());
-        let pace = self.pacing().then_some(self.next_pace);
+        let pace = self.clients.pacing().then_some(self.next_pace);
         self.next_refresh
             .min(self.next_sweep)
             .min(retransmit.unwrap_or(Duration::MAX))
@@ -538,7 +533,7 @@ impl Engine {
             }
             self.expire_neighbors(now, out);
         }
-        if self.pacing() && now >= self.next_pace {
+        if self.clients.pacing() && now >= self.next_pace {
             self.next_pace = now + clients::PACE_TICK;
             self.pace_answers(now, out);
         }
