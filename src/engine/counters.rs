@@ -34,7 +34,8 @@ pub enum DropReason {
     NotNeighbor,
     /// A bounded queue between shards was full.
     QueueFull,
-    /// The kernel refused a send.
+    /// The kernel refused a send (a full socket send buffer included: both backends drop and
+    /// count rather than stall the shard).
     SendFailed,
     /// The shard already holds its maximum number of sessions.
     SessionLimit,

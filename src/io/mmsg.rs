@@ -99,7 +99,6 @@ impl Mmsg {
                 hdr.msg_iovlen = 1;
             }
             let mut done = 0;
-            let mut retries = 0;
             while done < chunk.len() {
                 // SAFETY: headers [done, len) point at names/iovecs owned by `self` and at
                 // payload bytes borrowed from `out`, all alive across the call.
@@ -117,14 +116,16 @@ impl Mmsg {
                     continue;
                 }
                 let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::WouldBlock && retries < 100 {
-                    // The socket buffer is full: wait for room rather than drop.
-                    retries += 1;
-                    self.poll(libc::POLLOUT, Duration::from_millis(1));
-                    continue;
-                }
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
+                }
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    // The socket buffer is full: drop and count the rest rather than stall the
+                    // shard (and everyone it serves) for one slow destination, as io_uring does.
+                    for _ in done..chunk.len() {
+                        counters.dropped(DropReason::SendFailed);
+                    }
+                    break;
                 }
                 // This datagram cannot be sent (bad destination, buffer exhausted): skip it.
                 counters.dropped(DropReason::SendFailed);
