@@ -4,6 +4,7 @@ pub mod engine;
 pub mod fuzz;
 pub mod io;
 pub mod mesh;
+pub mod pinned;
 pub mod proto;
 pub mod rng;
 pub mod runtime;

@@ -10,6 +10,7 @@
 use crate::engine::{Config, Counters, Engine, Outbox, ShardMsg};
 use crate::io::{self, sys, Backend, IoKind};
 use crate::mesh::Outgoing;
+use crate::pinned::{Pinned, Start};
 use crossbeam_queue::ArrayQueue;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -91,6 +92,14 @@ impl Shared {
     fn queue(&self, from: usize, to: usize) -> &ArrayQueue<ShardMsg> {
         &self.queues[from * self.shards + to]
     }
+
+    /// Tells every shard to stop, and wakes the sleeping ones.
+    fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for waker in &self.wakers {
+            waker.eventfd.notify();
+        }
+    }
 }
 
 /// Starts the shards, blocks until SIGINT or SIGTERM, then stops them and prints their counters.
@@ -132,10 +141,8 @@ pub struct Running {
     pub fallback: Option<String>,
     /// One per shard; readable while the shards run.
     pub counters: Vec<Arc<Counters>>,
-    /// The shards' kernel thread ids, for reading their CPU time from /proc.
-    pub thread_ids: Vec<i32>,
     shared: Arc<Shared>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: Pinned,
 }
 
 impl Running {
@@ -145,14 +152,14 @@ impl Running {
         std::mem::take(&mut self.counters)
     }
 
+    /// The shards' kernel thread ids, for reading their CPU time from /proc.
+    pub fn thread_ids(&self) -> &[i32] {
+        &self.threads.thread_ids
+    }
+
     fn halt(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for waker in &self.shared.wakers {
-            waker.eventfd.notify();
-        }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.shared.halt();
+        self.threads.join();
     }
 }
 
@@ -202,59 +209,44 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         shards,
         stamp_logs: cfg.engine.cluster.is_some(),
     });
-    let mut running = Running {
+    let mut counters = Vec::with_capacity(shards);
+    let starts = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(shard, socket)| {
+            let engine = Engine::new(
+                shard as u16,
+                shards as u16,
+                engine_cfg.clone(),
+                sys::random_u64(),
+                shared.epoch.elapsed(),
+            );
+            counters.push(engine.counters().clone());
+            // The backend owns the socket for as long as the loop runs.
+            let socket_fd = socket.as_raw_fd();
+            Start {
+                socket,
+                wake: shared.wakers[shard].eventfd.raw(),
+                payload: (engine, socket_fd),
+            }
+        })
+        .collect();
+    let body = {
+        let shared = shared.clone();
+        move |shard, backend, (engine, socket_fd)| {
+            shard_loop(shard, engine, backend, socket_fd, &shared)
+        }
+    };
+    let threads = Pinned::start("shard", io_kind, starts, body, || shared.halt())
+        .map_err(|(shard, source)| RuntimeError::Shard { shard, source })?;
+    Ok(Running {
         local: engine_cfg.local,
         backend: io_kind.name(),
         fallback,
-        counters: Vec::with_capacity(shards),
-        thread_ids: Vec::with_capacity(shards),
-        shared: shared.clone(),
-        threads: Vec::with_capacity(shards),
-    };
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for (shard, socket) in sockets.into_iter().enumerate() {
-        let engine = Engine::new(
-            shard as u16,
-            shards as u16,
-            engine_cfg.clone(),
-            sys::random_u64(),
-            shared.epoch.elapsed(),
-        );
-        running.counters.push(engine.counters().clone());
-        let shared = shared.clone();
-        let core = (!cores.is_empty()).then(|| cores[shard % cores.len()]);
-        let ready = ready_tx.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("shard-{shard}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                // The backend owns the socket for as long as the loop runs.
-                let socket_fd = socket.as_raw_fd();
-                match Backend::new(io_kind, socket, shared.wakers[shard].eventfd.raw()) {
-                    Ok(backend) => {
-                        let _ = ready.send(Ok(sys::thread_id()));
-                        shard_loop(shard, engine, backend, socket_fd, &shared);
-                    }
-                    Err(source) => {
-                        let _ = ready.send(Err(RuntimeError::Shard { shard, source }));
-                    }
-                }
-            })
-            .map_err(|source| RuntimeError::Shard { shard, source })?;
-        running.threads.push(thread);
-    }
-    drop(ready_tx);
-    for _ in 0..shards {
-        match ready_rx.recv() {
-            Ok(Ok(tid)) => running.thread_ids.push(tid),
-            Ok(Err(e)) => return Err(e), // dropping `running` stops the shards that did start
-            Err(_) => {}
-        }
-    }
-    Ok(running)
+        counters,
+        shared,
+        threads,
+    })
 }
 
 /// Makes sure no other socket holds `addr` before the shards bind it with SO_REUSEPORT:

@@ -8,12 +8,12 @@ use crate::LoadError;
 use ahash::AHashMap;
 use chat_router::engine::{Counters, Outbox};
 use chat_router::io::{self, sys, Backend, IoKind};
+use chat_router::pinned::{Pinned, Start};
 use chat_router::proto::duckchat::{self, Inbound, SayLayout, TXT_SAY_LEN};
 use chat_router::proto::{Name, Text};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 struct Member {
@@ -30,15 +30,14 @@ struct Table {
 pub struct Reflector {
     pub addr: SocketAddr,
     pub backend: &'static str,
-    /// The reflector threads' kernel ids, for reading their CPU time from /proc.
-    pub thread_ids: Vec<i32>,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<sys::EventFd>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Pinned,
 }
 
 impl Reflector {
-    /// `threads` reflector threads (named `reflect-N`) on one port of 127.0.0.1.
+    /// `threads` reflector threads (named `reflect-N`, pinned as the router's shards are) on one
+    /// port of 127.0.0.1.
     pub fn start(
         plan: &Plan,
         client_addrs: &[SocketAddr],
@@ -73,55 +72,53 @@ impl Reflector {
             sockets.push(sys::bind_udp(addr, true).map_err(LoadError::Socket)?);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let mut reflector = Reflector {
+        let wakers = (0..sockets.len())
+            .map(|_| sys::EventFd::new().map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LoadError::Socket)?;
+        let starts = sockets
+            .into_iter()
+            .zip(&wakers)
+            .map(|(socket, waker)| Start {
+                socket,
+                wake: waker.raw(),
+                payload: waker.clone(),
+            })
+            .collect();
+        let body = {
+            let (table, stop) = (table.clone(), stop.clone());
+            move |_, backend, waker: Arc<sys::EventFd>| reflect(backend, &table, &stop, &waker)
+        };
+        let halt = || halt(&stop, &wakers);
+        let threads = Pinned::start("reflect", kind, starts, body, halt)
+            .map_err(|(_, e)| LoadError::Socket(e))?;
+        Ok(Reflector {
             addr,
             backend: kind.name(),
-            thread_ids: Vec::new(),
-            stop: stop.clone(),
-            wakers: Vec::new(),
-            threads: Vec::new(),
-        };
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for (i, socket) in sockets.into_iter().enumerate() {
-            let waker = Arc::new(sys::EventFd::new().map_err(LoadError::Socket)?);
-            reflector.wakers.push(waker.clone());
-            let (table, stop, ready) = (table.clone(), stop.clone(), ready_tx.clone());
-            // The backend is built on its own thread: io_uring state stays where it is used.
-            let thread = std::thread::Builder::new()
-                .name(format!("reflect-{i}"))
-                .spawn(move || match Backend::new(kind, socket, waker.raw()) {
-                    Ok(backend) => {
-                        let _ = ready.send(Ok(sys::thread_id()));
-                        reflect(backend, &table, &stop, &waker);
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
-                })
-                .map_err(LoadError::Socket)?;
-            reflector.threads.push(thread);
-        }
-        drop(ready_tx);
-        for _ in 0..reflector.threads.len() {
-            match ready_rx.recv() {
-                Ok(Ok(tid)) => reflector.thread_ids.push(tid),
-                Ok(Err(e)) => return Err(LoadError::Socket(e)), // dropping stops the others
-                Err(_) => {}
-            }
-        }
-        Ok(reflector)
+            stop,
+            wakers,
+            threads,
+        })
+    }
+
+    /// The reflector threads' kernel ids, for reading their CPU time from /proc.
+    pub fn thread_ids(&self) -> &[i32] {
+        &self.threads.thread_ids
+    }
+}
+
+/// Tells every reflector thread to stop, and wakes the sleeping ones.
+fn halt(stop: &AtomicBool, wakers: &[Arc<sys::EventFd>]) {
+    stop.store(true, Ordering::SeqCst);
+    for w in wakers {
+        w.notify();
     }
 }
 
 impl Drop for Reflector {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for w in &self.wakers {
-            w.notify();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        halt(&self.stop, &self.wakers);
+        self.threads.join();
     }
 }
 

@@ -110,7 +110,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         let addrs = &clients.addrs[..args.clients];
         let reflector = Reflector::start(&plan, addrs, args.cores, args.io)?;
         clients.make_nonblocking();
-        let cpu_of = Some((pid, reflector.thread_ids.clone()));
+        let cpu_of = Some((pid, reflector.thread_ids().to_vec()));
         let mut spec = spec(label, reflector.addr, cpu_of, 0);
         spec.churn = None; // the reflector ignores everything but SAYs
         let result = phase::run(&spec, &clients.sockets[..args.clients], &plan)?;
@@ -135,7 +135,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
                 }
             };
             let cpu_of = match &router {
-                Some(r) => Some((pid, r.thread_ids.clone())),
+                Some(r) => Some((pid, r.thread_ids().to_vec())),
                 None => args
                     .target_pid
                     .map(|p| (p, machine::named_threads(p, "shard-"))),
