@@ -99,9 +99,12 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
         Some(_) => pacer.next_due() >= shared.end_ns,
         None => now >= shared.end_ns,
     };
+    // Churn has a schedule of its own: every operation before `end_ns` goes out too.
+    let churn_finished =
+        |churn: &Option<Pacer>| churn.as_ref().is_none_or(|c| c.next_due() >= shared.end_ns);
     loop {
         let now = shared.now_ns();
-        if finished(&pacer, now) {
+        if finished(&pacer, now) && churn_finished(&churn) {
             break;
         }
         for _ in 0..BURST {
@@ -137,7 +140,9 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
         keep_alive.step(now, shared);
         if let Some(churn_pacer) = &mut churn {
             for _ in 0..BURST {
-                if churn_pacer.due(now).is_none() {
+                // Only operations scheduled before the end: a sender that wakes late must not
+                // add one the schedule does not hold.
+                if churn_pacer.next_due() >= shared.end_ns || churn_pacer.due(now).is_none() {
                     break;
                 }
                 let k = churn_pacer.issued() - 1;
