@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Memory for the whole mesh of queues between shards (n^2 queues), whatever the number of
-/// shards: each queue's depth (messages in flight from one shard to another before drops
-/// start, counted as `queue_full`) follows from it, within the bounds below.
+/// shards: each queue's depth (messages in flight from one shard to another before the next
+/// ones wait in their sender's [`Outgoing`]) follows from it, within the bounds below.
 pub const QUEUE_MESH_BUDGET: usize = 16 << 20;
 const MAX_QUEUE_DEPTH: usize = 8192;
 const MIN_QUEUE_DEPTH: usize = 16;

@@ -388,21 +388,16 @@ impl Engine {
             self.counters.dropped(DropReason::IpLimit);
             return false;
         }
-        let full = match protocol {
-            Protocol::DuckChat => self.clients.duckchat.len(),
-            Protocol::Text => self.clients.text.len(),
-        } >= self.cfg.limits.sessions_per_shard;
-        if full {
-            let oldest = match protocol {
-                Protocol::DuckChat => self.clients.duckchat.oldest(),
-                Protocol::Text => self.clients.text.oldest(),
-            };
-            if let Some((victim, _)) = oldest {
-                self.counters.sessions_evicted.inc();
-                match protocol {
-                    Protocol::DuckChat => self.logout(victim, out),
-                    Protocol::Text => self.text_forget(victim, out),
-                }
+        let (sessions, oldest) = match protocol {
+            Protocol::DuckChat => (self.clients.duckchat.len(), self.clients.duckchat.oldest()),
+            Protocol::Text => (self.clients.text.len(), self.clients.text.oldest()),
+        };
+        let full = sessions >= self.cfg.limits.sessions_per_shard;
+        if let (true, Some((victim, _))) = (full, oldest) {
+            self.counters.sessions_evicted.inc();
+            match protocol {
+                Protocol::DuckChat => self.logout(victim, out),
+                Protocol::Text => self.text_forget(victim, out),
             }
         }
         true

@@ -58,7 +58,7 @@ impl Engine {
                 );
             }
             Line::Chat(line) => self.text_chat(now, src, len, line, out),
-            Line::Reply => {}
+            Line::Reply => {} // dropped above, before it could keep a session alive
         }
     }
 
