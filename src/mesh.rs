@@ -98,13 +98,10 @@ mod tests {
     use super::*;
     use crate::engine::Chat;
     use crate::proto::{Name, Text};
-    use std::net::SocketAddr;
 
-    fn left(i: u16) -> ShardMsg {
-        ShardMsg::Left {
-            channel: Name::from("c"),
-            client: SocketAddr::from(([127, 0, 0, 1], i)),
-        }
+    /// A control message that says which it was.
+    fn added(i: u16) -> ShardMsg {
+        ShardMsg::ChannelAdded(Name::from(i.to_string().as_str()))
     }
 
     fn said() -> ShardMsg {
@@ -133,7 +130,7 @@ mod tests {
                 }
             };
             for i in 0..10 {
-                out.send(1, left(i), &mut push, &counters);
+                out.send(1, added(i), &mut push, &counters);
             }
             for _ in 0..MAX_WAITING + 10 {
                 out.send(1, said(), &mut push, &counters);
@@ -149,15 +146,15 @@ mod tests {
         };
         assert_eq!(out.retry(&mut push), MAX_WAITING);
         assert!(out.is_empty());
-        let clients: Vec<u16> = queue
+        let controls: Vec<u16> = queue
             .iter()
             .filter_map(|m| match m {
-                ShardMsg::Left { client, .. } => Some(client.port()),
+                ShardMsg::ChannelAdded(name) => name.to_string().parse().ok(),
                 _ => None,
             })
             .collect();
         assert_eq!(
-            clients,
+            controls,
             (0..10).collect::<Vec<_>>(),
             "every control message, in order"
         );
@@ -170,7 +167,7 @@ mod tests {
         let mut full = |_to: usize, msg: ShardMsg| -> Option<ShardMsg> { Some(msg) };
         for i in 0..MAX_WAITING_CONTROL {
             assert!(!out.backlogged());
-            out.send(0, left(i as u16), &mut full, &counters);
+            out.send(0, added(i as u16), &mut full, &counters);
         }
         assert!(out.backlogged());
         assert_eq!(

@@ -4,11 +4,12 @@
 //! so a long answer is paced rather than sent in one burst or cut; a session has at most one
 //! LIST and one WHO answer waiting (asking again meanwhile adds nothing).
 
+use super::frontend::Answer;
+use super::sessions::SessionId;
 use super::{DropReason, Engine, Outbox};
-use crate::proto::{duckchat, Name};
+use crate::proto::Name;
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +42,7 @@ impl Rest {
 
 #[derive(Default)]
 pub(super) struct Waiting {
-    answers: VecDeque<(SocketAddr, Rest)>,
+    answers: VecDeque<(SessionId, Rest)>,
     name_bytes: usize,
 }
 
@@ -55,7 +56,7 @@ impl Waiting {
     }
 
     /// False (nothing kept) when the queue is full.
-    fn push(&mut self, client: SocketAddr, rest: Rest) -> bool {
+    fn push(&mut self, client: SessionId, rest: Rest) -> bool {
         let bytes = rest.name_bytes();
         if self.answers.len() >= MAX_WAITING || self.name_bytes + bytes > MAX_WAITING_NAMES {
             return false;
@@ -65,7 +66,7 @@ impl Waiting {
         true
     }
 
-    fn pop(&mut self) -> Option<(SocketAddr, Rest)> {
+    fn pop(&mut self) -> Option<(SessionId, Rest)> {
         let (client, rest) = self.answers.pop_front()?;
         self.name_bytes -= rest.name_bytes();
         Some((client, rest))
@@ -77,12 +78,14 @@ impl Engine {
     pub(super) fn answer_list(
         &mut self,
         now: Duration,
-        client: SocketAddr,
+        id: SessionId,
         after: Option<Name>,
         out: &mut Outbox,
     ) {
-        let per = duckchat::names_per_datagram(duckchat::TXT_LIST_HEAD, duckchat::SPLIT_LIMIT);
-        let per = per.min(64);
+        let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
+            return;
+        };
+        let per = protocol.names_per_answer(true).clamp(1, 64);
         let mut last = after;
         loop {
             let from = last.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
@@ -96,14 +99,17 @@ impl Engine {
             if chunk.is_empty() && last.is_some() {
                 return; // the previous datagram held the last channels
             }
-            let bytes = duckchat::TXT_LIST_HEAD + chunk.len() * duckchat::NAME_FIELD;
-            if !self.clients.replies.allow(now, client.ip(), bytes) {
+            let answer = Answer::List(&chunk);
+            let Some(bytes) = protocol.answer_len(&answer) else {
+                return;
+            };
+            if !self.clients.replies.allow(now, endpoint.ip(), bytes) {
                 // An empty name sorts before every channel (names are never empty).
                 let after = last.unwrap_or(Name::EMPTY);
-                return self.wait(client, Rest::List { after });
+                return self.wait(id, Rest::List { after });
             }
-            out.send_new(client, bytes, |buf| {
-                duckchat::encode_txt_list(buf, chunk.iter())
+            out.send_new(endpoint, bytes, |buf| {
+                protocol.encode_answer(&answer, buf).ok_or(())
             });
             if chunk.len() < per {
                 return;
@@ -117,26 +123,35 @@ impl Engine {
     pub(super) fn answer_who(
         &mut self,
         now: Duration,
-        client: SocketAddr,
+        id: SessionId,
         channel: Name,
         names: Arc<[Name]>,
         mut next: usize,
         out: &mut Outbox,
     ) {
-        let per = duckchat::names_per_datagram(duckchat::TXT_WHO_HEAD, duckchat::SPLIT_LIMIT);
+        let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
+            return;
+        };
+        let per = protocol.names_per_answer(false).max(1);
         loop {
             let chunk = &names[next..(next + per).min(names.len())];
-            let bytes = duckchat::TXT_WHO_HEAD + chunk.len() * duckchat::NAME_FIELD;
-            if !self.clients.replies.allow(now, client.ip(), bytes) {
+            let answer = Answer::Who {
+                channel: &channel,
+                names: chunk,
+            };
+            let Some(bytes) = protocol.answer_len(&answer) else {
+                return;
+            };
+            if !self.clients.replies.allow(now, endpoint.ip(), bytes) {
                 let rest = Rest::Who {
                     channel,
                     names,
                     next,
                 };
-                return self.wait(client, rest);
+                return self.wait(id, rest);
             }
-            out.send_new(client, bytes, |buf| {
-                duckchat::encode_txt_who(buf, &channel, chunk.iter())
+            out.send_new(endpoint, bytes, |buf| {
+                protocol.encode_answer(&answer, buf).ok_or(())
             });
             next += chunk.len();
             if next >= names.len() {
@@ -145,12 +160,12 @@ impl Engine {
         }
     }
 
-    fn wait(&mut self, client: SocketAddr, rest: Rest) {
+    fn wait(&mut self, id: SessionId, rest: Rest) {
         let is_list = matches!(rest, Rest::List { .. });
-        let Some(session) = self.clients.duckchat.get_mut(&client) else {
+        let Some(session) = self.clients.sessions.get_mut(id) else {
             return;
         };
-        if !self.clients.waiting.push(client, rest) {
+        if !self.clients.waiting.push(id, rest) {
             return self.counters.dropped(DropReason::AnswerCut);
         }
         if is_list {
@@ -160,13 +175,13 @@ impl Engine {
         }
     }
 
-    /// Goes on with the answers waiting for budget, for clients still logged in.
+    /// Goes on with the answers waiting for budget, for sessions still there.
     pub(super) fn pace_answers(&mut self, now: Duration, out: &mut Outbox) {
         for _ in 0..self.clients.waiting.len() {
-            let Some((client, rest)) = self.clients.waiting.pop() else {
+            let Some((id, rest)) = self.clients.waiting.pop() else {
                 break;
             };
-            let Some(session) = self.clients.duckchat.get_mut(&client) else {
+            let Some(session) = self.clients.sessions.get_mut(id) else {
                 continue;
             };
             // Set again if it has to wait once more.
@@ -174,7 +189,7 @@ impl Engine {
                 Rest::List { after } => {
                     session.list_waiting = false;
                     let after = (!after.is_empty()).then_some(after);
-                    self.answer_list(now, client, after, out);
+                    self.answer_list(now, id, after, out);
                 }
                 Rest::Who {
                     channel,
@@ -182,7 +197,7 @@ impl Engine {
                     next,
                 } => {
                     session.who_waiting = false;
-                    self.answer_who(now, client, channel, names, next, out);
+                    self.answer_who(now, id, channel, names, next, out);
                 }
             }
         }

@@ -2,8 +2,10 @@
 //! out to) and its DuckChat federation tree: join flooding, say forwarding with random ids,
 //! loop detection, pruning and soft state (`shared/spec/duckchat.md`, "Federation").
 
+use super::lossy::Lossy;
 use super::members::Members;
-use super::{Chat, Config, DropReason, Engine, IdSet, Lossy, Outbox, S2s, ShardMsg, COMMON};
+use super::sessions::SessionId;
+use super::{Chat, Config, DropReason, Engine, IdSet, Outbox, S2s, ShardMsg, COMMON};
 use crate::proto::duckchat::{self, Inbound, S2sSay};
 use crate::proto::{Name, Text};
 use ahash::AHashMap;
@@ -19,9 +21,9 @@ struct Subscriber {
 }
 
 struct Channel {
-    /// Every member's user name and home shard, by address: O(1) join, rename and leave at
-    /// any size.
-    members: Members<(Name, u16)>,
+    /// Every member's user name, by session (which names its home shard): O(1) join, rename
+    /// and leave at any size.
+    members: Members<SessionId, Name>,
     /// Members per home shard: fan-out goes only to shards with members.
     per_shard: SmallVec<[u32; 8]>,
     /// Whether this server is part of the channel's tree.
@@ -70,22 +72,19 @@ impl Channels {
         self.owned.len()
     }
 
-    /// Every member of every channel this shard owns, with its home shard; and whether each
-    /// channel's per-shard counts match its members.
-    pub(super) fn member_homes(&self) -> impl Iterator<Item = (Name, SocketAddr, u16)> + '_ {
-        self.owned.iter().flat_map(|(name, c)| {
-            c.members
-                .addrs()
-                .zip(c.members.values())
-                .map(|(addr, &(_, home))| (*name, addr, home))
-        })
+    /// Every member of every channel this shard owns.
+    pub(super) fn members(&self) -> impl Iterator<Item = (Name, SessionId)> + '_ {
+        self.owned
+            .iter()
+            .flat_map(|(name, c)| c.members.iter().map(|&(id, _)| (*name, id)))
     }
 
+    /// Whether each channel's per-shard counts match its members.
     pub(super) fn counts_agree(&self) -> bool {
         self.owned.values().all(|c| {
             let mut counts: SmallVec<[u32; 8]> = SmallVec::from_elem(0, c.per_shard.len());
-            for &(_, home) in c.members.values() {
-                counts[home as usize] += 1;
+            for (id, _) in c.members.iter() {
+                counts[id.home as usize] += 1;
             }
             counts == c.per_shard
         })
@@ -120,9 +119,8 @@ impl Engine {
         &mut self,
         now: Duration,
         name: Name,
-        client: SocketAddr,
+        session: SessionId,
         user: Name,
-        home: u16,
         out: &mut Outbox,
     ) {
         if !self.channels.has_room_for(&name, self.cfg.limits.channels) {
@@ -131,31 +129,31 @@ impl Engine {
             self.counters.dropped(DropReason::ChannelLimit);
             let msg = ShardMsg::JoinRefused {
                 channel: name,
-                client,
+                session,
             };
-            return self.send_to_shard(home, msg, out);
+            return self.send_to_shard(session.home, msg, out);
         }
         self.ensure_channel(name, out);
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if let Some((known, _)) = channel.members.get_mut(&client) {
+        if let Some(known) = channel.members.get_mut(&session) {
             *known = user; // a rename
             return;
         }
-        channel.members.insert(client, (user, home));
-        channel.per_shard[home as usize] += 1;
+        channel.members.insert(session, user);
+        channel.per_shard[session.home as usize] += 1;
         if !channel.subscribed {
             self.subscribe(now, name, None, out);
         }
     }
 
-    pub(super) fn member_left(&mut self, name: Name, client: SocketAddr, out: &mut Outbox) {
+    pub(super) fn member_left(&mut self, name: Name, session: SessionId, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if let Some((_, home)) = channel.members.remove(&client) {
-            channel.per_shard[home as usize] -= 1;
+        if channel.members.remove(&session).is_some() {
+            channel.per_shard[session.home as usize] -= 1;
         }
         self.collect(name, out);
     }
@@ -334,24 +332,18 @@ impl Engine {
     /// WHO: the channel's members, sorted, sent to the asking user's home shard, which
     /// answers (the owner never sends to a client). A channel removed since its home shard saw
     /// it in the directory gets no answer.
-    pub(super) fn who_names(
-        &mut self,
-        name: Name,
-        client: SocketAddr,
-        home: u16,
-        out: &mut Outbox,
-    ) {
+    pub(super) fn who_names(&mut self, name: Name, session: SessionId, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
-        let mut names: Vec<Name> = channel.members.values().map(|&(user, _)| user).collect();
+        let mut names: Vec<Name> = channel.members.values().copied().collect();
         names.sort_unstable();
         let msg = ShardMsg::WhoNames {
             channel: name,
-            client,
+            session,
             names: names.into(),
         };
-        self.send_to_shard(home, msg, out);
+        self.send_to_shard(session.home, msg, out);
     }
 
     /// Soft state: forget neighbors that have not refreshed a channel within the S2S timeout.

@@ -1,10 +1,10 @@
-//! The home shard's half: client sessions (one table per protocol, in order of activity), the
-//! requests of the DuckChat client protocol and their refusals, delivery to local members of
-//! both protocols, and what keeps hostile sources harmless:
+//! The home shard's half: client sessions of every protocol, the commands front-ends decode
+//! (see [`frontend`]) carried out on them, delivery to local members, and what keeps hostile
+//! sources harmless:
 //!
 //! - a full table evicts its longest-silent session instead of refusing a newcomer, and one IP
 //!   address may hold at most `sessions_per_ip` sessions, so spoofed logins cannot lock users out;
-//! - a source without a session never gets a reply larger than its request ([`Engine::refuse`]);
+//! - a source without a session never gets a reply larger than its request ([`Engine::reply`]);
 //! - every reply is charged to its destination's [`ReplyBudget`], and long LIST and WHO
 //!   answers are paced by it ([`answers`]);
 //! - a session gets at most `errors_in_a_row` errors before it does something that succeeds, so
@@ -12,20 +12,19 @@
 
 use super::answers;
 use super::budget::ReplyBudget;
+use super::frontend::{self, Command, Decoded, Done, Protocol, Refusal, View};
 use super::members::Members;
-use super::sessions::Sessions;
-use super::text_clients::TextSession;
-use super::{Chat, DropReason, Engine, Limits, Lossy, Outbox, ShardMsg};
-use crate::proto::duckchat::{self, Inbound};
-use crate::proto::{text, Name, Text};
+use super::sessions::{Key, SessionId, Sessions};
+use super::{Chat, DropReason, Endpoint, Engine, Limits, Outbox, ShardMsg};
+use crate::proto::{text, Name, Nick};
 use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 pub(super) struct Session {
-    name: Name,
+    pub(super) name: Nick,
     channels: SmallVec<[Name; 4]>,
     /// Requests refused since the last one that succeeded.
     errors_in_a_row: u32,
@@ -35,68 +34,26 @@ pub(super) struct Session {
     pub(super) who_waiting: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Protocol {
-    DuckChat,
-    Text,
-}
-
-/// Why a DuckChat request is refused; each is one TXT_ERROR text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refusal {
-    NotLoggedIn,
-    UnknownCommand,
-    NoChannel(Name),
-    NotInChannel(Name),
-    TooManyChannels,
-    ServerChannelLimit,
-    BadChannelName,
-    BadUserName,
-}
-
-impl Refusal {
-    /// The error text, at most 63 bytes.
-    fn text<'b>(&self, buf: &'b mut [u8; 96]) -> &'b [u8] {
-        let (prefix, name): (&[u8], &[u8]) = match self {
-            Refusal::NotLoggedIn => (b"Not logged in", b""),
-            Refusal::UnknownCommand => (b"*Unknown command", b""),
-            Refusal::NoChannel(c) => (NO_CHANNEL, c.as_bytes()),
-            Refusal::NotInChannel(c) => (b"You are not in channel ", c.as_bytes()),
-            Refusal::TooManyChannels => (b"Too many channels", b""),
-            Refusal::ServerChannelLimit => (b"Too many channels on this server", b""),
-            Refusal::BadChannelName => (b"Channel names must be printable UTF-8", b""),
-            Refusal::BadUserName => (b"User names must be printable UTF-8", b""),
-        };
-        let end = prefix.len() + name.len();
-        buf[..prefix.len()].copy_from_slice(prefix);
-        buf[prefix.len()..end].copy_from_slice(name);
-        &buf[..end]
-    }
-}
-
-const NO_CHANNEL: &[u8] = b"No channel by the name ";
-
 /// The members of one channel that this shard is home to, by protocol: each list gets one
-/// payload, encoded once.
+/// payload, encoded once, and fan-out walks a contiguous list of endpoints.
 #[derive(Default)]
 pub(super) struct Local {
-    duckchat: Members<()>,
-    text: Members<()>,
+    by_protocol: [Members<SessionId, Endpoint>; Protocol::COUNT],
 }
 
 impl Local {
-    fn list(&mut self, protocol: Protocol) -> &mut Members<()> {
-        match protocol {
-            Protocol::DuckChat => &mut self.duckchat,
-            Protocol::Text => &mut self.text,
-        }
+    fn is_empty(&self) -> bool {
+        self.by_protocol.iter().all(Members::is_empty)
+    }
+
+    fn len(&self) -> usize {
+        self.by_protocol.iter().map(Members::len).sum()
     }
 }
 
 pub(super) struct Clients {
-    pub(super) duckchat: Sessions<Session>,
-    pub(super) text: Sessions<TextSession>,
-    /// Sessions of both protocols per source IP.
+    pub(super) sessions: Sessions<Session>,
+    /// Sessions per source IP.
     per_ip: AHashMap<IpAddr, u32>,
     /// Members of each channel that this shard is home to.
     local: AHashMap<Name, Local>,
@@ -108,10 +65,9 @@ pub(super) struct Clients {
 }
 
 impl Clients {
-    pub(super) fn new(limits: &Limits, hash: ahash::RandomState) -> Self {
+    pub(super) fn new(home: u16, limits: &Limits, hash: ahash::RandomState) -> Self {
         Self {
-            duckchat: Sessions::default(),
-            text: Sessions::default(),
+            sessions: Sessions::new(home),
             per_ip: AHashMap::new(),
             local: AHashMap::new(),
             directory: BTreeSet::new(),
@@ -120,8 +76,49 @@ impl Clients {
         }
     }
 
+    pub(super) fn census(&self) -> super::Census {
+        super::Census {
+            sessions: self.sessions.len(),
+            sessions_by_address: self.per_ip.values().map(|&n| n as usize).sum(),
+            busiest_address: self.per_ip.values().max().map_or(0, |&n| n as usize),
+            local_channels: self.local.len(),
+            local_members: self.local.values().map(Local::len).sum(),
+            directory: self.directory.len(),
+            paced_answers: self.waiting.len(),
+            ..Default::default()
+        }
+    }
+
+    /// Every member of every channel this shard is home to, with whether its session holds
+    /// the channel too.
+    pub(super) fn local_members(&self) -> impl Iterator<Item = (Name, SessionId, bool)> + '_ {
+        self.local.iter().flat_map(move |(name, l)| {
+            l.by_protocol.iter().flat_map(move |m| {
+                m.iter().map(move |&(id, _)| {
+                    let held = self
+                        .sessions
+                        .get(id)
+                        .is_some_and(|s| s.channels.contains(name));
+                    (*name, id, held)
+                })
+            })
+        })
+    }
+
+    /// Every channel of every session, which must each be in the local member lists.
+    pub(super) fn session_channels(&self) -> impl Iterator<Item = (Name, SessionId)> + '_ {
+        self.sessions
+            .iter()
+            .flat_map(|(id, s)| s.channels.iter().map(move |c| (*c, id)))
+    }
+
+    /// LIST or WHO answers still waiting for budget.
+    pub(super) fn pacing(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Counts a new session of `ip`; false (nothing counted) when the address has its maximum.
-    pub(super) fn admit(&mut self, ip: IpAddr, limit: usize) -> bool {
+    fn admit(&mut self, ip: IpAddr, limit: usize) -> bool {
         let n = self.per_ip.entry(ip).or_insert(0);
         if *n as usize >= limit {
             return false;
@@ -130,46 +127,13 @@ impl Clients {
         true
     }
 
-    pub(super) fn release(&mut self, ip: IpAddr) {
+    fn release(&mut self, ip: IpAddr) {
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
                 self.per_ip.remove(&ip);
             }
         }
-    }
-
-    pub(super) fn census(&self) -> super::Census {
-        super::Census {
-            duckchat_sessions: self.duckchat.len(),
-            text_sessions: self.text.len(),
-            sessions_by_address: self.per_ip.values().map(|&n| n as usize).sum(),
-            busiest_address: self.per_ip.values().max().map_or(0, |&n| n as usize),
-            local_channels: self.local.len(),
-            local_members: self
-                .local
-                .values()
-                .map(|l| l.duckchat.len() + l.text.len())
-                .sum(),
-            directory: self.directory.len(),
-            paced_answers: self.waiting.len(),
-            ..Default::default()
-        }
-    }
-
-    /// Every member of every channel this shard is home to (both protocols).
-    pub(super) fn local_members(&self) -> impl Iterator<Item = (Name, SocketAddr)> + '_ {
-        self.local.iter().flat_map(|(name, l)| {
-            l.duckchat
-                .addrs()
-                .chain(l.text.addrs())
-                .map(move |addr| (*name, addr))
-        })
-    }
-
-    /// LIST or WHO answers still waiting for budget.
-    pub(super) fn pacing(&self) -> bool {
-        !self.waiting.is_empty()
     }
 }
 
@@ -180,188 +144,261 @@ pub(super) const EXPIRE_BATCH: usize = 1024;
 pub(super) const PACE_TICK: Duration = Duration::from_millis(5);
 
 impl Engine {
+    /// One request from `endpoint` in `protocol`: decoded by its front-end, carried out here,
+    /// answered in the front-end's format.
     pub(super) fn client_request(
         &mut self,
         now: Duration,
-        src: SocketAddr,
-        len: usize,
-        req: Inbound<'_>,
+        endpoint: Endpoint,
+        protocol: Protocol,
+        request: &[u8],
         out: &mut Outbox,
     ) {
-        if let Inbound::Login { user } = req {
-            return self.login(now, src, len, user, out);
-        }
-        let Some(session) = self.clients.duckchat.touch(&src, now) else {
-            if matches!(req, Inbound::Leave { .. }) && len == duckchat::TXT_ERROR_LEN {
-                // The shape of a TXT_ERROR: another server's error, not a request.
-                return self.counters.dropped(DropReason::ReplyShaped);
-            }
-            return self.refuse(now, src, len, Refusal::NotLoggedIn, out);
-        };
-        let (user, list_waiting, who_waiting) =
-            (session.name, session.list_waiting, session.who_waiting);
-        if self.cfg.verbose {
-            self.log_request(src, &user, &req, out);
-        }
-        let result = match req {
-            Inbound::Logout => {
-                self.logout(src, out);
-                Ok(())
-            }
-            Inbound::Join { channel } => self.join(src, Name::truncating(channel), out),
-            Inbound::Leave { channel } => self.leave(src, Name::truncating(channel), out),
-            Inbound::Say { channel, text } => {
-                let channel = Name::truncating(channel);
-                self.require_member(src, &channel).map(|()| {
-                    let chat = Chat::Short {
-                        user,
-                        text: Text::truncating(text),
-                    };
-                    self.send_to_owner(ShardMsg::Said { channel, chat }, out);
-                })
-            }
-            Inbound::List => {
-                if !list_waiting {
-                    self.answer_list(now, src, None, out);
+        let key = (endpoint, protocol);
+        let id = self.clients.sessions.find(&key);
+        let view = id
+            .and_then(|id| self.clients.sessions.get(id))
+            .map(|s| View {
+                name: &s.name,
+                channels: &s.channels,
+            });
+        let user = view.filter(|_| self.cfg.verbose).map(|v| *v.name);
+        let mut scratch = [0u8; frontend::MAX_REPLY];
+        let decoded = protocol.decode(&self.settings, request, view, &mut scratch);
+        let command = match decoded {
+            Decoded::Drop(reason) => return self.counters.dropped(reason),
+            Decoded::Malformed => return self.counters.decode_errors.inc(),
+            Decoded::Nothing | Decoded::Error { .. } | Decoded::Command(_) => {
+                if let Some(id) = id {
+                    self.clients.sessions.touch(id, now);
                 }
-                Ok(())
+                match decoded {
+                    Decoded::Command(command) => command,
+                    Decoded::Error { len } => {
+                        return self.reply(now, key, request.len(), &scratch[..len], true, out)
+                    }
+                    _ => return,
+                }
             }
-            Inbound::Who { channel } => {
-                let channel = Name::truncating(channel);
+        };
+        let outcome = self.execute(now, id, key, command, out);
+        if self.cfg.verbose {
+            protocol.log_command(
+                &self.settings,
+                endpoint,
+                user.as_ref(),
+                &command,
+                &outcome,
+                out,
+            );
+        }
+        let (len, error) = match &outcome {
+            Ok(done) => {
+                let session = self.clients.sessions.find(&key);
+                if let Some(s) = session.and_then(|id| self.clients.sessions.get_mut(id)) {
+                    s.errors_in_a_row = 0;
+                }
+                (protocol.encode_done(done, &mut scratch), false)
+            }
+            Err(refusal) => (protocol.encode_refusal(refusal, &mut scratch), true),
+        };
+        if let Some(len) = len {
+            self.reply(now, key, request.len(), &scratch[..len], error, out);
+        }
+    }
+
+    /// Carries out one command of the session `id` (`None`: the endpoint has none).
+    fn execute(
+        &mut self,
+        now: Duration,
+        id: Option<SessionId>,
+        key: Key,
+        command: Command<'_>,
+        out: &mut Outbox,
+    ) -> Result<Done, Refusal> {
+        if let Command::Login { name } = command {
+            return self.login(now, id, key, name, out);
+        }
+        if let Command::Unknown = command {
+            self.counters.decode_errors.inc();
+        }
+        let id = match (id, command) {
+            (Some(id), _) => id,
+            (None, Command::Join { .. }) => match key.1.default_name(key.0) {
+                Some(name) => self.open(now, key, name, out)?,
+                None => return Err(Refusal::NotLoggedIn),
+            },
+            (None, _) => return Err(Refusal::NotLoggedIn),
+        };
+        match command {
+            Command::Login { .. } => unreachable!("handled above"),
+            Command::Quit => {
+                self.close(id, out);
+                Ok(Done::Quit)
+            }
+            Command::Join { channel } => self.join(id, channel, out),
+            Command::Leave { channel } => {
+                self.require_member(id, &channel)?;
+                if let Some(session) = self.clients.sessions.get_mut(id) {
+                    session.channels.retain(|c| *c != channel);
+                }
+                self.part(id, channel, out);
+                Ok(Done::Left(channel))
+            }
+            Command::Say { channel, text } => {
+                self.require_member(id, &channel)?;
+                if let Some(session) = self.clients.sessions.get(id) {
+                    let chat = Chat::new(session.name.as_bytes(), text);
+                    self.send_to_owner(ShardMsg::Said { channel, chat }, out);
+                }
+                Ok(Done::Nothing)
+            }
+            Command::List => {
+                if self
+                    .clients
+                    .sessions
+                    .get(id)
+                    .is_some_and(|s| !s.list_waiting)
+                {
+                    self.answer_list(now, id, None, out);
+                }
+                Ok(Done::Nothing)
+            }
+            Command::Who { channel } => {
                 // A channel the user is in exists even before the owner's directory update
                 // for it arrives; the owner handles the JOIN before this WHO (one queue).
-                let member = self.require_member(src, &channel).is_ok();
+                let member = self.require_member(id, &channel).is_ok();
                 if !member && !self.clients.directory.contains(&channel) {
-                    Err(Refusal::NoChannel(channel))
-                } else {
-                    if !who_waiting {
-                        let msg = ShardMsg::Who {
-                            channel,
-                            client: src,
-                            home: self.shard,
-                        };
-                        self.send_to_owner(msg, out);
-                    }
-                    Ok(())
+                    return Err(Refusal::NoChannel(channel));
                 }
+                if self
+                    .clients
+                    .sessions
+                    .get(id)
+                    .is_some_and(|s| !s.who_waiting)
+                {
+                    let msg = ShardMsg::Who {
+                        channel,
+                        session: id,
+                    };
+                    self.send_to_owner(msg, out);
+                }
+                Ok(Done::Nothing)
             }
-            Inbound::KeepAlive => Ok(()),
-            Inbound::Login { .. }
-            | Inbound::S2sJoin { .. }
-            | Inbound::S2sLeave { .. }
-            | Inbound::S2sSay(_) => Err(Refusal::UnknownCommand),
-        };
-        self.settle(now, src, result, out);
-    }
-
-    /// A datagram with an unknown type code.
-    pub(super) fn unknown_command(
-        &mut self,
-        now: Duration,
-        src: SocketAddr,
-        len: usize,
-        out: &mut Outbox,
-    ) {
-        if self.clients.duckchat.touch(&src, now).is_some() {
-            self.settle(now, src, Err(Refusal::UnknownCommand), out);
-        } else {
-            self.refuse(now, src, len, Refusal::NotLoggedIn, out);
+            Command::KeepAlive => Ok(Done::Nothing),
+            Command::Unknown => Err(Refusal::UnknownCommand),
         }
     }
 
-    /// The outcome of a logged-in user's request: an error text for a refusal, unless the user
-    /// has been refused `errors_in_a_row` times running (only a peer answering our errors with
-    /// errors does that) or its address has no reply budget left.
-    fn settle(
+    /// One reply of `bytes` to a request of `request_len` bytes: never to a server (it would
+    /// take it for a request), within the destination's reply budget, and to an endpoint without
+    /// a session only when no longer than the request (a spoofed source must never receive more
+    /// than was sent in its name). An error counts against the session's errors in a row.
+    fn reply(
         &mut self,
         now: Duration,
-        src: SocketAddr,
-        result: Result<(), Refusal>,
+        key: Key,
+        request_len: usize,
+        bytes: &[u8],
+        error: bool,
         out: &mut Outbox,
     ) {
         let limit = self.cfg.limits.errors_in_a_row;
-        let Some(session) = self.clients.duckchat.get_mut(&src) else {
-            return; // a LOGOUT
-        };
-        match result {
-            Ok(()) => session.errors_in_a_row = 0,
-            Err(refusal) => {
+        match self.clients.sessions.find(&key) {
+            Some(id) if error => {
+                let Some(session) = self.clients.sessions.get_mut(id) else {
+                    return;
+                };
                 session.errors_in_a_row = session.errors_in_a_row.saturating_add(1);
                 if session.errors_in_a_row > limit {
                     return self.counters.errors_suppressed.inc();
                 }
-                self.send_error(now, src, refusal, out);
             }
+            Some(_) => {}
+            None if bytes.len() > request_len => return self.counters.errors_suppressed.inc(),
+            None => {}
         }
+        self.send_reply(now, key.0, bytes, error, out);
     }
 
-    /// A refusal to a source without a session: it gets the error only when its request was at
-    /// least as long (a spoofed source must never receive more than was sent in its name).
-    fn refuse(
+    /// A reply the client did not ask for just now (a join its channel's owner refused).
+    fn send_reply(
         &mut self,
         now: Duration,
-        src: SocketAddr,
-        len: usize,
-        refusal: Refusal,
+        dst: Endpoint,
+        bytes: &[u8],
+        error: bool,
         out: &mut Outbox,
     ) {
-        if len < duckchat::TXT_ERROR_LEN {
-            return self.counters.errors_suppressed.inc();
-        }
-        self.send_error(now, src, refusal, out);
-    }
-
-    fn send_error(&mut self, now: Duration, dst: SocketAddr, refusal: Refusal, out: &mut Outbox) {
-        if !self.may_reply(now, dst, duckchat::TXT_ERROR_LEN) {
+        if !self.may_reply(now, dst, bytes.len()) {
             return;
         }
-        self.counters.errors_sent.inc();
-        let mut buf = [0u8; 96];
-        let message = refusal.text(&mut buf);
-        out.send_new(dst, duckchat::TXT_ERROR_LEN, |b| {
-            duckchat::encode_txt_error(b, message)
-        });
+        if error {
+            self.counters.errors_sent.inc();
+        }
+        out.send_bytes(dst, bytes);
     }
 
-    /// Whether a reply of `bytes` may go to `dst`: never to a server (it would take it for a
-    /// request), and only within the address's reply budget. Refusals are counted.
-    pub(super) fn may_reply(&mut self, now: Duration, dst: SocketAddr, bytes: usize) -> bool {
-        let allowed = !self.is_server(&dst) && self.clients.replies.allow(now, dst.ip(), bytes);
+    /// Whether a reply of `bytes` may go to `dst`: never to a server, and only within the
+    /// address's reply budget. Refusals are counted.
+    pub(super) fn may_reply(&mut self, now: Duration, dst: Endpoint, bytes: usize) -> bool {
+        let to_server = match dst {
+            Endpoint::Udp(addr) => self.is_server(&addr),
+        };
+        let allowed = !to_server && self.clients.replies.allow(now, dst.ip(), bytes);
         if !allowed {
             self.counters.errors_suppressed.inc();
         }
         allowed
     }
 
-    fn login(&mut self, now: Duration, src: SocketAddr, len: usize, user: &[u8], out: &mut Outbox) {
-        let name = Name::truncating(user);
-        if self.cfg.verbose {
-            out.log(format_args!(
-                "{} {} recv Request login {}",
-                self.cfg.local, src, name
-            ));
-        }
-        let valid = text::is_printable_name(name.as_bytes());
-        if let Some(session) = self.clients.duckchat.touch(&src, now) {
-            if !valid {
-                self.counters.dropped(DropReason::BadName);
-                return self.settle(now, src, Err(Refusal::BadUserName), out);
-            }
-            // A second login from the same address renames; owners update their WHO lists.
-            session.name = name;
-            session.errors_in_a_row = 0;
-            let channels = session.channels.clone();
-            for channel in channels {
-                self.member_joined_at_owner(channel, src, name, out);
-            }
-            return;
-        }
-        if !valid {
+    /// A new session, or a new name for the session there is.
+    fn login(
+        &mut self,
+        now: Duration,
+        id: Option<SessionId>,
+        key: Key,
+        name: Nick,
+        out: &mut Outbox,
+    ) -> Result<Done, Refusal> {
+        if !text::is_printable_name(name.as_bytes()) {
             self.counters.dropped(DropReason::BadName);
-            return self.refuse(now, src, len, Refusal::BadUserName, out);
+            return Err(Refusal::BadUserName);
         }
-        if !self.make_room_for_session(src, Protocol::DuckChat, out) {
-            return self.refuse(now, src, len, Refusal::NotLoggedIn, out);
+        let Some(session) = id.and_then(|id| self.clients.sessions.get_mut(id)) else {
+            self.open(now, key, name, out)?;
+            return Ok(Done::Named(name));
+        };
+        // A second login renames; owners update their WHO lists.
+        session.name = name;
+        let channels = session.channels.clone();
+        if let Some(id) = id {
+            for channel in channels {
+                self.member_joined_at_owner(channel, id, name, out);
+            }
+        }
+        Ok(Done::Named(name))
+    }
+
+    /// Begins a session: refused (counted) when its IP address holds its maximum; when the
+    /// table is full, the longest-silent session makes room (counted).
+    fn open(
+        &mut self,
+        now: Duration,
+        key: Key,
+        name: Nick,
+        out: &mut Outbox,
+    ) -> Result<SessionId, Refusal> {
+        let limits = &self.cfg.limits;
+        if !self.clients.admit(key.0.ip(), limits.sessions_per_ip) {
+            self.counters.dropped(DropReason::IpLimit);
+            return Err(Refusal::TooManySessions);
+        }
+        if self.clients.sessions.len() >= limits.sessions_per_shard {
+            if let Some((victim, _)) = self.clients.sessions.oldest() {
+                self.counters.sessions_evicted.inc();
+                self.close(victim, out);
+            }
         }
         let session = Session {
             name,
@@ -370,51 +407,21 @@ impl Engine {
             list_waiting: false,
             who_waiting: false,
         };
-        self.clients.duckchat.insert(src, now, session);
+        Ok(self.clients.sessions.insert(key, now, session))
     }
 
-    /// Admits one more session of `protocol` from `src`: false (counted) when its IP address has
-    /// its maximum; when the table is full, the longest-silent session makes room (counted).
-    pub(super) fn make_room_for_session(
-        &mut self,
-        src: SocketAddr,
-        protocol: Protocol,
-        out: &mut Outbox,
-    ) -> bool {
-        if !self
-            .clients
-            .admit(src.ip(), self.cfg.limits.sessions_per_ip)
-        {
-            self.counters.dropped(DropReason::IpLimit);
-            return false;
-        }
-        let (sessions, oldest) = match protocol {
-            Protocol::DuckChat => (self.clients.duckchat.len(), self.clients.duckchat.oldest()),
-            Protocol::Text => (self.clients.text.len(), self.clients.text.oldest()),
-        };
-        let full = sessions >= self.cfg.limits.sessions_per_shard;
-        if let (true, Some((victim, _))) = (full, oldest) {
-            self.counters.sessions_evicted.inc();
-            match protocol {
-                Protocol::DuckChat => self.logout(victim, out),
-                Protocol::Text => self.text_forget(victim, out),
-            }
-        }
-        true
-    }
-
-    /// Removes the session at `src` from every channel and forgets it.
-    fn logout(&mut self, src: SocketAddr, out: &mut Outbox) {
-        let Some(session) = self.clients.duckchat.remove(&src) else {
+    /// Removes the session from every channel and forgets it.
+    fn close(&mut self, id: SessionId, out: &mut Outbox) {
+        let Some(((endpoint, _), session)) = self.clients.sessions.remove(id) else {
             return;
         };
-        self.clients.release(src.ip());
+        self.clients.release(endpoint.ip());
         for channel in session.channels {
-            self.part(src, channel, out);
+            self.part(id, channel, out);
         }
     }
 
-    fn join(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) -> Result<(), Refusal> {
+    fn join(&mut self, id: SessionId, channel: Name, out: &mut Outbox) -> Result<Done, Refusal> {
         if !text::is_printable_name(channel.as_bytes()) {
             self.counters.dropped(DropReason::BadName);
             return Err(Refusal::BadChannelName);
@@ -422,11 +429,14 @@ impl Engine {
         let limits = &self.cfg.limits;
         let (per_user, per_server) = (limits.channels_per_user, limits.channels);
         let new_channel = !self.clients.directory.contains(&channel);
-        let Some(session) = self.clients.duckchat.get_mut(&src) else {
-            return Ok(());
+        let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
+            return Err(Refusal::NotLoggedIn);
+        };
+        let Some(session) = self.clients.sessions.get_mut(id) else {
+            return Err(Refusal::NotLoggedIn);
         };
         if session.channels.contains(&channel) {
-            return Ok(());
+            return Ok(Done::Joined(channel));
         }
         if session.channels.len() >= per_user {
             self.counters.dropped(DropReason::UserChannelLimit);
@@ -434,47 +444,38 @@ impl Engine {
         }
         if new_channel && self.clients.directory.len() >= per_server {
             self.counters.dropped(DropReason::ChannelLimit);
-            return Err(Refusal::ServerChannelLimit);
+            return Err(Refusal::ServerChannelLimit(channel));
         }
         session.channels.push(channel);
-        let user = session.name;
-        self.add_local(channel, src, Protocol::DuckChat);
-        self.member_joined_at_owner(channel, src, user, out);
-        Ok(())
+        let name = session.name;
+        let local = self.clients.local.entry(channel).or_default();
+        local.by_protocol[protocol.index()].insert(id, endpoint);
+        self.member_joined_at_owner(channel, id, name, out);
+        Ok(Done::Joined(channel))
     }
 
-    /// Tells the owner of `channel` that `client` is a member named `user` (or renamed).
-    pub(super) fn member_joined_at_owner(
+    /// Tells the owner of `channel` that the session is a member named `name` (or renamed).
+    fn member_joined_at_owner(
         &mut self,
         channel: Name,
-        client: SocketAddr,
-        user: Name,
+        session: SessionId,
+        name: Nick,
         out: &mut Outbox,
     ) {
         let msg = ShardMsg::Joined {
             channel,
-            client,
-            user,
-            home: self.shard,
+            session,
+            user: Name::truncating(name.as_bytes()),
         };
         self.send_to_owner(msg, out);
     }
 
-    fn leave(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) -> Result<(), Refusal> {
-        self.require_member(src, &channel)?;
-        if let Some(session) = self.clients.duckchat.get_mut(&src) {
-            session.channels.retain(|c| *c != channel);
-        }
-        self.part(src, channel, out);
-        Ok(())
-    }
-
-    /// Whether the user at `src` is in `channel`, and if not, the right refusal.
-    fn require_member(&self, src: SocketAddr, channel: &Name) -> Result<(), Refusal> {
+    /// Whether the session is in `channel`, and if not, the right refusal.
+    fn require_member(&self, id: SessionId, channel: &Name) -> Result<(), Refusal> {
         let member = self
             .clients
-            .duckchat
-            .get(&src)
+            .sessions
+            .get(id)
             .is_some_and(|s| s.channels.contains(channel));
         match member {
             true => Ok(()),
@@ -485,35 +486,22 @@ impl Engine {
         }
     }
 
-    pub(super) fn add_local(&mut self, channel: Name, src: SocketAddr, protocol: Protocol) {
-        let local = self.clients.local.entry(channel).or_default();
-        local.list(protocol).insert(src, ());
-    }
-
-    pub(super) fn remove_local(&mut self, channel: Name, src: SocketAddr, protocol: Protocol) {
+    fn remove_local(&mut self, channel: Name, id: SessionId) {
         let Some(local) = self.clients.local.get_mut(&channel) else {
             return;
         };
-        local.list(protocol).remove(&src);
-        if local.duckchat.is_empty() && local.text.is_empty() {
+        for members in &mut local.by_protocol {
+            members.remove(&id);
+        }
+        if local.is_empty() {
             self.clients.local.remove(&channel);
         }
     }
 
-    /// Takes `src` off this shard's member list of `channel` and tells the channel's owner.
-    fn part(&mut self, src: SocketAddr, channel: Name, out: &mut Outbox) {
-        self.remove_local(channel, src, Protocol::DuckChat);
-        self.member_left_at_owner(channel, src, out);
-    }
-
-    /// Tells the owner of `channel` that `client` is no longer a member.
-    pub(super) fn member_left_at_owner(
-        &mut self,
-        channel: Name,
-        client: SocketAddr,
-        out: &mut Outbox,
-    ) {
-        self.send_to_owner(ShardMsg::Left { channel, client }, out);
+    /// Takes the session off this shard's member list of `channel` and tells the channel's owner.
+    fn part(&mut self, session: SessionId, channel: Name, out: &mut Outbox) {
+        self.remove_local(channel, session);
+        self.send_to_owner(ShardMsg::Left { channel, session }, out);
     }
 
     /// The owner could not create `channel` for a join: undo it and tell the user.
@@ -521,102 +509,73 @@ impl Engine {
         &mut self,
         now: Duration,
         channel: Name,
-        client: SocketAddr,
+        id: SessionId,
         out: &mut Outbox,
     ) {
-        if let Some(session) = self.clients.duckchat.get_mut(&client) {
-            if session.channels.contains(&channel) {
-                session.channels.retain(|c| *c != channel);
-                self.remove_local(channel, client, Protocol::DuckChat);
-                self.send_error(now, client, Refusal::ServerChannelLimit, out);
-            }
+        let Some(key) = self.clients.sessions.key(id) else {
+            return;
+        };
+        let Some(session) = self.clients.sessions.get_mut(id) else {
+            return;
+        };
+        if !session.channels.contains(&channel) {
+            return;
         }
-        self.text_join_refused(now, channel, client, out);
+        session.channels.retain(|c| *c != channel);
+        self.remove_local(channel, id);
+        let mut buf = [0u8; frontend::MAX_REPLY];
+        if let Some(len) = key
+            .1
+            .encode_refusal(&Refusal::ServerChannelLimit(channel), &mut buf)
+        {
+            self.send_reply(now, key.0, &buf[..len], true, out);
+        }
     }
 
-    /// Sends the message to every member this shard is home to: a TXT_SAY (name and text cut
-    /// to DuckChat's fields) to DuckChat users, `<nick> text` to text users.
+    /// Sends the message to every member this shard is home to, encoded once per protocol.
     pub(super) fn deliver(&mut self, channel: Name, chat: &Chat, out: &mut Outbox) {
         let Some(local) = self.clients.local.get(&channel) else {
             return;
         };
-        if !local.duckchat.is_empty() {
-            let user = Name::truncating(chat.user());
-            let text = Text::truncating(chat.text());
-            if let Some(payload) = out.payload(duckchat::TXT_SAY_LEN, |buf| {
-                duckchat::encode_txt_say(buf, &channel, &user, &text)
-            }) {
-                for member in local.duckchat.addrs() {
-                    out.send(member, payload);
+        for protocol in Protocol::ALL {
+            let members = &local.by_protocol[protocol.index()];
+            if members.is_empty() {
+                continue;
+            }
+            let payload = out.payload(protocol.max_chat(), |buf| {
+                protocol.encode_chat(&channel, chat, buf).ok_or(())
+            });
+            if let Some(payload) = payload {
+                for &(_, endpoint) in members.iter() {
+                    out.send_to(endpoint, payload);
                 }
             }
         }
-        if !local.text.is_empty() {
-            if let Some(payload) = out.payload(text::MAX_LINE, |buf| {
-                text::encode_chat(buf, chat.user(), chat.text())
-            }) {
-                for member in local.text.addrs() {
-                    out.send(member, payload);
-                }
-            }
-        }
-        let members = local.duckchat.len() + local.text.len();
-        self.counters.deliveries.add(members as u64);
+        self.counters.deliveries.add(local.len() as u64);
     }
 
-    /// Logs out users of both protocols silent for longer than the user timeout, longest-silent
-    /// first and at most [`EXPIRE_BATCH`] per call; true when more are due.
+    /// Logs out sessions silent for longer than the user timeout, longest-silent first and at
+    /// most [`EXPIRE_BATCH`] per call; true when more are due.
     pub(super) fn expire_users(&mut self, now: Duration, out: &mut Outbox) -> bool {
         let timeout = self.cfg.user_timeout;
-        let due = |oldest: Option<(SocketAddr, Duration)>| {
-            oldest
+        let due = |sessions: &Sessions<Session>| {
+            sessions
+                .oldest()
                 .filter(|&(_, seen)| now.saturating_sub(seen) > timeout)
-                .map(|(addr, _)| addr)
+                .map(|(id, _)| id)
         };
         for _ in 0..EXPIRE_BATCH {
-            if let Some(addr) = due(self.clients.duckchat.oldest()) {
-                self.counters.users_expired.inc();
-                if self.cfg.verbose {
-                    out.log(format_args!("{} {} user timed out", self.cfg.local, addr));
-                }
-                self.logout(addr, out);
-            } else if let Some(addr) = due(self.clients.text.oldest()) {
-                self.counters.users_expired.inc();
-                self.log_event(out, format_args!("Client {addr} timed out"));
-                self.text_forget(addr, out);
-            } else {
+            let Some(id) = due(&self.clients.sessions) else {
                 return false;
+            };
+            self.counters.users_expired.inc();
+            if let (true, Some((endpoint, protocol))) =
+                (self.cfg.verbose, self.clients.sessions.key(id))
+            {
+                protocol.log_expired(&self.settings, endpoint, out);
             }
+            self.close(id, out);
         }
-        due(self.clients.duckchat.oldest()).is_some() || due(self.clients.text.oldest()).is_some()
-    }
-
-    fn log_request(&self, src: SocketAddr, user: &Name, req: &Inbound<'_>, out: &mut Outbox) {
-        let local = self.cfg.local;
-        match *req {
-            Inbound::Logout => out.log(format_args!("{local} {src} recv Request logout {user}")),
-            Inbound::Join { channel } => out.log(format_args!(
-                "{local} {src} recv Request join {user} {}",
-                Lossy(channel)
-            )),
-            Inbound::Leave { channel } => out.log(format_args!(
-                "{local} {src} recv Request leave {user} {}",
-                Lossy(channel)
-            )),
-            Inbound::Say { channel, text } => out.log(format_args!(
-                "{local} {src} recv Request say {user} {} \"{}\"",
-                Lossy(channel),
-                Lossy(text)
-            )),
-            Inbound::List => out.log(format_args!("{local} {src} recv Request list {user}")),
-            Inbound::Who { channel } => out.log(format_args!(
-                "{local} {src} recv Request who {user} {}",
-                Lossy(channel)
-            )),
-            Inbound::KeepAlive => {
-                out.log(format_args!("{local} {src} recv Request keep alive {user}"))
-            }
-            _ => {}
-        }
+        due(&self.clients.sessions).is_some()
     }
 }

@@ -3,14 +3,14 @@
 //! members as in one of a hundred thousand, and fan-out still walks a contiguous vector.
 
 use ahash::AHashMap;
-use std::net::SocketAddr;
+use std::hash::Hash;
 
-pub(super) struct Members<V> {
-    list: Vec<(SocketAddr, V)>,
-    index: AHashMap<SocketAddr, u32>,
+pub(super) struct Members<K, V> {
+    list: Vec<(K, V)>,
+    index: AHashMap<K, u32>,
 }
 
-impl<V> Default for Members<V> {
+impl<K, V> Default for Members<K, V> {
     fn default() -> Self {
         Self {
             list: Vec::new(),
@@ -19,7 +19,7 @@ impl<V> Default for Members<V> {
     }
 }
 
-impl<V> Members<V> {
+impl<K: Copy + Eq + Hash, V> Members<K, V> {
     pub(super) fn len(&self) -> usize {
         self.list.len()
     }
@@ -28,24 +28,24 @@ impl<V> Members<V> {
         self.list.is_empty()
     }
 
-    pub(super) fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut V> {
-        let &i = self.index.get(addr)?;
+    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let &i = self.index.get(key)?;
         Some(&mut self.list[i as usize].1)
     }
 
-    /// Adds `addr` unless it is a member already; true when it was added.
-    pub(super) fn insert(&mut self, addr: SocketAddr, value: V) -> bool {
-        if self.index.contains_key(&addr) {
+    /// Adds `key` unless it is a member already; true when it was added.
+    pub(super) fn insert(&mut self, key: K, value: V) -> bool {
+        if self.index.contains_key(&key) {
             return false;
         }
-        self.index.insert(addr, self.list.len() as u32);
-        self.list.push((addr, value));
+        self.index.insert(key, self.list.len() as u32);
+        self.list.push((key, value));
         true
     }
 
-    /// The member's value, if `addr` was a member.
-    pub(super) fn remove(&mut self, addr: &SocketAddr) -> Option<V> {
-        let i = self.index.remove(addr)? as usize;
+    /// The member's value, if `key` was a member.
+    pub(super) fn remove(&mut self, key: &K) -> Option<V> {
+        let i = self.index.remove(key)? as usize;
         let (_, value) = self.list.swap_remove(i);
         if let Some((moved, _)) = self.list.get(i) {
             self.index.insert(*moved, i as u32);
@@ -54,8 +54,8 @@ impl<V> Members<V> {
         Some(value)
     }
 
-    pub(super) fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.list.iter().map(|(a, _)| *a)
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(K, V)> {
+        self.list.iter()
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &V> {
@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn swap_remove_keeps_the_index_right() {
         let mut m = Members::default();
-        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let a = |p: u16| u32::from(p) * 7;
         for p in 1..=5 {
             assert!(m.insert(a(p), p));
         }

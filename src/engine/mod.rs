@@ -45,23 +45,29 @@ mod channels;
 mod chat;
 mod clients;
 mod counters;
+mod endpoint;
+mod frontend;
 pub mod group;
 mod idset;
+mod lossy;
 mod members;
 mod outbox;
 mod sessions;
-mod text_clients;
 
 pub use chat::Chat;
 pub use counters::{Counter, Counters, DropReason};
+pub use endpoint::Endpoint;
+pub use frontend::Protocol;
 pub use group::{Cluster, Member, Order, MAX_SERVERS};
 pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};
+pub use sessions::SessionId;
 
 use crate::proto::duckchat::{self, Inbound, SayLayout};
 use crate::proto::{text, Name, Text};
 use crate::rng::Rng;
 use ahash::AHashMap;
+use lossy::Lossy;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,9 +91,9 @@ const _: () = assert!(text::MAX_LINE <= 65_507);
 /// they are stated (the README's "Limits" table lists them with these defaults).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Sessions of each protocol per shard; a full table evicts its longest-silent session.
+    /// Sessions (of every protocol) per shard; a full table evicts its longest-silent session.
     pub sessions_per_shard: usize,
-    /// Sessions (both protocols) one IP address may hold on one shard.
+    /// Sessions (of every protocol) one IP address may hold on one shard.
     pub sessions_per_ip: usize,
     pub channels_per_user: usize,
     /// Channels the server knows (made by local JOINs and by neighbors' S2S_JOINs).
@@ -178,36 +184,34 @@ pub enum ShardMsg {
     /// Home -> owner: a local user joined (or, when already a member, was renamed).
     Joined {
         channel: Name,
-        client: SocketAddr,
+        session: SessionId,
         user: Name,
-        home: u16,
     },
     /// Home -> owner: a local user left, logged out or expired.
     Left {
         channel: Name,
-        client: SocketAddr,
+        session: SessionId,
     },
     /// Owner -> home: the channel could not be created (the server's channel limit, reached by
     /// joins racing on other shards); the home shard undoes the join.
     JoinRefused {
         channel: Name,
-        client: SocketAddr,
+        session: SessionId,
     },
     /// Home -> owner: a local user said something.
     Said {
         channel: Name,
         chat: Chat,
     },
-    /// Home -> owner: the members of this channel, for this client's WHO.
+    /// Home -> owner: the members of this channel, for this session's WHO.
     Who {
         channel: Name,
-        client: SocketAddr,
-        home: u16,
+        session: SessionId,
     },
     /// Owner -> home: the members' names, sorted, for the home shard to answer WHO with.
     WhoNames {
         channel: Name,
-        client: SocketAddr,
+        session: SessionId,
         names: Arc<[Name]>,
     },
     /// Receiving shard -> owner: a neighbor's datagram.
@@ -275,8 +279,8 @@ impl ShardMsg {
 /// and fuzzing can check it against the [`Limits`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Census {
-    pub duckchat_sessions: usize,
-    pub text_sessions: usize,
+    /// Sessions of every protocol.
+    pub sessions: usize,
     /// Sessions counted per source IP, summed, and the most any one IP holds.
     pub sessions_by_address: usize,
     pub busiest_address: usize,
@@ -292,20 +296,12 @@ pub struct Census {
 impl Census {
     /// The first way in which this census exceeds `limits` (for a server of `shards` shards).
     pub fn check(&self, limits: &Limits, shards: u16) -> Result<(), String> {
-        let sessions = self.duckchat_sessions + self.text_sessions;
-        let memberships = self.duckchat_sessions * limits.channels_per_user + self.text_sessions;
+        let memberships = self.sessions * limits.channels_per_user;
         let channels = limits.channels.max(1); // Common exists from the start
         let checks = [
+            (self.sessions <= limits.sessions_per_shard, "sessions"),
             (
-                self.duckchat_sessions <= limits.sessions_per_shard,
-                "DuckChat sessions",
-            ),
-            (
-                self.text_sessions <= limits.sessions_per_shard,
-                "text sessions",
-            ),
-            (
-                self.sessions_by_address == sessions,
+                self.sessions_by_address == self.sessions,
                 "sessions counted by address",
             ),
             (
@@ -331,8 +327,8 @@ impl Census {
 
 /// Checks what the shards of one server hold against each other, at a moment when no message is
 /// in flight between them (the simulator's quiescence): each channel's owner lists exactly the
-/// members that their home shards hold, with the right home, and its per-shard counts match.
-/// Returns the first disagreement.
+/// members that their home shards hold, a home shard's member lists and its sessions' channels
+/// agree, and the owners' per-shard counts match. Returns the first disagreement.
 pub fn check_agreement(shards: &[Engine]) -> Result<(), String> {
     use std::collections::HashSet;
     let mut owned = HashSet::new();
@@ -343,18 +339,33 @@ pub fn check_agreement(shards: &[Engine]) -> Result<(), String> {
                 "shard {i}: per-shard member counts disagree with the members"
             ));
         }
-        owned.extend(shard.channels.member_homes());
-        let home = i as u16;
-        local.extend(shard.clients.local_members().map(|(c, a)| (c, a, home)));
+        owned.extend(shard.channels.members());
+        for (channel, id, held) in shard.clients.local_members() {
+            if id.home as usize != i || !held {
+                return Err(format!(
+                    "shard {i} lists {id:?} in {channel} but its session is not there"
+                ));
+            }
+            local.insert((channel, id));
+        }
+        if let Some((c, id)) = shard
+            .clients
+            .session_channels()
+            .find(|m| !local.contains(m))
+        {
+            return Err(format!(
+                "{id:?} is in {c} on shard {i} but not on its member list"
+            ));
+        }
     }
-    if let Some((c, a, h)) = owned.difference(&local).next() {
+    if let Some((c, id)) = owned.difference(&local).next() {
         return Err(format!(
-            "{a} is a member of {c} at its owner but not on its home shard {h}"
+            "{id:?} is a member of {c} at its owner but not on its home shard"
         ));
     }
-    if let Some((c, a, h)) = local.difference(&owned).next() {
+    if let Some((c, id)) = local.difference(&owned).next() {
         return Err(format!(
-            "{a} is a member of {c} on shard {h} but not at its owner"
+            "{id:?} is a member of {c} on its home shard but not at its owner"
         ));
     }
     Ok(())
@@ -370,6 +381,8 @@ pub struct Engine {
     servers: AHashMap<SocketAddr, Server>,
     group: Option<group::Group>,
     counters: Arc<Counters>,
+    /// What front-ends need of the configuration.
+    settings: frontend::Settings,
     rng: Rng,
     /// Messages this shard sends to itself, handled after the current event (FIFO like a queue).
     loopback: VecDeque<ShardMsg>,
@@ -422,7 +435,12 @@ impl Engine {
             counters: Arc::new(Counters::default()),
             rng,
             loopback: VecDeque::with_capacity(64),
-            clients: clients::Clients::new(&cfg.limits, reply_hash),
+            clients: clients::Clients::new(shard, &cfg.limits, reply_hash),
+            settings: frontend::Settings {
+                local: cfg.local,
+                cluster_index: cfg.cluster.as_ref().map(|c| c.me),
+                rooms: cfg.rooms,
+            },
             channels: channels::Channels::new(&cfg, id_hash, shards),
             next_refresh: now + cfg.s2s_refresh,
             next_sweep: now + Self::sweep_period(&cfg),
@@ -454,9 +472,14 @@ impl Engine {
         census
     }
 
-    /// Whether `addr` has a session of either protocol on this shard.
+    /// Whether `addr` has a session of any protocol on this shard.
     pub fn has_session(&self, addr: &SocketAddr) -> bool {
-        self.clients.duckchat.contains(addr) || self.clients.text.contains(addr)
+        Protocol::ALL.iter().any(|&p| {
+            self.clients
+                .sessions
+                .find(&(Endpoint::Udp(*addr), p))
+                .is_some()
+        })
     }
 
     /// The shard that owns `channel`.
@@ -500,19 +523,8 @@ impl Engine {
             // Our own address (spoofed) or a cluster server's bind address: never a client.
             Some(Server::Other) => return self.counters.dropped(DropReason::FromServer),
         }
-        if text::is_text(buf) {
-            self.text_request(now, src, buf, out);
-            return self.drain_loopback(now, out);
-        }
-        match duckchat::decode_inbound(buf, self.cfg.say_layout) {
-            Ok(inbound) if is_s2s(&inbound) => self.counters.dropped(DropReason::NotNeighbor),
-            Ok(inbound) => self.client_request(now, src, buf.len(), inbound, out),
-            Err(duckchat::DecodeError::UnknownType(_)) => {
-                self.counters.decode_errors.inc();
-                self.unknown_command(now, src, buf.len(), out);
-            }
-            Err(_) => self.counters.decode_errors.inc(),
-        }
+        let protocol = Protocol::of_datagram(buf);
+        self.client_request(now, Endpoint::Udp(src), protocol, buf, out);
         self.drain_loopback(now, out);
     }
 
@@ -550,29 +562,20 @@ impl Engine {
         match msg {
             ShardMsg::Joined {
                 channel,
-                client,
+                session,
                 user,
-                home,
-            } => self.member_joined(now, channel, client, user, home, out),
-            ShardMsg::Left { channel, client } => self.member_left(channel, client, out),
-            ShardMsg::JoinRefused { channel, client } => {
-                self.join_refused(now, channel, client, out)
+            } => self.member_joined(now, channel, session, user, out),
+            ShardMsg::Left { channel, session } => self.member_left(channel, session, out),
+            ShardMsg::JoinRefused { channel, session } => {
+                self.join_refused(now, channel, session, out)
             }
             ShardMsg::Said { channel, chat } => self.local_say(now, channel, chat, out),
-            ShardMsg::Who {
-                channel,
-                client,
-                home,
-            } => self.who_names(channel, client, home, out),
+            ShardMsg::Who { channel, session } => self.who_names(channel, session, out),
             ShardMsg::WhoNames {
                 channel,
-                client,
+                session,
                 names,
-            } => {
-                if self.clients.duckchat.contains(&client) {
-                    self.answer_who(now, client, channel, names, 0, out);
-                }
-            }
+            } => self.answer_who(now, session, channel, names, 0, out),
             ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
             ShardMsg::FromPeer {
                 room,
@@ -628,15 +631,11 @@ impl Engine {
         self.cfg.neighbors[neighbor as usize]
     }
 
-    /// A verbose log line about a text client or the group, prefixed `Snn` (the server's index
-    /// in the cluster) as the spec's logs are; the runtime adds the time of day.
+    /// A verbose log line about the group, prefixed `Snn` (the server's index in the cluster)
+    /// as the spec's logs are; the runtime adds the time of day.
     fn log_event(&self, out: &mut Outbox, line: std::fmt::Arguments<'_>) {
-        if !self.cfg.verbose {
-            return;
-        }
-        match &self.cfg.cluster {
-            Some(c) => out.log(format_args!("S{:02} {line}", c.me + 1)),
-            None => out.log(format_args!("{} {line}", self.cfg.local)),
+        if self.cfg.verbose {
+            out.log(format_args!("{} {line}", self.settings.prefix()));
         }
     }
 }
@@ -655,13 +654,4 @@ fn is_s2s(inbound: &Inbound<'_>) -> bool {
         inbound,
         Inbound::S2sJoin { .. } | Inbound::S2sLeave { .. } | Inbound::S2sSay(_)
     )
-}
-
-/// Names and texts in log lines: lossy UTF-8, as the course servers print them.
-struct Lossy<'a>(&'a [u8]);
-
-impl std::fmt::Display for Lossy<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&String::from_utf8_lossy(self.0), f)
-    }
 }

@@ -4,7 +4,7 @@
 //! fanning one TXT_SAY out to a thousand members copies 132 bytes once, not a thousand times.
 //! The vectors keep their capacity across [`Outbox::clear`], so after warm-up nothing allocates.
 
-use super::ShardMsg;
+use super::{Endpoint, ShardMsg};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
@@ -62,16 +62,31 @@ impl Outbox {
         self.sends.push(Send { dst, payload });
     }
 
+    /// Sends to a client wherever it is reached.
+    pub fn send_to(&mut self, dst: Endpoint, payload: PayloadId) {
+        match dst {
+            Endpoint::Udp(addr) => self.send(addr, payload),
+        }
+    }
+
     /// Encodes and sends to one destination.
     pub fn send_new<E>(
         &mut self,
-        dst: SocketAddr,
+        dst: impl Into<Endpoint>,
         max: usize,
         encode: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) {
         if let Some(p) = self.payload(max, encode) {
-            self.send(dst, p);
+            self.send_to(dst.into(), p);
         }
+    }
+
+    /// Sends a copy of `bytes` to one destination.
+    pub fn send_bytes(&mut self, dst: impl Into<Endpoint>, bytes: &[u8]) {
+        self.send_new(dst, bytes.len(), |buf| {
+            buf.copy_from_slice(bytes);
+            Ok::<_, std::convert::Infallible>(bytes.len())
+        });
     }
 
     pub fn bytes(&self, payload: PayloadId) -> &[u8] {

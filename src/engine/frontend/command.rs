@@ -1,0 +1,119 @@
+//! What front-ends and the core say to each other. A front-end turns a request's bytes into a
+//! [`Command`] (or answers it itself when it is wrong in the protocol's own terms); the core
+//! carries the command out on the session and reports [`Done`] or a [`Refusal`], which the
+//! front-end writes back in its own format, as it writes deliveries and LIST and WHO answers.
+//! Nothing here names a wire format.
+
+use crate::engine::DropReason;
+use crate::proto::{Name, Nick};
+use std::net::SocketAddr;
+
+/// What a front-end may know of the session a request comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'s> {
+    pub name: &'s Nick,
+    pub channels: &'s [Name],
+}
+
+/// What a client asks for, in every protocol's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Begin a session named `name`, or rename the session there is.
+    Login {
+        name: Nick,
+    },
+    /// End the session.
+    Quit,
+    /// Join `channel`. A front-end whose sessions begin without a login
+    /// ([`super::Protocol::default_name`]) begins one here.
+    Join {
+        channel: Name,
+    },
+    Leave {
+        channel: Name,
+    },
+    Say {
+        channel: Name,
+        text: &'a [u8],
+    },
+    List,
+    Who {
+        channel: Name,
+    },
+    KeepAlive,
+    /// A request the protocol does not have.
+    Unknown,
+}
+
+/// A request, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    Command(Command<'a>),
+    /// Wrong in the protocol's own terms: the front-end wrote its error reply, `len` bytes, to
+    /// the scratch buffer it was given.
+    Error {
+        len: usize,
+    },
+    /// Not a request at all, dropped for this reason.
+    Drop(DropReason),
+    /// Bytes that do not parse.
+    Malformed,
+    /// Nothing to do or answer (the session, if any, was active all the same).
+    Nothing,
+}
+
+/// Why the core refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotLoggedIn,
+    UnknownCommand,
+    NoChannel(Name),
+    NotInChannel(Name),
+    /// The session is in as many channels as one session may be.
+    TooManyChannels,
+    /// The server knows as many channels as it may.
+    ServerChannelLimit(Name),
+    BadChannelName,
+    BadUserName,
+    /// The endpoint's address holds as many sessions as one address may.
+    TooManySessions,
+}
+
+/// What a command that succeeded did, for front-ends that confirm it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Nothing,
+    Named(Nick),
+    Joined(Name),
+    Left(Name),
+    Quit,
+}
+
+/// What front-ends need of the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// This server's address, as its log lines name it.
+    pub local: SocketAddr,
+    /// How its event log lines begin: `Snn` in a cluster, else the address.
+    pub cluster_index: Option<u16>,
+    /// Text-protocol rooms are 1 to `rooms`.
+    pub rooms: u32,
+}
+
+impl Settings {
+    /// The prefix of event log lines.
+    pub fn prefix(&self) -> impl std::fmt::Display + '_ {
+        Prefix(self)
+    }
+}
+
+struct Prefix<'s>(&'s Settings);
+
+impl std::fmt::Display for Prefix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.cluster_index {
+            Some(i) => write!(f, "S{:02}", i + 1),
+            None => self.0.local.fmt(f),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Client protocols as front-ends of one core. Each front-end is one file that decodes a request
+//! into a [`Command`] (given what it may know of the session, a [`View`]) and writes what the core
+//! tells it to (replies to its commands, deliveries, LIST and WHO answers, log lines) in its own
+//! format; the core keeps the sessions, the channels and the limits and never names a format.
+//!
+//! [`Protocol`] is the registry: adding a front-end is a new file and one variant here, with its
+//! arm in each match below.
+
+mod command;
+mod duckchat;
+mod text;
+
+pub use command::{Command, Decoded, Done, Refusal, Settings, View};
+
+use super::{Chat, Endpoint, Outbox};
+use crate::proto::{Name, Nick};
+
+/// The largest reply a front-end writes to a request (an error or a confirmation).
+pub const MAX_REPLY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    DuckChat,
+    Text,
+}
+
+/// A LIST or WHO answer, or a part of one: at most [`Protocol::names_per_answer`] names.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'n> {
+    List(&'n [Name]),
+    Who {
+        channel: &'n Name,
+        names: &'n [Name],
+    },
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::DuckChat, Protocol::Text];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The position in [`Protocol::ALL`], for per-protocol arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Which front-end a datagram on the shared UDP port is for.
+    pub fn of_datagram(datagram: &[u8]) -> Protocol {
+        if crate::proto::text::is_text(datagram) {
+            Protocol::Text
+        } else {
+            Protocol::DuckChat
+        }
+    }
+
+    /// One request; protocol errors are written to `scratch` ([`Decoded::Error`]).
+    pub fn decode<'a>(
+        self,
+        settings: &Settings,
+        request: &'a [u8],
+        session: Option<View<'_>>,
+        scratch: &mut [u8; MAX_REPLY],
+    ) -> Decoded<'a> {
+        match self {
+            Protocol::DuckChat => duckchat::decode(request, session),
+            Protocol::Text => text::decode(settings, request, session, scratch),
+        }
+    }
+
+    /// The name of a session that begins without a login (on its first JOIN), or `None` when
+    /// sessions of this protocol begin with a login only.
+    pub fn default_name(self, endpoint: Endpoint) -> Option<Nick> {
+        match self {
+            Protocol::DuckChat => None,
+            Protocol::Text => Some(text::default_name(endpoint)),
+        }
+    }
+
+    /// The reply to a command the core refused.
+    pub fn encode_refusal(self, refusal: &Refusal, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            Protocol::DuckChat => duckchat::encode_refusal(refusal, buf),
+            Protocol::Text => text::encode_refusal(refusal, buf),
+        }
+    }
+
+    /// The reply to a command that succeeded, if the protocol confirms it.
+    pub fn encode_done(self, done: &Done, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            Protocol::DuckChat => None,
+            Protocol::Text => text::encode_done(done, buf),
+        }
+    }
+
+    /// The longest delivery [`Protocol::encode_chat`] writes.
+    pub fn max_chat(self) -> usize {
+        match self {
+            Protocol::DuckChat => duckchat::MAX_CHAT,
+            Protocol::Text => text::MAX_CHAT,
+        }
+    }
+
+    /// What a member of `channel` receives when someone says something there.
+    pub fn encode_chat(self, channel: &Name, chat: &Chat, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            Protocol::DuckChat => duckchat::encode_chat(channel, chat, buf),
+            Protocol::Text => text::encode_chat(chat, buf),
+        }
+    }
+
+    /// How many names one LIST (`list`) or WHO answer carries at most.
+    pub fn names_per_answer(self, list: bool) -> usize {
+        match self {
+            Protocol::DuckChat => duckchat::names_per_answer(list),
+            Protocol::Text => 1,
+        }
+    }
+
+    /// The size of an answer, known before it is written (it is charged to the reply budget
+    /// first); `None` for a protocol without LIST and WHO.
+    pub fn answer_len(self, answer: &Answer<'_>) -> Option<usize> {
+        match self {
+            Protocol::DuckChat => Some(duckchat::answer_len(answer)),
+            Protocol::Text => None,
+        }
+    }
+
+    pub fn encode_answer(self, answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            Protocol::DuckChat => duckchat::encode_answer(answer, buf),
+            Protocol::Text => None,
+        }
+    }
+
+    /// The verbose log line of a command (`user`: the session's name before it), if the
+    /// protocol logs it.
+    pub fn log_command(
+        self,
+        settings: &Settings,
+        endpoint: Endpoint,
+        user: Option<&Nick>,
+        command: &Command<'_>,
+        outcome: &Result<Done, Refusal>,
+        out: &mut Outbox,
+    ) {
+        match self {
+            Protocol::DuckChat => duckchat::log_command(settings, endpoint, user, command, out),
+            Protocol::Text => text::log_command(settings, endpoint, outcome, out),
+        }
+    }
+
+    /// The verbose log line of a session that timed out.
+    pub fn log_expired(self, settings: &Settings, endpoint: Endpoint, out: &mut Outbox) {
+        match self {
+            Protocol::DuckChat => {
+                out.log(format_args!("{} {endpoint} user timed out", settings.local))
+            }
+            Protocol::Text => out.log(format_args!(
+                "{} Client {endpoint} timed out",
+                settings.prefix()
+            )),
+        }
+    }
+}

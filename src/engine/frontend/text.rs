@@ -1,0 +1,171 @@
+//! The text line protocol (`docs/protocols.md`): one line per datagram, a session begins with
+//! the first `/join N` or `/nick NAME` and is named `ip:port` until it picks a nick, every
+//! command gets one `+OK` or `-ERR` line (`/quit` none), and a session is in at most one room:
+//! room N is the channel named `N`, shared with DuckChat users.
+
+use super::command::{Command, Decoded, Done, Refusal, Settings, View};
+use super::MAX_REPLY;
+use crate::engine::lossy::Lossy;
+use crate::engine::{Chat, DropReason, Endpoint, Outbox};
+use crate::proto::text::{self, Line, NickError, RoomError};
+use crate::proto::{Name, Nick};
+use std::fmt::Write as _;
+
+pub(super) const MAX_CHAT: usize = text::MAX_LINE;
+
+pub(super) fn decode<'a>(
+    settings: &Settings,
+    request: &'a [u8],
+    session: Option<View<'_>>,
+    scratch: &mut [u8; MAX_REPLY],
+) -> Decoded<'a> {
+    let room = session.and_then(|s| s.channels.first().copied());
+    let mut error = |line: std::fmt::Arguments<'_>| match text::encode_reply(scratch, line) {
+        Ok(len) => Decoded::Error { len },
+        Err(_) => Decoded::Nothing,
+    };
+    let command = match text::parse(request) {
+        Line::Reply => return Decoded::Drop(DropReason::ReplyShaped),
+        Line::Join(arg) => {
+            if let Some(room) = room {
+                return error(format_args!("-ERR You are already in room #{room}"));
+            }
+            let rooms = settings.rooms;
+            match text::parse_room(arg, rooms) {
+                Ok(n) => Command::Join {
+                    channel: room_channel(n),
+                },
+                Err(RoomError::Missing) => {
+                    return error(format_args!("-ERR Usage: /join N (rooms 1 to {rooms})"))
+                }
+                Err(RoomError::NotANumber | RoomError::OutOfRange) => {
+                    let arg = Lossy(&arg[..arg.len().min(32)]);
+                    return error(format_args!("-ERR No room '{arg}': rooms are 1 to {rooms}"));
+                }
+            }
+        }
+        Line::Part => match room {
+            Some(channel) => Command::Leave { channel },
+            None => return error(format_args!("-ERR You are not in a chat room")),
+        },
+        Line::Nick(nick) => match text::check_nick(nick) {
+            // The core refuses names a person cannot read, in every protocol.
+            Ok(()) | Err(NickError::NotPrintable) => Command::Login {
+                name: Nick::truncating(nick),
+            },
+            Err(NickError::Missing) => return error(format_args!("-ERR Usage: /nick NAME")),
+            Err(NickError::TooLong) => {
+                let max = text::MAX_NICK;
+                return error(format_args!("-ERR Nickname too long (at most {max} bytes)"));
+            }
+            Err(NickError::HasAngle) => {
+                return error(format_args!("-ERR A nickname must not contain '>'"))
+            }
+        },
+        Line::Quit if session.is_some() => Command::Quit,
+        Line::Quit => return Decoded::Nothing,
+        Line::Unknown(word) => {
+            let word = Lossy(&word[..word.len().min(32)]);
+            return error(format_args!("-ERR Unknown command {word}"));
+        }
+        Line::Chat(line) => {
+            let Some(channel) = room else {
+                return error(format_args!("-ERR You are not in a chat room"));
+            };
+            if line.is_empty() {
+                return error(format_args!("-ERR Empty message"));
+            }
+            if line.len() > text::MAX_MESSAGE {
+                let max = text::MAX_MESSAGE;
+                return error(format_args!("-ERR Message too long (at most {max} bytes)"));
+            }
+            Command::Say {
+                channel,
+                text: line,
+            }
+        }
+    };
+    Decoded::Command(command)
+}
+
+/// The channel of room `n`: its decimal number.
+pub(super) fn room_channel(n: u32) -> Name {
+    let mut digits = arrayvec::ArrayString::<10>::new();
+    let _ = write!(digits, "{n}"); // at most 10 digits: always fits
+    Name::from(digits.as_str())
+}
+
+/// A new session's nick: its address and port.
+pub(super) fn default_name(endpoint: Endpoint) -> Nick {
+    let mut nick = arrayvec::ArrayString::<63>::new();
+    let _ = write!(nick, "{endpoint}"); // an IPv6 address with port fits in 63 bytes
+    Nick::from(nick.as_str())
+}
+
+pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize> {
+    let line = |buf: &mut [u8], line: std::fmt::Arguments<'_>| text::encode_reply(buf, line).ok();
+    match refusal {
+        Refusal::ServerChannelLimit(room) => line(
+            buf,
+            format_args!("-ERR Too many channels on this server: not in room #{room}"),
+        ),
+        Refusal::TooManySessions => line(
+            buf,
+            format_args!("-ERR Too many sessions from your address"),
+        ),
+        Refusal::BadUserName => line(buf, format_args!("-ERR A nickname must be printable UTF-8")),
+        Refusal::BadChannelName => line(buf, format_args!("-ERR No such room")),
+        Refusal::TooManyChannels => line(buf, format_args!("-ERR Too many rooms")),
+        Refusal::UnknownCommand => line(buf, format_args!("-ERR Unknown command")),
+        // The front-end checks the room before it asks; these are for completeness.
+        Refusal::NotLoggedIn | Refusal::NoChannel(_) | Refusal::NotInChannel(_) => {
+            line(buf, format_args!("-ERR You are not in a chat room"))
+        }
+    }
+}
+
+pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
+    let line = |buf: &mut [u8], line: std::fmt::Arguments<'_>| text::encode_reply(buf, line).ok();
+    match done {
+        Done::Joined(room) => line(buf, format_args!("+OK You are now in chat room #{room}")),
+        Done::Left(room) => line(buf, format_args!("+OK You have left chat room #{room}")),
+        Done::Named(nick) => line(buf, format_args!("+OK Nickname set to '{nick}'")),
+        Done::Nothing | Done::Quit => None,
+    }
+}
+
+/// `<nick> text`, the nick and text as they were sent.
+pub(super) fn encode_chat(chat: &Chat, buf: &mut [u8]) -> Option<usize> {
+    text::encode_chat(buf, chat.user(), chat.text()).ok()
+}
+
+/// Log lines for what changed: joins, leaves and quits.
+pub(super) fn log_command(
+    settings: &Settings,
+    src: Endpoint,
+    outcome: &Result<Done, Refusal>,
+    out: &mut Outbox,
+) {
+    let prefix = settings.prefix();
+    match outcome {
+        Ok(Done::Joined(room)) => out.log(format_args!(
+            "{prefix} Client {src} joins chat room #{room}"
+        )),
+        Ok(Done::Left(room)) => out.log(format_args!(
+            "{prefix} Client {src} leaves chat room #{room}"
+        )),
+        Ok(Done::Quit) => out.log(format_args!("{prefix} Client {src} quits")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_channels_are_decimal() {
+        assert_eq!(room_channel(7), Name::from("7"));
+        assert_eq!(room_channel(u32::MAX), Name::from("4294967295"));
+    }
+}
