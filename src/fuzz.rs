@@ -7,7 +7,9 @@
 //! output does not read back as what was encoded, or an engine that holds more than its
 //! limits allow or sends a source without a session more bytes than it sent.
 
-use crate::engine::{Cluster, Config, Engine, Member, Order, Outbox, ShardMsg};
+use crate::engine::{
+    Cluster, Config, Engine, Federation, Member, Neighbors, Order, Outbox, ShardMsg,
+};
 use crate::proto::duckchat::{self, SayLayout};
 use crate::proto::{group, text};
 use std::collections::VecDeque;
@@ -68,8 +70,6 @@ pub fn group(data: &[u8]) {
 /// Limits small enough that arbitrary input reaches them.
 fn small(mut cfg: Config) -> Config {
     cfg.user_timeout = Duration::from_secs(2);
-    cfg.s2s_refresh = Duration::from_secs(1);
-    cfg.s2s_timeout = Duration::from_secs(2);
     cfg.limits.sessions_per_shard = 8;
     cfg.limits.sessions_per_ip = 3;
     cfg.limits.channels_per_user = 4;
@@ -98,13 +98,16 @@ pub fn engine(data: &[u8]) {
     let local = at(1, 4000);
     let mut cfg = small(Config::new(local));
     if mode % 2 == 0 {
-        cfg.neighbors = vec![at(1, 5001)];
+        let mut neighbors = Neighbors::new(vec![at(1, 5001)]);
+        neighbors.refresh = Duration::from_secs(1);
+        neighbors.timeout = Duration::from_secs(2);
+        cfg.federation = Federation::Tree(neighbors);
     } else {
         let member = |port| Member {
             forward: at(1, port),
             bind: at(1, port),
         };
-        cfg.cluster = Some(Cluster {
+        cfg.federation = Federation::Group(Cluster {
             members: vec![member(4000), member(6002), member(6003)],
             me: 0,
             order: Order::Total,

@@ -207,7 +207,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         stop: AtomicBool::new(false),
         epoch: Instant::now(),
         shards,
-        stamp_logs: cfg.engine.cluster.is_some(),
+        stamp_logs: cfg.engine.cluster().is_some(),
     });
     let mut counters = Vec::with_capacity(shards);
     let starts = sockets

@@ -4,7 +4,7 @@
 //! exactly one (its copy, shared by every shard that delivers it). A counting global allocator
 //! watches this test's thread only.
 
-use chat_router::engine::{Config, Engine, Outbox, ShardMsg};
+use chat_router::engine::{Config, Engine, Federation, Neighbors, Outbox, ShardMsg};
 use chat_router::proto::duckchat::{Inbound, S2sSay, SayLayout};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -78,7 +78,7 @@ struct Server {
 impl Server {
     fn new() -> Self {
         let mut cfg = Config::new(addr(4000));
-        cfg.neighbors = vec![addr(NEIGHBOR)];
+        cfg.federation = Federation::Tree(Neighbors::new(vec![addr(NEIGHBOR)]));
         let cfg = Arc::new(cfg);
         let now = Duration::from_secs(1);
         Self {

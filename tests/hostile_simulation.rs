@@ -409,7 +409,7 @@ fn a_large_who_to_a_spoofed_address_is_paced_by_its_reply_budget() {
 
 #[test]
 fn a_cluster_server_never_answers_another_servers_bind_address() {
-    use chat_router::engine::{Cluster, Member, Order};
+    use chat_router::engine::{Cluster, Federation, Member, Order};
     // Forwarding addresses differ from bind addresses, as behind the proxy.
     let members: Vec<Member> = (1..=3u16)
         .map(|i| Member {
@@ -418,7 +418,7 @@ fn a_cluster_server_never_answers_another_servers_bind_address() {
         })
         .collect();
     let mut cfg = Config::new(members[0].bind);
-    cfg.cluster = Some(Cluster {
+    cfg.federation = Federation::Group(Cluster {
         members: members.clone(),
         me: 0,
         order: Order::Total,

@@ -15,7 +15,7 @@ use crate::reflector::Reflector;
 use crate::report::{Machine, Params, RunRecord, Source, FORMAT};
 use crate::traffic::Churn;
 use crate::{machine, LoadError};
-use chat_router::engine::Config;
+use chat_router::engine::{Config, Federation, Neighbors};
 use chat_router::io::IoKind;
 use chat_router::runtime::{self, RuntimeConfig};
 use std::net::SocketAddr;
@@ -246,7 +246,9 @@ impl RouterDrops {
 
 fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::Running, LoadError> {
     let mut engine = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)));
-    engine.neighbors = neighbors;
+    if !neighbors.is_empty() {
+        engine.federation = Federation::Tree(Neighbors::new(neighbors));
+    }
     Ok(runtime::start(&RuntimeConfig {
         engine,
         cores: args.cores,

@@ -1,7 +1,7 @@
 //! `router`: command line -> validated configuration -> runtime.
 
 use chat_router::config::{self, ConfigError};
-use chat_router::engine::{Cluster, Config, Limits, Order};
+use chat_router::engine::{Cluster, Config, Federation, Limits, Neighbors, Order};
 use chat_router::io::{sys, IoKind};
 use chat_router::proto::duckchat::SayLayout;
 use chat_router::proto::text;
@@ -207,19 +207,24 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         .as_ref()
         .map_or(listen, |c| c.members[c.me as usize].bind);
     let mut engine = Config::new(listen);
-    engine.cluster = cluster;
+    engine.federation = match (cluster, neighbors.is_empty()) {
+        (Some(cluster), _) => Federation::Group(cluster),
+        (None, true) => Federation::Alone,
+        (None, false) => Federation::Tree(Neighbors {
+            addrs: neighbors,
+            refresh: cli.s2s_refresh,
+            timeout: cli.s2s_timeout,
+            say_layout: match cli.s2s_say_layout {
+                Layout::UserFirst => SayLayout::UserFirst,
+                Layout::ChannelFirst => SayLayout::ChannelFirst,
+            },
+        }),
+    };
     engine.rooms = cli.rooms;
     engine.limits.sessions_per_ip = cli.sessions_per_ip;
     engine.limits.sessions_per_shard = cli.sessions_per_shard;
     engine.limits.channels = cli.max_channels;
-    engine.neighbors = neighbors;
     engine.user_timeout = cli.user_timeout;
-    engine.s2s_refresh = cli.s2s_refresh;
-    engine.s2s_timeout = cli.s2s_timeout;
-    engine.say_layout = match cli.s2s_say_layout {
-        Layout::UserFirst => SayLayout::UserFirst,
-        Layout::ChannelFirst => SayLayout::ChannelFirst,
-    };
     engine.verbose = cli.verbose;
     engine.hash_seeds = [
         sys::random_u64(),

@@ -5,19 +5,22 @@
 //!
 //! Where state lives (`shared/design.md`):
 //! - the **home shard** of a client (the shard the kernel hands its datagrams to) owns its
-//!   session and the channel's *local member list* for the members it is home to ([`clients`]);
+//!   session, named everywhere by a [`SessionId`], and the channel's *local member list* for
+//!   the members it is home to ([`clients`]);
 //! - the **owner shard** of a channel (`hash(channel) % shards`) owns what is decided once per
-//!   channel: the full member list (for WHO), which shards have members, the federation tree and
-//!   the loop-detection ids ([`channels`]);
+//!   channel: the full member list (for WHO), which shards have members ([`channels`]) and the
+//!   channel's federation state;
 //! - every shard keeps a replica of the channel directory (names only, updated by the owners
 //!   when a channel appears or disappears), so LIST and "No channel by the name" stay local.
 //!
 //! Shards exchange [`ShardMsg`]s: small values that travel through bounded queues (only a long
 //! text-protocol line points to the heap, see [`Chat`]).
 //!
-//! Two client protocols share the port ([`clients`] for DuckChat, [`text_clients`] for text
-//! lines) and the channels; federation is DuckChat's tree of neighbors ([`channels`]) or a
-//! static [`group`] with ordered multicast.
+//! Client protocols are front-ends ([`frontend`]: DuckChat and text lines share the UDP port):
+//! they turn requests into commands and write replies, deliveries and answers in their own
+//! format; the core never names one. Federation is one strategy chosen from the [`Config`]:
+//! none, DuckChat's tree of neighbors ([`tree`]) or a static [`group`] with ordered multicast.
+//! Every timer is in one table ([`timers`]).
 //!
 //! # Calling contract
 //!
@@ -53,6 +56,8 @@ mod lossy;
 mod members;
 mod outbox;
 mod sessions;
+mod timers;
+mod tree;
 
 pub use chat::Chat;
 pub use counters::{Counter, Counters, DropReason};
@@ -63,7 +68,7 @@ pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};
 pub use sessions::SessionId;
 
-use crate::proto::duckchat::{self, Inbound, SayLayout};
+use crate::proto::duckchat::{self, SayLayout};
 use crate::proto::{text, Name, Text};
 use crate::rng::Rng;
 use ahash::AHashMap;
@@ -72,6 +77,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use timers::Timer;
 
 /// The one channel that exists from start-up and is never deleted.
 pub const COMMON: &str = "Common";
@@ -127,17 +133,13 @@ impl Default for Limits {
 pub struct Config {
     /// This server's address, as neighbors and log lines know it.
     pub local: SocketAddr,
-    pub neighbors: Vec<SocketAddr>,
+    /// How this server federates with others: chosen once, one of three.
+    pub federation: Federation,
     pub user_timeout: Duration,
-    pub s2s_refresh: Duration,
-    pub s2s_timeout: Duration,
-    pub say_layout: SayLayout,
     /// Course-format log lines into [`Outbox::log_text`].
     pub verbose: bool,
     /// Text-protocol rooms are 1 to `rooms`.
     pub rooms: u32,
-    /// Group federation: this server is one of a static cluster (then `neighbors` is empty).
-    pub cluster: Option<Cluster>,
     pub limits: Limits,
     /// Seeds of the channel-ownership hash: the same on every shard of one server.
     pub hash_seeds: [u64; 4],
@@ -147,16 +149,54 @@ impl Config {
     pub fn new(local: SocketAddr) -> Self {
         Self {
             local,
-            neighbors: Vec::new(),
+            federation: Federation::Alone,
             user_timeout: Duration::from_secs(120),
-            s2s_refresh: Duration::from_secs(60),
-            s2s_timeout: Duration::from_secs(120),
-            say_layout: SayLayout::UserFirst,
             verbose: false,
             rooms: 10,
-            cluster: None,
             limits: Limits::default(),
             hash_seeds: [0x5eed, 1, 2, 3],
+        }
+    }
+
+    /// The cluster this server is one of, if it is.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.federation {
+            Federation::Group(c) => Some(c),
+            Federation::Alone | Federation::Tree(_) => None,
+        }
+    }
+}
+
+/// How a server federates: one strategy, so a configuration cannot name both neighbors and a
+/// cluster.
+#[derive(Debug, Clone)]
+pub enum Federation {
+    /// A server on its own.
+    Alone,
+    /// DuckChat's tree of neighbors ([`tree`]).
+    Tree(Neighbors),
+    /// A static cluster with ordered multicast ([`group`]).
+    Group(Cluster),
+}
+
+/// DuckChat federation: the neighbors and the soft-state timers.
+#[derive(Debug, Clone)]
+pub struct Neighbors {
+    pub addrs: Vec<SocketAddr>,
+    /// How often every subscribed channel's S2S_JOIN is sent again.
+    pub refresh: Duration,
+    /// How long a neighbor stays subscribed to a channel without a refresh.
+    pub timeout: Duration,
+    pub say_layout: SayLayout,
+}
+
+impl Neighbors {
+    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+        Self {
+            addrs,
+            refresh: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
+            say_layout: SayLayout::UserFirst,
         }
     }
 }
@@ -379,7 +419,7 @@ pub struct Engine {
     /// Every address a server uses: this one's, the neighbors', the cluster's bind and
     /// forwarding addresses. Nothing from them is a client request, nothing to them a reply.
     servers: AHashMap<SocketAddr, Server>,
-    group: Option<group::Group>,
+    federation: Strategy,
     counters: Arc<Counters>,
     /// What front-ends need of the configuration.
     settings: frontend::Settings,
@@ -388,20 +428,20 @@ pub struct Engine {
     loopback: VecDeque<ShardMsg>,
     clients: clients::Clients,
     channels: channels::Channels,
-    next_refresh: Duration,
-    next_sweep: Duration,
-    /// When paced answers go on (while there are any).
-    next_pace: Duration,
+    timers: timers::Timers,
+}
+
+/// The federation this server takes part in, with its state.
+enum Strategy {
+    Alone,
+    Tree(tree::Tree),
+    Group(group::Group),
 }
 
 impl Engine {
     /// Shard `shard` of `shards`; `seed` feeds the S2S id generator (use OS randomness in production).
     pub fn new(shard: u16, shards: u16, cfg: Arc<Config>, seed: u64, now: Duration) -> Self {
         assert!(shard < shards, "shard {shard} of {shards}");
-        assert!(
-            cfg.neighbors.is_empty() || cfg.cluster.is_none(),
-            "one federation: DuckChat neighbors or a cluster, not both"
-        );
         let [a, b, c, d] = cfg.hash_seeds;
         let owner_hash = ahash::RandomState::with_seeds(a, b, c, d);
         let mut rng = Rng::new(seed);
@@ -410,7 +450,7 @@ impl Engine {
         // recognised as that peer.
         let mut servers = AHashMap::new();
         servers.insert(cfg.local, Server::Other);
-        if let Some(c) = &cfg.cluster {
+        if let Some(c) = cfg.cluster() {
             for (i, m) in c.members.iter().enumerate() {
                 servers.insert(m.bind, Server::Other);
                 // This server's own forwarding address is the proxy's socket for it: what comes
@@ -423,28 +463,40 @@ impl Engine {
                 servers.insert(m.forward, role);
             }
         }
-        for (i, &n) in cfg.neighbors.iter().enumerate() {
-            servers.insert(n, Server::Neighbor(i as u16));
+        if let Federation::Tree(tree) = &cfg.federation {
+            for (i, &n) in tree.addrs.iter().enumerate() {
+                servers.insert(n, Server::Neighbor(i as u16));
+            }
         }
         let reply_hash = ahash::RandomState::with_seeds(rng.next_u64(), rng.next_u64(), 1, 1);
+        let mut timers = timers::Timers::default();
+        timers.set(Timer::Sweep, now + Self::sweep_period(&cfg));
+        let federation = match &cfg.federation {
+            Federation::Alone => Strategy::Alone,
+            Federation::Tree(neighbors) => {
+                let tree = tree::Tree::new(neighbors, cfg.limits.recent_ids, id_hash);
+                timers.set(Timer::NeighborExpiry, now + tree.sweep_period());
+                timers.set(Timer::Refresh, now + tree.refresh_period());
+                Strategy::Tree(tree)
+            }
+            Federation::Group(cluster) => Strategy::Group(group::Group::new(cluster)),
+        };
         let mut engine = Self {
             shard,
             shards,
             servers,
-            group: cfg.cluster.as_ref().map(group::Group::new),
+            federation,
             counters: Arc::new(Counters::default()),
             rng,
             loopback: VecDeque::with_capacity(64),
             clients: clients::Clients::new(shard, &cfg.limits, reply_hash),
             settings: frontend::Settings {
                 local: cfg.local,
-                cluster_index: cfg.cluster.as_ref().map(|c| c.me),
+                cluster_index: cfg.cluster().map(|c| c.me),
                 rooms: cfg.rooms,
             },
-            channels: channels::Channels::new(&cfg, id_hash, shards),
-            next_refresh: now + cfg.s2s_refresh,
-            next_sweep: now + Self::sweep_period(&cfg),
-            next_pace: now,
+            channels: channels::Channels::new(shards),
+            timers,
             owner_hash,
             cfg,
         };
@@ -456,9 +508,9 @@ impl Engine {
         engine
     }
 
+    /// How often sessions are checked for expiry: a quarter of the user timeout.
     fn sweep_period(cfg: &Config) -> Duration {
-        (cfg.user_timeout.min(cfg.s2s_timeout) / 4)
-            .clamp(Duration::from_millis(1), Duration::from_secs(1))
+        (cfg.user_timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -468,7 +520,9 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut census = self.clients.census();
         census.owned_channels = self.channels.owned_count();
-        census.group_rooms = self.group.as_ref().map_or(0, group::Group::room_count);
+        if let Strategy::Group(g) = &self.federation {
+            census.group_rooms = g.room_count();
+        }
         census
     }
 
@@ -489,12 +543,7 @@ impl Engine {
 
     /// When `handle_timeout` should next be called.
     pub fn next_timeout(&self) -> Duration {
-        let retransmit = self.group.as_ref().and_then(|g| g.next_timer());
-        let pace = self.clients.pacing().then_some(self.next_pace);
-        self.next_refresh
-            .min(self.next_sweep)
-            .min(retransmit.unwrap_or(Duration::MAX))
-            .min(pace.unwrap_or(Duration::MAX))
+        self.timers.next().unwrap_or(Duration::MAX)
     }
 
     /// One datagram received on this shard's socket.
@@ -513,11 +562,7 @@ impl Engine {
                 return self.drain_loopback(now, out);
             }
             Some(Server::Neighbor(n)) => {
-                match duckchat::decode_inbound(buf, self.cfg.say_layout) {
-                    Ok(inbound) if is_s2s(&inbound) => self.neighbor_datagram(n, src, inbound, out),
-                    Ok(_) => self.counters.dropped(DropReason::FromServer),
-                    Err(_) => self.counters.decode_errors.inc(),
-                }
+                self.neighbor_datagram(n, src, buf, out);
                 return self.drain_loopback(now, out);
             }
             // Our own address (spoofed) or a cluster server's bind address: never a client.
@@ -534,25 +579,21 @@ impl Engine {
         self.drain_loopback(now, out);
     }
 
-    /// Timers: user expiry, neighbor expiry, S2S_JOIN refresh, group retransmissions.
+    /// Runs every timer that is due (see [`timers`]).
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Outbox) {
-        self.group_timeout(now, out);
-        if now >= self.next_sweep {
-            self.next_sweep = now + Self::sweep_period(&self.cfg);
-            if self.expire_users(now, out) {
-                // More are due: go on soon, in another short step.
-                self.next_sweep = now + clients::PACE_TICK;
-            }
-            self.expire_neighbors(now, out);
-        }
-        if self.clients.pacing() && now >= self.next_pace {
-            self.next_pace = now + clients::PACE_TICK;
-            self.pace_answers(now, out);
-        }
-        if now >= self.next_refresh {
-            self.next_refresh = now + self.cfg.s2s_refresh;
-            if !self.cfg.neighbors.is_empty() {
-                self.refresh_subscriptions(out);
+        for timer in self.timers.take_due(now) {
+            match timer {
+                Timer::Retransmit => self.group_timeout(now, out),
+                Timer::Sweep => {
+                    // When more are due than one step handles, go on soon.
+                    let period = match self.expire_users(now, out) {
+                        true => clients::PACE_TICK,
+                        false => Self::sweep_period(&self.cfg),
+                    };
+                    self.timers.set(Timer::Sweep, now + period);
+                }
+                Timer::Pace => self.pace_answers(now, out),
+                Timer::NeighborExpiry | Timer::Refresh => self.tree_timeout(timer, now, out),
             }
         }
         self.drain_loopback(now, out);
@@ -615,9 +656,22 @@ impl Engine {
         }
     }
 
+    /// Handles what this shard sent itself; then the timers that follow from state changed in
+    /// many places (waiting answers, the cluster's streams) are brought up to date.
     fn drain_loopback(&mut self, now: Duration, out: &mut Outbox) {
         while let Some(msg) = self.loopback.pop_front() {
             self.dispatch(now, msg, out);
+        }
+        match (self.clients.pacing(), self.timers.get(Timer::Pace)) {
+            (true, None) => self.timers.set(Timer::Pace, now + clients::PACE_TICK),
+            (false, Some(_)) => self.timers.stop(Timer::Pace),
+            _ => {}
+        }
+        if let Strategy::Group(g) = &self.federation {
+            match g.next_timer() {
+                Some(at) => self.timers.set(Timer::Retransmit, at),
+                None => self.timers.stop(Timer::Retransmit),
+            }
         }
     }
 
@@ -625,10 +679,6 @@ impl Engine {
     /// take for a request and answer in turn.
     fn is_server(&self, addr: &SocketAddr) -> bool {
         self.servers.contains_key(addr)
-    }
-
-    fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {
-        self.cfg.neighbors[neighbor as usize]
     }
 
     /// A verbose log line about the group, prefixed `Snn` (the server's index in the cluster)
@@ -647,11 +697,4 @@ enum Server {
     Peer(u16),
     /// This server's own address, or a cluster server's bind address.
     Other,
-}
-
-fn is_s2s(inbound: &Inbound<'_>) -> bool {
-    matches!(
-        inbound,
-        Inbound::S2sJoin { .. } | Inbound::S2sLeave { .. } | Inbound::S2sSay(_)
-    )
 }

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
-use chat_router::engine::{Cluster, Config, Engine, Member, Order, Outbox, ShardMsg};
+use chat_router::engine::{
+    Cluster, Config, Engine, Federation, Member, Neighbors, Order, Outbox, ShardMsg,
+};
 use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
 use chat_router::rng::Rng;
 use std::cmp::Reverse;
@@ -94,10 +96,13 @@ impl Sim {
     /// Short timers so that soft state can be simulated quickly.
     pub fn config(port: u16, neighbors: &[u16]) -> Config {
         let mut cfg = Config::new(addr(port));
-        cfg.neighbors = neighbors.iter().map(|&p| addr(p)).collect();
+        if !neighbors.is_empty() {
+            let mut tree = Neighbors::new(neighbors.iter().map(|&p| addr(p)).collect());
+            tree.refresh = Duration::from_secs(5);
+            tree.timeout = Duration::from_secs(10);
+            cfg.federation = Federation::Tree(tree);
+        }
         cfg.user_timeout = Duration::from_secs(20);
-        cfg.s2s_refresh = Duration::from_secs(5);
-        cfg.s2s_timeout = Duration::from_secs(10);
         cfg
     }
 
@@ -122,7 +127,7 @@ impl Sim {
             .collect();
         for me in 0..servers {
             let mut cfg = Self::config(CLUSTER_PORT + me + 1, &[]);
-            cfg.cluster = Some(Cluster {
+            cfg.federation = Federation::Group(Cluster {
                 members: members.clone(),
                 me,
                 order,

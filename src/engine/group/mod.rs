@@ -19,11 +19,10 @@ mod total;
 
 pub use total::MAX_SERVERS;
 
-use super::{Chat, DropReason, Engine, Lossy, Outbox, ShardMsg};
+use super::{Chat, DropReason, Engine, Lossy, Outbox, ShardMsg, Strategy};
 use crate::proto::group::{self, Body, Datagram};
 use crate::proto::{text, Name};
 use ahash::AHashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,22 +120,30 @@ impl Group {
     }
 }
 
-fn send_bytes(out: &mut Outbox, dst: SocketAddr, bytes: &[u8]) {
-    out.send_new(dst, bytes.len(), |buf| {
-        buf[..bytes.len()].copy_from_slice(bytes);
-        Ok::<_, Infallible>(bytes.len())
-    });
+/// The group, in a cluster (a field borrow, so the rest of the engine stays usable).
+fn group_of(federation: &Strategy) -> Option<&Group> {
+    match federation {
+        Strategy::Group(g) => Some(g),
+        Strategy::Alone | Strategy::Tree(_) => None,
+    }
+}
+
+fn group_of_mut(federation: &mut Strategy) -> Option<&mut Group> {
+    match federation {
+        Strategy::Group(g) => Some(g),
+        Strategy::Alone | Strategy::Tree(_) => None,
+    }
 }
 
 impl Engine {
     /// This server's index in the cluster (0-based).
     fn group_me(&self) -> u16 {
-        self.group.as_ref().map_or(0, |g| g.me)
+        group_of(&self.federation).map_or(0, |g| g.me)
     }
 
     /// The other servers of the cluster.
     fn group_peers(&self) -> impl Iterator<Item = u16> + use<> {
-        let (me, servers) = self.group.as_ref().map_or((0, 0), |g| (g.me, g.servers()));
+        let (me, servers) = group_of(&self.federation).map_or((0, 0), |g| (g.me, g.servers()));
         (0..servers).filter(move |&s| s != me)
     }
 
@@ -159,7 +166,7 @@ impl Engine {
 
     /// The room's state, created on first use (bounded like the channels).
     fn group_room(&mut self, name: Name) -> Option<&mut Room> {
-        let group = self.group.as_mut()?;
+        let group = group_of_mut(&mut self.federation)?;
         if !group.rooms.contains_key(&name) {
             if group.rooms.len() >= self.cfg.limits.channels {
                 self.counters.dropped(DropReason::ChannelLimit);
@@ -185,7 +192,7 @@ impl Engine {
         body: Body<'_>,
         out: &mut Outbox,
     ) {
-        let Some(group) = self.group.as_mut() else {
+        let Some(group) = group_of_mut(&mut self.federation) else {
             return;
         };
         let dst = group.forward[peer as usize];
@@ -212,7 +219,7 @@ impl Engine {
     }
 
     fn send_ack(&mut self, room: Name, peer: u16, seq: u64, out: &mut Outbox) {
-        let Some(group) = self.group.as_ref() else {
+        let Some(group) = group_of(&self.federation) else {
             return;
         };
         let dst = group.forward[peer as usize];
@@ -343,7 +350,7 @@ impl Engine {
     }
 
     fn agreed(&mut self, room: Name, id: MsgId, priority: u64, proposer: u16, out: &mut Outbox) {
-        let Some(group) = self.group.as_mut() else {
+        let Some(group) = group_of_mut(&mut self.federation) else {
             return;
         };
         let mut ready = std::mem::take(&mut group.ready);
@@ -358,7 +365,7 @@ impl Engine {
         for (id, chat) in ready.drain(..) {
             self.group_deliver(room, id, &chat, out);
         }
-        if let Some(group) = self.group.as_mut() {
+        if let Some(group) = group_of_mut(&mut self.federation) {
             group.ready = ready;
         }
     }
@@ -401,7 +408,7 @@ impl Engine {
                 if let Some(bytes) = resend {
                     self.retransmit(peer, room, &bytes, out);
                 }
-                if let Some(group) = self.group.as_mut() {
+                if let Some(group) = group_of_mut(&mut self.federation) {
                     group.arm(timer);
                 }
             }
@@ -487,7 +494,7 @@ impl Engine {
                 priority,
                 proposer,
             } => {
-                let servers = self.group.as_ref().map_or(0, |g| g.servers());
+                let servers = group_of(&self.federation).map_or(0, |g| g.servers());
                 if proposer == 0 || proposer > servers {
                     return self.counters.decode_errors.inc();
                 }
@@ -504,10 +511,10 @@ impl Engine {
     }
 
     fn retransmit(&mut self, peer: u16, room: Name, bytes: &[u8], out: &mut Outbox) {
-        let Some(group) = self.group.as_ref() else {
+        let Some(group) = group_of(&self.federation) else {
             return;
         };
-        send_bytes(out, group.forward[peer as usize], bytes);
+        out.send_bytes(group.forward[peer as usize], bytes);
         self.counters.s2s_out.inc();
         self.counters.retransmissions.inc();
         self.log_event(
@@ -518,7 +525,7 @@ impl Engine {
 
     /// Retransmission timers of every stream.
     pub(super) fn group_timeout(&mut self, now: Duration, out: &mut Outbox) {
-        let Some(group) = self.group.as_mut() else {
+        let Some(group) = group_of_mut(&mut self.federation) else {
             return;
         };
         if group.next_timer.is_none_or(|t| now < t) {

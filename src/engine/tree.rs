@@ -1,0 +1,389 @@
+//! DuckChat federation, on each channel's owner shard: a tree of neighbors per channel, built
+//! by flooding S2S_JOIN, carrying S2S_SAY with random ids, cutting a link that delivers a
+//! duplicate (a loop), pruning branches nobody needs, and kept as soft state (`docs/`,
+//! "Federation"): joins are refreshed every `refresh`, and a neighbor that has not refreshed a
+//! channel within `timeout` is forgotten.
+
+use super::lossy::Lossy;
+use super::timers::Timer;
+use super::{Chat, DropReason, Engine, IdSet, Neighbors, Outbox, S2s, ShardMsg, Strategy};
+use crate::proto::duckchat::{self, Inbound, S2sSay};
+use crate::proto::{Name, Text};
+use smallvec::SmallVec;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A neighbor in this channel's tree, and when it last sent S2S_JOIN for it.
+#[derive(Clone, Copy)]
+struct Subscriber {
+    neighbor: u16,
+    last_join: Duration,
+}
+
+/// A channel's place in the tree.
+#[derive(Default)]
+pub(super) struct Links {
+    /// Whether this server is part of the channel's tree.
+    pub(super) subscribed: bool,
+    neighbors: SmallVec<[Subscriber; 4]>,
+}
+
+impl Links {
+    fn record(&mut self, neighbor: u16, now: Duration) {
+        match self.neighbors.iter_mut().find(|s| s.neighbor == neighbor) {
+            Some(s) => s.last_join = now,
+            None => self.neighbors.push(Subscriber {
+                neighbor,
+                last_join: now,
+            }),
+        }
+    }
+
+    fn forget(&mut self, neighbor: u16) {
+        self.neighbors.retain(|s| s.neighbor != neighbor);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.neighbors.is_empty()
+    }
+}
+
+/// The tree's state on one shard, beyond each channel's [`Links`].
+pub(super) struct Tree {
+    cfg: Neighbors,
+    /// Recent S2S_SAY ids, for loop detection.
+    seen: IdSet,
+    expired: Vec<(Name, u16)>,
+}
+
+impl Tree {
+    pub(super) fn new(cfg: &Neighbors, recent_ids: usize, id_hash: ahash::RandomState) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            seen: IdSet::new(recent_ids, id_hash),
+            expired: Vec::new(),
+        }
+    }
+
+    /// How often subscriptions are checked for expiry: a quarter of the timeout.
+    pub(super) fn sweep_period(&self) -> Duration {
+        (self.cfg.timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    pub(super) fn refresh_period(&self) -> Duration {
+        self.cfg.refresh
+    }
+
+    fn neighbors(&self) -> u16 {
+        self.cfg.addrs.len() as u16
+    }
+}
+
+impl Engine {
+    fn tree(&self) -> Option<&Tree> {
+        match &self.federation {
+            Strategy::Tree(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn tree_mut(&mut self) -> Option<&mut Tree> {
+        match &mut self.federation {
+            Strategy::Tree(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn neighbor_count(&self) -> u16 {
+        self.tree().map_or(0, Tree::neighbors)
+    }
+
+    /// Joins the channel's tree: S2S_JOIN to every neighbor but `from`, each recorded as
+    /// subscribed (they will all join in turn), and `from` recorded as well.
+    pub(super) fn subscribe(
+        &mut self,
+        now: Duration,
+        name: Name,
+        from: Option<u16>,
+        out: &mut Outbox,
+    ) {
+        let neighbors = self.neighbor_count();
+        let Some(channel) = self.channels.owned.get_mut(&name) else {
+            return;
+        };
+        channel.links.subscribed = true;
+        for n in 0..neighbors {
+            channel.links.record(n, now);
+        }
+        for n in (0..neighbors).filter(|&n| Some(n) != from) {
+            self.send_s2s(
+                n,
+                Inbound::S2sJoin {
+                    channel: name.as_bytes(),
+                },
+                out,
+            );
+        }
+    }
+
+    /// A local user's message: a new id, to every subscribed neighbor, and to local members.
+    pub(super) fn tree_say(&mut self, name: Name, chat: Chat, out: &mut Outbox) {
+        if !self.channels.owned.contains_key(&name) {
+            return;
+        }
+        let user = Name::truncating(chat.user());
+        let text = Text::truncating(chat.text());
+        let id = loop {
+            let id = self.rng.next_u64();
+            if self.tree_mut().is_none_or(|t| t.seen.insert(id)) {
+                break id;
+            }
+        };
+        self.forward_say(id, name, user, text, None, out);
+        self.fan_out(name, &chat, out);
+    }
+
+    /// Sends the S2S_SAY to every subscribed neighbor except `except`.
+    fn forward_say(
+        &mut self,
+        id: u64,
+        name: Name,
+        user: Name,
+        text: Text,
+        except: Option<u16>,
+        out: &mut Outbox,
+    ) {
+        let Some(channel) = self.channels.owned.get(&name) else {
+            return;
+        };
+        let targets: SmallVec<[u16; 8]> = channel
+            .links
+            .neighbors
+            .iter()
+            .map(|s| s.neighbor)
+            .filter(|&n| Some(n) != except)
+            .collect();
+        let say = S2sSay {
+            id,
+            user: user.as_bytes(),
+            channel: name.as_bytes(),
+            text: text.as_bytes(),
+        };
+        for n in targets {
+            self.send_s2s(n, Inbound::S2sSay(say), out);
+        }
+    }
+
+    /// A neighbor's datagram, on the channel's owner.
+    pub(super) fn neighbor_s2s(&mut self, now: Duration, from: u16, s2s: S2s, out: &mut Outbox) {
+        match s2s {
+            S2s::Join { channel: name } => {
+                if !self.channels.has_room_for(&name, self.cfg.limits.channels) {
+                    return self.counters.dropped(DropReason::ChannelLimit);
+                }
+                self.ensure_channel(name, out);
+                let Some(channel) = self.channels.owned.get_mut(&name) else {
+                    return;
+                };
+                if channel.links.subscribed {
+                    channel.links.record(from, now);
+                } else {
+                    self.subscribe(now, name, Some(from), out);
+                }
+            }
+            S2s::Leave { channel: name } => {
+                if let Some(channel) = self.channels.owned.get_mut(&name) {
+                    channel.links.forget(from);
+                    self.collect(name, out);
+                }
+            }
+            S2s::Say {
+                id,
+                channel: name,
+                user,
+                text,
+            } => {
+                if !self.tree_mut().is_none_or(|t| t.seen.insert(id)) {
+                    // A loop: cut the redundant link.
+                    self.counters.duplicates.inc();
+                    let leave = Inbound::S2sLeave {
+                        channel: name.as_bytes(),
+                    };
+                    return self.send_s2s(from, leave, out);
+                }
+                let needed = self.channels.owned.get(&name).is_some_and(|c| {
+                    c.links.subscribed
+                        && (!c.members.is_empty()
+                            || c.links.neighbors.iter().any(|s| s.neighbor != from))
+                });
+                if !needed {
+                    // Prune: no one here or beyond wants this channel from us.
+                    let leave = Inbound::S2sLeave {
+                        channel: name.as_bytes(),
+                    };
+                    self.send_s2s(from, leave, out);
+                    if let Some(channel) = self.channels.owned.get_mut(&name) {
+                        channel.links.forget(from);
+                        self.collect(name, out);
+                    }
+                    return;
+                }
+                self.forward_say(id, name, user, text, Some(from), out);
+                self.fan_out(name, &Chat::Short { user, text }, out);
+            }
+        }
+    }
+
+    /// The tree's timers: expiry of neighbors' subscriptions, and the refresh of ours.
+    pub(super) fn tree_timeout(&mut self, timer: Timer, now: Duration, out: &mut Outbox) {
+        let Some(tree) = self.tree() else {
+            return;
+        };
+        match timer {
+            Timer::NeighborExpiry => {
+                let next = now + tree.sweep_period();
+                self.timers.set(Timer::NeighborExpiry, next);
+                self.expire_neighbors(now, out);
+            }
+            Timer::Refresh => {
+                let next = now + tree.refresh_period();
+                self.timers.set(Timer::Refresh, next);
+                self.refresh_subscriptions(out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Soft state: forget neighbors that have not refreshed a channel within the S2S timeout.
+    fn expire_neighbors(&mut self, now: Duration, out: &mut Outbox) {
+        let Some(tree) = self.tree_mut() else {
+            return;
+        };
+        let timeout = tree.cfg.timeout;
+        let mut expired = std::mem::take(&mut tree.expired);
+        for (name, channel) in &self.channels.owned {
+            for s in &channel.links.neighbors {
+                if now.saturating_sub(s.last_join) > timeout {
+                    expired.push((*name, s.neighbor));
+                }
+            }
+        }
+        for (name, neighbor) in expired.drain(..) {
+            self.counters.neighbors_expired.inc();
+            if self.cfg.verbose {
+                let addr = self.neighbor_addr(neighbor);
+                out.log(format_args!(
+                    "{} {addr} expired from {name}",
+                    self.cfg.local
+                ));
+            }
+            if let Some(channel) = self.channels.owned.get_mut(&name) {
+                channel.links.forget(neighbor);
+                self.collect(name, out);
+            }
+        }
+        if let Some(tree) = self.tree_mut() {
+            tree.expired = expired;
+        }
+    }
+
+    /// Soft state: S2S_JOIN for every subscribed channel to every neighbor.
+    fn refresh_subscriptions(&mut self, out: &mut Outbox) {
+        let names: Vec<Name> = self
+            .channels
+            .owned
+            .iter()
+            .filter(|(_, c)| c.links.subscribed)
+            .map(|(n, _)| *n)
+            .collect();
+        for name in names {
+            for n in 0..self.neighbor_count() {
+                self.send_s2s(
+                    n,
+                    Inbound::S2sJoin {
+                        channel: name.as_bytes(),
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// A neighbor's datagram, received on this shard: decoded here, decided by the owner.
+    pub(super) fn neighbor_datagram(
+        &mut self,
+        neighbor: u16,
+        src: SocketAddr,
+        buf: &[u8],
+        out: &mut Outbox,
+    ) {
+        let Some(layout) = self.tree().map(|t| t.cfg.say_layout) else {
+            return;
+        };
+        let inbound = match duckchat::decode_inbound(buf, layout) {
+            Ok(inbound) => inbound,
+            Err(_) => return self.counters.decode_errors.inc(),
+        };
+        let s2s = match inbound {
+            Inbound::S2sJoin { channel } => S2s::Join {
+                channel: Name::truncating(channel),
+            },
+            Inbound::S2sLeave { channel } => S2s::Leave {
+                channel: Name::truncating(channel),
+            },
+            Inbound::S2sSay(say) => S2s::Say {
+                id: say.id,
+                channel: Name::truncating(say.channel),
+                user: Name::truncating(say.user),
+                text: Text::truncating(say.text),
+            },
+            _ => return self.counters.dropped(DropReason::FromServer),
+        };
+        self.counters.s2s_in.inc();
+        if self.cfg.verbose {
+            self.log_s2s(src, "recv", &inbound, out);
+        }
+        self.send_to_owner(ShardMsg::FromNeighbor { neighbor, s2s }, out);
+    }
+
+    fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {
+        self.tree()
+            .and_then(|t| t.cfg.addrs.get(neighbor as usize).copied())
+            .unwrap_or(self.cfg.local)
+    }
+
+    fn send_s2s(&mut self, neighbor: u16, datagram: Inbound<'_>, out: &mut Outbox) {
+        let Some(tree) = self.tree() else {
+            return;
+        };
+        let (dst, layout) = (tree.cfg.addrs[neighbor as usize], tree.cfg.say_layout);
+        if self.cfg.verbose {
+            self.log_s2s(dst, "send", &datagram, out);
+        }
+        self.counters.s2s_out.inc();
+        out.send_new(dst, duckchat::S2S_SAY_LEN, |buf| {
+            datagram.encode(buf, layout)
+        });
+    }
+
+    fn log_s2s(&self, peer: SocketAddr, dir: &str, datagram: &Inbound<'_>, out: &mut Outbox) {
+        let local = self.cfg.local;
+        match *datagram {
+            Inbound::S2sJoin { channel } => out.log(format_args!(
+                "{local} {peer} {dir} S2S Join {}",
+                Lossy(channel)
+            )),
+            Inbound::S2sLeave { channel } => out.log(format_args!(
+                "{local} {peer} {dir} S2S Leave {}",
+                Lossy(channel)
+            )),
+            Inbound::S2sSay(s) => out.log(format_args!(
+                "{local} {peer} {dir} S2S say {} {} \"{}\"",
+                Lossy(s.user),
+                Lossy(s.channel),
+                Lossy(s.text)
+            )),
+            _ => {}
+        }
+    }
+}
