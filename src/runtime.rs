@@ -7,8 +7,8 @@
 //! its socket until the others catch up. The main thread
 //! owns nothing on the hot path: it waits for SIGINT/SIGTERM, prints stats, and stops the shards.
 
-use crate::engine::{Config, Counters, Engine, Outbox, ShardMsg};
-use crate::io::{self, sys, Backend, IoKind};
+use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
+use crate::io::{self, sys, Backend, IoKind, Transmit};
 use crate::mesh::Outgoing;
 use crate::pinned::{Pinned, Start};
 use crossbeam_queue::ArrayQueue;
@@ -350,13 +350,15 @@ fn shard_loop(
         // Too much control waiting for other shards: take nothing new from the socket (the
         // kernel queues, then drops and counts) until they have caught up.
         if !outgoing.backlogged() {
-            work += backend.recv(&counters, &mut |src, bytes| {
+            let received = backend.recv(&mut |src, bytes| {
                 // Causality: a message another shard queued before this datagram arrived (say,
                 // the directory entry for a channel whose creation the sender has already seen
                 // acknowledged) is handled first. Empty queues cost a few loads.
                 drain_inbox(me, now, &mut engine, &mut out, shared);
                 engine.handle_datagram(now, src, bytes, &mut out)
             });
+            counters.dropped_many(DropReason::NoBuffer, received.no_buffer);
+            work += received.datagrams;
         }
         if now >= engine.next_timeout() {
             engine.handle_timeout(now, &mut out);
@@ -443,7 +445,12 @@ fn flush(
         let _ = stdout.flush();
     }
     if !out.sends().is_empty() {
-        backend.send(out, counters);
+        let sent = backend.send(out.sends().iter().map(|s| Transmit {
+            dst: s.dst,
+            contents: out.bytes(s.payload),
+        }));
+        counters.datagrams_out.add(sent.sent);
+        counters.dropped_many(DropReason::SendFailed, sent.failed);
     }
     out.clear();
     moved

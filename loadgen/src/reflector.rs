@@ -6,8 +6,8 @@
 use crate::plan::{channel_name, client_name, Plan};
 use crate::LoadError;
 use ahash::AHashMap;
-use chat_router::engine::{Counters, Outbox};
-use chat_router::io::{self, sys, Backend, IoKind};
+use chat_router::engine::Outbox;
+use chat_router::io::{self, sys, Backend, IoKind, Transmit};
 use chat_router::pinned::{Pinned, Start};
 use chat_router::proto::duckchat::{self, Inbound, SayLayout, TXT_SAY_LEN};
 use chat_router::proto::{Name, Text};
@@ -123,10 +123,9 @@ impl Drop for Reflector {
 }
 
 fn reflect(mut backend: Backend, table: &Table, stop: &AtomicBool, waker: &sys::EventFd) {
-    let counters = Counters::default();
     let mut out = Outbox::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
-        let got = backend.recv(&counters, &mut |src, bytes| {
+        let got = backend.recv(&mut |src, bytes| {
             let Ok(Inbound::Say { text, .. }) =
                 duckchat::decode_inbound(bytes, SayLayout::UserFirst)
             else {
@@ -147,10 +146,13 @@ fn reflect(mut backend: Backend, table: &Table, stop: &AtomicBool, waker: &sys::
             }
         });
         if !out.is_empty() {
-            backend.send(&out, &counters);
+            backend.send(out.sends().iter().map(|s| Transmit {
+                dst: s.dst,
+                contents: out.bytes(s.payload),
+            }));
             out.clear();
         }
-        if got == 0 {
+        if got.datagrams == 0 {
             backend.wait(Duration::from_millis(50));
             waker.clear();
         }

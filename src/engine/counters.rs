@@ -133,6 +133,10 @@ impl Counters {
         self.drops[why as usize].inc();
     }
 
+    pub fn dropped_many(&self, why: DropReason, n: u64) {
+        self.drops[why as usize].add(n);
+    }
+
     pub fn drops(&self, why: DropReason) -> u64 {
         self.drops[why as usize].get()
     }

@@ -2,8 +2,7 @@
 //! fallback where io_uring is unavailable, and the baseline io_uring is measured against.
 
 use super::sys::{read_sockaddr, write_sockaddr};
-use super::{MAX_DATAGRAM, RECV_BATCH, SEND_BATCH};
-use crate::engine::{Counters, DropReason, Outbox};
+use super::{Received, Sent, Transmit, MAX_DATAGRAM, RECV_BATCH, SEND_BATCH};
 use std::io;
 use std::mem::zeroed;
 use std::net::SocketAddr;
@@ -42,8 +41,8 @@ impl Mmsg {
         }
     }
 
-    /// Receives what is ready, without blocking; returns how many datagrams were handled.
-    pub fn recv(&mut self, on: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
+    /// Receives what is ready, without blocking.
+    pub fn recv(&mut self, on: &mut dyn FnMut(SocketAddr, &[u8])) -> Received {
         for i in 0..RECV_BATCH {
             self.iovs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
@@ -70,7 +69,7 @@ impl Mmsg {
             )
         };
         if n <= 0 {
-            return 0;
+            return Received::default();
         }
         let n = n as usize;
         for i in 0..n {
@@ -79,39 +78,47 @@ impl Mmsg {
                 on(src, &self.bufs[i][..len]);
             }
         }
-        n
+        Received {
+            datagrams: n,
+            no_buffer: 0,
+        }
     }
 
-    /// Sends every datagram in `out`; counts sent and failed datagrams.
-    pub fn send(&mut self, out: &Outbox, counters: &Counters) {
-        for chunk in out.sends().chunks(SEND_BATCH) {
-            for (i, send) in chunk.iter().enumerate() {
-                let bytes = out.bytes(send.payload);
-                let namelen = write_sockaddr(&send.dst, &mut self.send_names[i]);
+    /// Sends every transmit, SEND_BATCH per syscall.
+    pub fn send<'a>(&mut self, mut transmits: impl Iterator<Item = Transmit<'a>>) -> Sent {
+        let mut sent = Sent::default();
+        loop {
+            let mut batch = 0;
+            for (i, t) in transmits.by_ref().take(SEND_BATCH).enumerate() {
+                let namelen = write_sockaddr(&t.dst, &mut self.send_names[i]);
                 self.send_iovs[i] = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
+                    iov_base: t.contents.as_ptr() as *mut libc::c_void,
+                    iov_len: t.contents.len(),
                 };
                 let hdr = &mut self.send_hdrs[i].msg_hdr;
                 hdr.msg_name = &mut self.send_names[i] as *mut _ as *mut libc::c_void;
                 hdr.msg_namelen = namelen;
                 hdr.msg_iov = &mut self.send_iovs[i];
                 hdr.msg_iovlen = 1;
+                batch += 1;
+            }
+            if batch == 0 {
+                return sent;
             }
             let mut done = 0;
-            while done < chunk.len() {
-                // SAFETY: headers [done, len) point at names/iovecs owned by `self` and at
-                // payload bytes borrowed from `out`, all alive across the call.
+            while done < batch {
+                // SAFETY: headers [done, batch) point at names/iovecs owned by `self` and at
+                // bytes borrowed for 'a, all alive across the call.
                 let n = unsafe {
                     libc::sendmmsg(
                         self.fd.as_raw_fd(),
                         self.send_hdrs[done..].as_mut_ptr(),
-                        (chunk.len() - done) as libc::c_uint,
+                        (batch - done) as libc::c_uint,
                         0,
                     )
                 };
                 if n > 0 {
-                    counters.datagrams_out.add(n as u64);
+                    sent.sent += n as u64;
                     done += n as usize;
                     continue;
                 }
@@ -120,15 +127,13 @@ impl Mmsg {
                     continue;
                 }
                 if err.kind() == io::ErrorKind::WouldBlock {
-                    // The socket buffer is full: drop and count the rest rather than stall the
-                    // shard (and everyone it serves) for one slow destination, as io_uring does.
-                    for _ in done..chunk.len() {
-                        counters.dropped(DropReason::SendFailed);
-                    }
+                    // The socket buffer is full: drop the rest of the batch rather than stall
+                    // the shard (and everyone it serves) for one slow destination.
+                    sent.failed += (batch - done) as u64;
                     break;
                 }
                 // This datagram cannot be sent (bad destination, buffer exhausted): skip it.
-                counters.dropped(DropReason::SendFailed);
+                sent.failed += 1;
                 done += 1;
             }
         }

@@ -5,8 +5,7 @@
 //! re-armed.
 
 use super::sys::{read_sockaddr_bytes, write_sockaddr};
-use super::{MAX_DATAGRAM, SEND_BATCH};
-use crate::engine::{Counters, DropReason, Outbox};
+use super::{Received, Sent, Transmit, MAX_DATAGRAM, SEND_BATCH};
 use io_uring::types::{BufRingEntry, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, types, IoUring};
 use std::collections::VecDeque;
@@ -175,42 +174,48 @@ impl Uring {
         Ok(())
     }
 
-    /// Handles every completion that is ready; returns how many datagrams were handled.
-    pub fn recv(&mut self, counters: &Counters, on: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
-        let mut handled = 0;
+    /// Handles every completion that is ready.
+    pub fn recv(&mut self, on: &mut dyn FnMut(SocketAddr, &[u8])) -> Received {
+        let mut received = Received::default();
         while let Some((data, result, flags)) = self.pending.pop_front() {
-            handled += self.complete(counters, data, result, flags, on);
+            self.complete(&mut received, data, result, flags, on);
         }
         loop {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
             };
-            handled += self.complete(counters, cqe.user_data(), cqe.result(), cqe.flags(), on);
+            self.complete(
+                &mut received,
+                cqe.user_data(),
+                cqe.result(),
+                cqe.flags(),
+                on,
+            );
         }
         if !(self.recv_armed && self.wake_armed) {
             let _ = self.arm();
         }
-        handled
+        received
     }
 
     fn complete(
         &mut self,
-        counters: &Counters,
+        received: &mut Received,
         data: u64,
         result: i32,
         flags: u32,
         on: &mut dyn FnMut(SocketAddr, &[u8]),
-    ) -> usize {
+    ) {
         match data {
             RECV => {
                 if !cqueue::more(flags) {
                     self.recv_armed = false;
                 }
                 if result == -libc::ENOBUFS {
-                    counters.dropped(DropReason::NoBuffer);
+                    received.no_buffer += 1;
                 }
                 let Some(bid) = cqueue::buffer_select(flags) else {
-                    return 0;
+                    return;
                 };
                 if result >= 0 {
                     let buf = self.bufs.buffer(bid, result as usize);
@@ -221,29 +226,25 @@ impl Uring {
                     }
                 }
                 self.bufs.provide(bid);
-                1
+                received.datagrams += 1;
             }
-            WAKE => {
-                if !cqueue::more(flags) {
-                    self.wake_armed = false;
-                }
-                0
-            }
-            _ => 0,
+            WAKE if !cqueue::more(flags) => self.wake_armed = false,
+            _ => {}
         }
     }
 
-    /// Sends every datagram in `out`, SEND_BATCH per submit, and waits for their completions
-    /// (UDP sends complete at once) so that the outbox may be reused.
-    pub fn send(&mut self, out: &Outbox, counters: &Counters) {
-        for chunk in out.sends().chunks(SEND_BATCH) {
-            for (i, send) in chunk.iter().enumerate() {
-                let bytes = out.bytes(send.payload);
-                let slot = &mut self.slots[i];
-                let namelen = write_sockaddr(&send.dst, &mut slot.name);
+    /// Sends every transmit, SEND_BATCH per submit, and waits for their completions (UDP sends
+    /// complete at once, or fail at once with a full send buffer) so that the caller may reuse
+    /// the bytes.
+    pub fn send<'a>(&mut self, mut transmits: impl Iterator<Item = Transmit<'a>>) -> Sent {
+        let mut sent = Sent::default();
+        loop {
+            let mut batch = 0;
+            for (slot, t) in self.slots.iter_mut().zip(transmits.by_ref()) {
+                let namelen = write_sockaddr(&t.dst, &mut slot.name);
                 slot.iov = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
+                    iov_base: t.contents.as_ptr() as *mut libc::c_void,
+                    iov_len: t.contents.len(),
                 };
                 slot.hdr.msg_name = &mut slot.name as *mut _ as *mut libc::c_void;
                 slot.hdr.msg_namelen = namelen;
@@ -252,22 +253,24 @@ impl Uring {
                 let entry = opcode::SendMsg::new(types::Fd(self.fd.as_raw_fd()), &slot.hdr)
                     .build()
                     .user_data(SEND);
-                // SAFETY: the slot (boxed, owned by self) and the payload (borrowed from `out`)
-                // stay alive until the completion is reaped below, before this returns.
+                // SAFETY: the slot (boxed, owned by self) and the bytes (borrowed for 'a, past
+                // this call) stay alive until the completion is reaped below, before this returns.
                 while unsafe { self.ring.submission().push(&entry) }.is_err() {
                     let _ = self.ring.submit();
                 }
+                batch += 1;
+            }
+            if batch == 0 {
+                return sent;
             }
             let mut done = 0;
-            while done < chunk.len() {
+            while done < batch {
                 if let Err(e) = self.ring.submit_and_wait(1) {
                     if e.raw_os_error() != Some(libc::EINTR)
                         && e.raw_os_error() != Some(libc::EBUSY)
                     {
                         // Should not happen; account for the rest instead of spinning.
-                        for _ in done..chunk.len() {
-                            counters.dropped(DropReason::SendFailed);
-                        }
+                        sent.failed += (batch - done) as u64;
                         break;
                     }
                 }
@@ -275,9 +278,9 @@ impl Uring {
                     if cqe.user_data() == SEND {
                         done += 1;
                         if cqe.result() >= 0 {
-                            counters.datagrams_out.inc();
+                            sent.sent += 1;
                         } else {
-                            counters.dropped(DropReason::SendFailed);
+                            sent.failed += 1;
                         }
                     } else {
                         self.pending
