@@ -1,8 +1,9 @@
 //! The engine's hot path does not touch the heap: once sessions, channels and the outbox exist,
 //! client SAYs, S2S_SAYs (fresh and duplicate ids), text chat lines that fit DuckChat's fields,
 //! and the cross-shard fan-out they cause run with zero allocations; a longer text line costs
-//! exactly one (its copy, shared by every shard that delivers it). A counting global allocator
-//! watches this test's thread only.
+//! exactly one (its copy, shared by every shard that delivers it); in a cluster, the only
+//! allocation is the shared copy of a server's datagram that crosses to its room's owner shard.
+//! A counting global allocator watches this test's thread only.
 
 use chat_router::engine::{Config, Engine, Federation, Neighbors, Outbox, ShardMsg};
 use chat_router::proto::duckchat::{Inbound, S2sSay, SayLayout};
@@ -221,4 +222,139 @@ fn text_chat_allocates_only_a_shared_copy_of_long_lines() {
     );
     assert_eq!(short_allocations, 0, "heap allocations for short lines");
     assert_eq!(long_allocations, 10 * 64, "one shared copy per long line");
+}
+
+/// Three servers of a total-order cluster, two shards each, joined by a lossless in-order
+/// network (its buffers reused, so that it allocates nothing itself after warm-up); every
+/// datagram between them is delivered before the next client line.
+struct Cluster {
+    servers: Vec<Server>,
+    wire: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    spare: Vec<Vec<u8>>,
+    /// Datagrams between servers that arrived on a shard other than the room's owner.
+    crossings: u64,
+}
+
+const CLUSTER_PORT: u16 = 6000;
+const ROOM: &str = "1";
+
+impl Cluster {
+    fn new() -> Self {
+        use chat_router::engine::{Cluster as Members, Member, Order};
+        let members: Vec<Member> = (1..=3)
+            .map(|i| Member {
+                forward: addr(CLUSTER_PORT + i),
+                bind: addr(CLUSTER_PORT + i),
+            })
+            .collect();
+        let servers = (0..3)
+            .map(|me| {
+                let mut cfg = Config::new(members[me].bind);
+                cfg.federation = Federation::Group(Members {
+                    members: members.clone(),
+                    me: me as u16,
+                    order: Order::Total,
+                });
+                let mut server = Server::new();
+                let cfg = Arc::new(cfg);
+                server.shards = (0..SHARDS)
+                    .map(|i| Engine::new(i, SHARDS, cfg.clone(), 7 + u64::from(i), server.now))
+                    .collect();
+                server
+            })
+            .collect();
+        Self {
+            servers,
+            wire: VecDeque::with_capacity(4096),
+            spare: Vec::new(),
+            crossings: 0,
+        }
+    }
+
+    /// A client's datagram to server `to`, then everything the servers send each other.
+    fn datagram(&mut self, to: usize, src: SocketAddr, bytes: &[u8]) {
+        self.handle(to, src, bytes);
+        for _ in 0..100_000 {
+            let Some((src, dst, bytes)) = self.wire.pop_front() else {
+                return;
+            };
+            let to = usize::from(dst.port() - CLUSTER_PORT - 1);
+            let owner = self.servers[to].shards[0].owner(&chat_router::proto::Name::from(ROOM));
+            if owner != src.port() % SHARDS {
+                self.crossings += 1;
+            }
+            self.handle(to, src, &bytes);
+            self.spare.push(bytes);
+        }
+        panic!("the servers never went quiet");
+    }
+
+    fn handle(&mut self, to: usize, src: SocketAddr, bytes: &[u8]) {
+        let server = &mut self.servers[to];
+        let home = (src.port() % SHARDS) as usize;
+        server.shards[home].handle_datagram(server.now, src, bytes, &mut server.out);
+        loop {
+            for s in server.out.sends() {
+                if s.dst.port() > CLUSTER_PORT && s.dst.port() <= CLUSTER_PORT + 3 {
+                    let from = addr(CLUSTER_PORT + 1 + to as u16);
+                    let mut copy = self.spare.pop().unwrap_or_default();
+                    copy.clear();
+                    copy.extend_from_slice(server.out.bytes(s.payload));
+                    self.wire.push_back((from, s.dst, copy));
+                } else {
+                    server.sent += 1;
+                }
+            }
+            server.queue.extend(server.out.take_msgs());
+            server.out.clear();
+            let Some((dst, msg)) = server.queue.pop_front() else {
+                break;
+            };
+            server.shards[dst as usize].handle_message(server.now, msg, &mut server.out);
+        }
+    }
+}
+
+/// The cluster path allocates once per datagram from another server that arrives on a shard
+/// other than its room's owner: the shared copy (`Arc<[u8]>`) that carries it there, so the
+/// receiving shard never waits for the owner. Nothing else: datagrams kept for retransmission
+/// reuse the buffers of acknowledged ones, and only a reordered datagram is copied to be held.
+/// (With three servers in total order, one client line makes 2 data datagrams from its
+/// origin, 2 proposals back, 2 agreements out, and an acknowledgement for each.)
+#[test]
+fn the_cluster_path_allocates_only_to_cross_shards() {
+    let mut cluster = Cluster::new();
+    let clients: Vec<SocketAddr> = (0..3).map(|i| addr(30_000 + i)).collect();
+    let join = format!("/join {ROOM}");
+    for (i, &c) in clients.iter().enumerate() {
+        cluster.datagram(i, c, join.as_bytes());
+    }
+    let line = b"hello, ordered room";
+    for _ in 0..200 {
+        for (i, &c) in clients.iter().enumerate() {
+            cluster.datagram(i, c, line);
+        }
+    }
+    let sent_before: u64 = cluster.servers.iter().map(|s| s.sent).sum();
+    let crossings_before = cluster.crossings;
+    const MESSAGES: u64 = 300;
+    let allocations = allocations_during(|| {
+        for _ in 0..MESSAGES / 3 {
+            for (i, &c) in clients.iter().enumerate() {
+                cluster.datagram(i, c, line);
+            }
+        }
+    });
+    let delivered = cluster.servers.iter().map(|s| s.sent).sum::<u64>() - sent_before;
+    assert_eq!(
+        delivered,
+        MESSAGES * 3,
+        "every line reached the three members"
+    );
+    let crossings = cluster.crossings - crossings_before;
+    assert!(crossings > 0, "some datagrams crossed shards");
+    assert_eq!(
+        allocations, crossings,
+        "allocations beyond one per crossing"
+    );
 }

@@ -558,7 +558,7 @@ impl Engine {
         match self.servers.get(&src).copied() {
             None => {}
             Some(Server::Peer(peer)) => {
-                self.peer_datagram(peer, buf, out);
+                self.peer_datagram(now, peer, buf, out);
                 return self.drain_loopback(now, out);
             }
             Some(Server::Neighbor(n)) => {
@@ -622,7 +622,7 @@ impl Engine {
                 room,
                 peer,
                 datagram,
-            } => self.peer_message(now, peer, room, datagram, out),
+            } => self.peer_message(now, peer, room, &datagram, out),
             ShardMsg::Deliver { channel, chat } => self.deliver(channel, &chat, out),
             ShardMsg::ChannelAdded(c) => {
                 self.clients.directory.insert(c);

@@ -148,20 +148,22 @@ impl Engine {
     }
 
     /// A datagram from another server of the cluster, on whichever shard received it: only the
-    /// room is read here; its owner decides.
-    pub(super) fn peer_datagram(&mut self, peer: u16, buf: &[u8], out: &mut Outbox) {
+    /// room is read here; its owner decides (another shard gets a shared copy).
+    pub(super) fn peer_datagram(&mut self, now: Duration, peer: u16, buf: &[u8], out: &mut Outbox) {
         self.counters.s2s_in.inc();
-        match group::decode(buf) {
-            Ok(d) => {
-                let msg = ShardMsg::FromPeer {
-                    room: Name::truncating(d.room()),
-                    peer,
-                    datagram: Arc::from(buf),
-                };
-                self.send_to_owner(msg, out);
-            }
-            Err(_) => self.counters.decode_errors.inc(),
+        let Ok(decoded) = group::decode(buf) else {
+            return self.counters.decode_errors.inc();
+        };
+        let room = Name::truncating(decoded.room());
+        if self.owner(&room) == self.shard {
+            return self.peer_message(now, peer, room, buf, out);
         }
+        let msg = ShardMsg::FromPeer {
+            room,
+            peer,
+            datagram: Arc::from(buf),
+        };
+        self.send_to_owner(msg, out);
     }
 
     /// The room's state, created on first use (bounded like the channels).
@@ -211,7 +213,7 @@ impl Engine {
         let Some(payload) = out.payload(group::MAX_DATAGRAM, |buf| datagram.encode(buf)) else {
             return; // the callers size fragments to fit
         };
-        link.out.push(now, out.bytes(payload).into());
+        link.out.push(now, out.bytes(payload));
         out.send(dst, payload);
         let timer = link.out.timer();
         group.arm(timer);
@@ -389,10 +391,10 @@ impl Engine {
         now: Duration,
         peer: u16,
         room: Name,
-        datagram: Arc<[u8]>,
+        datagram: &[u8],
         out: &mut Outbox,
     ) {
-        let Ok(decoded) = group::decode(&datagram) else {
+        let Ok(decoded) = group::decode(datagram) else {
             return; // the receiving shard decoded it already
         };
         let Some(r) = self.group_room(room) else {
@@ -413,7 +415,7 @@ impl Engine {
                 }
             }
             Datagram::Data { seq, body, .. } => {
-                match link.inn.arrive(seq, &datagram) {
+                match link.inn.arrive(seq, datagram) {
                     Arrival::Next => {
                         self.stream_body(now, room, peer, body, out);
                         while let Some(next) = self

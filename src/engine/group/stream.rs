@@ -6,8 +6,7 @@
 //! losses costs one round trip per hole, not one timeout. The receiver holds what arrives early
 //! and hands datagrams over in sequence. Both sides are bounded by [`WINDOW`].
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{btree_map, BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// Unacknowledged datagrams beyond which a sender takes no new message. Proposals and
@@ -24,7 +23,7 @@ const DUPLICATE_ACKS: u32 = 3;
 
 struct Sent {
     seq: u64,
-    bytes: Box<[u8]>,
+    bytes: Vec<u8>,
     sent_at: Duration,
     retransmitted: bool,
 }
@@ -32,6 +31,9 @@ struct Sent {
 pub struct OutStream {
     next_seq: u64,
     unacked: VecDeque<Sent>,
+    /// Buffers of acknowledged datagrams, reused for new ones: after warm-up, keeping a
+    /// datagram for retransmission allocates nothing. At most as many as were ever unacked.
+    spare: Vec<Vec<u8>>,
     srtt: Option<Duration>,
     rttvar: Duration,
     rto: Duration,
@@ -48,6 +50,7 @@ impl Default for OutStream {
         Self {
             next_seq: 1,
             unacked: VecDeque::new(),
+            spare: Vec::new(),
             srtt: None,
             rttvar: Duration::ZERO,
             rto: INITIAL_RTO,
@@ -69,8 +72,12 @@ impl OutStream {
         self.next_seq
     }
 
-    /// Keeps `bytes` (encoded with [`Self::next_seq`]) until acknowledged; the caller sends them.
-    pub fn push(&mut self, now: Duration, bytes: Box<[u8]>) {
+    /// Keeps a copy of `datagram` (encoded with [`Self::next_seq`]) until acknowledged; the
+    /// caller sends it.
+    pub fn push(&mut self, now: Duration, datagram: &[u8]) {
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(datagram);
         self.unacked.push_back(Sent {
             seq: self.next_seq,
             bytes,
@@ -102,6 +109,7 @@ impl OutStream {
                 if !sent.retransmitted && sent.seq == seq {
                     self.sample(now.saturating_sub(sent.sent_at));
                 }
+                self.spare.push(sent.bytes);
             }
         }
         if self.unacked.is_empty() {
@@ -174,7 +182,8 @@ pub enum Arrival {
 
 pub struct InStream {
     next: u64,
-    held: BTreeMap<u64, Arc<[u8]>>,
+    /// Early datagrams, copied: only a reordered datagram costs an allocation.
+    held: BTreeMap<u64, Box<[u8]>>,
 }
 
 impl Default for InStream {
@@ -187,23 +196,28 @@ impl Default for InStream {
 }
 
 impl InStream {
-    pub fn arrive(&mut self, seq: u64, datagram: &Arc<[u8]>) -> Arrival {
+    pub fn arrive(&mut self, seq: u64, datagram: &[u8]) -> Arrival {
         if seq < self.next {
-            Arrival::Duplicate
-        } else if seq == self.next {
+            return Arrival::Duplicate;
+        }
+        if seq == self.next {
             self.next += 1;
-            Arrival::Next
-        } else if seq - self.next >= HOLD {
-            Arrival::TooFar
-        } else if self.held.insert(seq, datagram.clone()).is_some() {
-            Arrival::Duplicate
-        } else {
-            Arrival::Held
+            return Arrival::Next;
+        }
+        if seq - self.next >= HOLD {
+            return Arrival::TooFar;
+        }
+        match self.held.entry(seq) {
+            btree_map::Entry::Occupied(_) => Arrival::Duplicate,
+            btree_map::Entry::Vacant(e) => {
+                e.insert(datagram.into());
+                Arrival::Held
+            }
         }
     }
 
     /// The next held datagram, once everything before it has been handled.
-    pub fn pop_ready(&mut self) -> Option<Arc<[u8]>> {
+    pub fn pop_ready(&mut self) -> Option<Box<[u8]>> {
         let datagram = self.held.remove(&self.next)?;
         self.next += 1;
         Some(datagram)
@@ -221,34 +235,34 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn bytes(seq: u64) -> Box<[u8]> {
-        seq.to_string().into_bytes().into()
+    fn bytes(seq: u64) -> Vec<u8> {
+        seq.to_string().into_bytes()
     }
 
     fn send(out: &mut OutStream, now: Duration, n: usize) {
         for _ in 0..n {
             let seq = out.next_seq();
-            out.push(now, bytes(seq));
+            out.push(now, &bytes(seq));
         }
     }
 
     #[test]
     fn receiver_hands_over_in_order_and_bounds_what_it_holds() {
         let mut inn = InStream::default();
-        let d: Arc<[u8]> = Arc::from(&b"x"[..]);
-        assert_eq!(inn.arrive(2, &d), Arrival::Held);
-        assert_eq!(inn.arrive(2, &d), Arrival::Duplicate);
-        assert_eq!(inn.arrive(3, &d), Arrival::Held);
+        let d = &b"x"[..];
+        assert_eq!(inn.arrive(2, d), Arrival::Held);
+        assert_eq!(inn.arrive(2, d), Arrival::Duplicate);
+        assert_eq!(inn.arrive(3, d), Arrival::Held);
         assert_eq!(inn.pop_ready(), None);
         assert_eq!(inn.acked(), 0);
-        assert_eq!(inn.arrive(1, &d), Arrival::Next);
+        assert_eq!(inn.arrive(1, d), Arrival::Next);
         assert!(inn.pop_ready().is_some());
         assert!(inn.pop_ready().is_some());
         assert_eq!(inn.pop_ready(), None);
         assert_eq!(inn.acked(), 3);
-        assert_eq!(inn.arrive(1, &d), Arrival::Duplicate);
-        assert_eq!(inn.arrive(4 + HOLD, &d), Arrival::TooFar);
-        assert_eq!(inn.arrive(3 + HOLD, &d), Arrival::Held);
+        assert_eq!(inn.arrive(1, d), Arrival::Duplicate);
+        assert_eq!(inn.arrive(4 + HOLD, d), Arrival::TooFar);
+        assert_eq!(inn.arrive(3 + HOLD, d), Arrival::Held);
     }
 
     #[test]
