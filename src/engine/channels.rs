@@ -111,6 +111,7 @@ impl Engine {
             *known = user; // a rename
             return;
         }
+        debug_assert!(session.home < self.shards, "a member's home is a shard");
         channel.members.insert(session, user);
         channel.per_shard[session.home as usize] += 1;
         let subscribed = channel.links.subscribed;

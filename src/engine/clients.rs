@@ -418,6 +418,13 @@ impl Engine {
         self.clients.release(endpoint.ip());
         for channel in session.channels {
             self.part(id, channel, out);
+            debug_assert!(
+                self.clients
+                    .local
+                    .get(&channel)
+                    .is_none_or(|l| l.by_protocol.iter().all(|m| m.get(&id).is_none())),
+                "a closed session is still a local member"
+            );
         }
     }
 
@@ -447,9 +454,12 @@ impl Engine {
             return Err(Refusal::ServerChannelLimit(channel));
         }
         session.channels.push(channel);
+        debug_assert!(session.channels.len() <= per_user);
         let name = session.name;
+        debug_assert_eq!(id.home, self.shard, "a session lives on its home shard");
         let local = self.clients.local.entry(channel).or_default();
-        local.by_protocol[protocol.index()].insert(id, endpoint);
+        let added = local.by_protocol[protocol.index()].insert(id, endpoint);
+        debug_assert!(added, "a new member was on the local list already");
         self.member_joined_at_owner(channel, id, name, out);
         Ok(Done::Joined(channel))
     }

@@ -28,6 +28,11 @@ impl<K: Copy + Eq + Hash, V> Members<K, V> {
         self.list.is_empty()
     }
 
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
+        let &i = self.index.get(key)?;
+        Some(&self.list[i as usize].1)
+    }
+
     pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let &i = self.index.get(key)?;
         Some(&mut self.list[i as usize].1)

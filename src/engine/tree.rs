@@ -1,8 +1,8 @@
 //! DuckChat federation, on each channel's owner shard: a tree of neighbors per channel, built
 //! by flooding S2S_JOIN, carrying S2S_SAY with random ids, cutting a link that delivers a
-//! duplicate (a loop), pruning branches nobody needs, and kept as soft state (`docs/`,
-//! "Federation"): joins are refreshed every `refresh`, and a neighbor that has not refreshed a
-//! channel within `timeout` is forgotten.
+//! duplicate (a loop), pruning branches nobody needs, and kept as soft state: joins are
+//! refreshed every `refresh`, and a neighbor that has not refreshed a channel within `timeout`
+//! is forgotten.
 
 use super::lossy::Lossy;
 use super::timers::Timer;

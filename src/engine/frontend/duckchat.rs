@@ -1,4 +1,4 @@
-//! The DuckChat client protocol (`docs/protocols.md`): fixed-size binary requests, a session
+//! The DuckChat client protocol ([`crate::proto::duckchat`]): fixed-size binary requests, a session
 //! begins with LOGIN, success is silent, a refusal is one TXT_ERROR, and LIST and WHO answers
 //! are TXT_LIST and TXT_WHO datagrams of at most [`duckchat::SPLIT_LIMIT`] bytes.
 

@@ -1,4 +1,4 @@
-//! The text line protocol (`docs/protocols.md`): one line per datagram, a session begins with
+//! The text line protocol ([`crate::proto::text`]): one line per datagram, a session begins with
 //! the first `/join N` or `/nick NAME` and is named `ip:port` until it picks a nick, every
 //! command gets one `+OK` or `-ERR` line (`/quit` none), and a session is in at most one room:
 //! room N is the channel named `N`, shared with DuckChat users.
