@@ -51,7 +51,7 @@ pub fn text(data: &[u8]) {
             }
         }
         text::Line::Nick(nick) if text::check_nick(nick).is_ok() => {
-            assert!(text::is_printable_name(nick) && !nick.contains(&b'>'));
+            assert!(crate::proto::is_printable_name(nick) && !nick.contains(&b'>'));
         }
         _ => {}
     }

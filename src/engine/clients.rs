@@ -16,7 +16,7 @@ use super::frontend::{self, Command, Decoded, Done, Protocol, Refusal, View};
 use super::members::Members;
 use super::sessions::{Key, SessionId, Sessions};
 use super::{Chat, DropReason, Endpoint, Engine, Limits, Outbox, ShardMsg};
-use crate::proto::{text, Name, Nick};
+use crate::proto::{self, Name, Nick};
 use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::collections::BTreeSet;
@@ -361,7 +361,7 @@ impl Engine {
         name: Nick,
         out: &mut Outbox,
     ) -> Result<Done, Refusal> {
-        if !text::is_printable_name(name.as_bytes()) {
+        if !proto::is_printable_name(name.as_bytes()) {
             self.counters.dropped(DropReason::BadName);
             return Err(Refusal::BadUserName);
         }
@@ -429,7 +429,7 @@ impl Engine {
     }
 
     fn join(&mut self, id: SessionId, channel: Name, out: &mut Outbox) -> Result<Done, Refusal> {
-        if !text::is_printable_name(channel.as_bytes()) {
+        if !proto::is_printable_name(channel.as_bytes()) {
             self.counters.dropped(DropReason::BadName);
             return Err(Refusal::BadChannelName);
         }

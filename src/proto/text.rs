@@ -6,6 +6,7 @@
 //! a small little-endian integer, its strings are NUL-padded) and a text line never does, so
 //! [`is_text`] tells them apart.
 
+use super::is_printable_name;
 use std::io::Write;
 
 /// The longest chat message a client may send.
@@ -80,13 +81,6 @@ fn is_reply(line: &[u8]) -> bool {
     line.strip_prefix(b"<")
         .and_then(|rest| rest.iter().position(|&b| b == b'>').map(|i| &rest[i + 1..]))
         .is_some_and(|after| after.first() == Some(&b' '))
-}
-
-/// A name (nick, user or channel) a person can read: non-empty, valid UTF-8, and free of control
-/// characters (C0, DEL, C1), which would let one user write line breaks or terminal escape
-/// sequences into other users' screens.
-pub fn is_printable_name(name: &[u8]) -> bool {
-    !name.is_empty() && std::str::from_utf8(name).is_ok_and(|s| !s.chars().any(char::is_control))
 }
 
 fn trim_newline(line: &[u8]) -> &[u8] {
