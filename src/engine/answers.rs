@@ -103,7 +103,7 @@ impl Engine {
             let Some(bytes) = protocol.answer_len(&answer) else {
                 return;
             };
-            if !self.clients.replies.allow(now, endpoint.ip(), bytes) {
+            if endpoint.spoofable() && !self.clients.replies.allow(now, endpoint.ip(), bytes) {
                 // An empty name sorts before every channel (names are never empty).
                 let after = last.unwrap_or(Name::EMPTY);
                 return self.wait(id, Rest::List { after });
@@ -142,7 +142,7 @@ impl Engine {
             let Some(bytes) = protocol.answer_len(&answer) else {
                 return;
             };
-            if !self.clients.replies.allow(now, endpoint.ip(), bytes) {
+            if endpoint.spoofable() && !self.clients.replies.allow(now, endpoint.ip(), bytes) {
                 let rest = Rest::Who {
                     channel,
                     names,

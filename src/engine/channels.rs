@@ -5,7 +5,7 @@
 use super::members::Members;
 use super::sessions::SessionId;
 use super::tree::Links;
-use super::{Chat, DropReason, Engine, Outbox, ShardMsg, Strategy, COMMON};
+use super::{Chat, DropReason, Engine, Origin, Outbox, ShardMsg, Stamp, Strategy, COMMON};
 use crate::proto::Name;
 use ahash::AHashMap;
 use smallvec::SmallVec;
@@ -155,14 +155,20 @@ impl Engine {
         out: &mut Outbox,
     ) {
         match self.federation {
-            Strategy::Alone => self.fan_out(name, &chat, out),
+            Strategy::Alone => {
+                let stamp = Stamp {
+                    id: self.rng.next_u64(),
+                    origin: Origin::Here,
+                };
+                self.fan_out(name, &chat, stamp, out)
+            }
             Strategy::Tree(_) => self.tree_say(name, chat, out),
             Strategy::Group(_) => self.group_say(now, name, chat, out),
         }
     }
 
     /// Hands the message to every shard that is home to a member.
-    pub(super) fn fan_out(&mut self, name: Name, chat: &Chat, out: &mut Outbox) {
+    pub(super) fn fan_out(&mut self, name: Name, chat: &Chat, stamp: Stamp, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
@@ -175,6 +181,7 @@ impl Engine {
                 ShardMsg::Deliver {
                     channel: name,
                     chat: chat.clone(),
+                    stamp,
                 },
                 out,
             );

@@ -6,6 +6,25 @@
 use crate::proto::{Name, Text};
 use std::sync::Arc;
 
+/// What names one message on every server that delivers it, as far as the federation knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The same on every server of a DuckChat tree (the S2S_SAY id) or a cluster (origin and
+    /// counter); a server alone draws one.
+    pub id: u64,
+    pub origin: Origin,
+}
+
+/// The server whose user said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Here,
+    /// A cluster member, by its index.
+    Member(u16),
+    /// A DuckChat neighbor's message: S2S_SAY does not say whose user sent it.
+    Unknown,
+}
+
 #[derive(Clone, Debug)]
 pub enum Chat {
     Short { user: Name, text: Text },

@@ -12,10 +12,10 @@
 
 use super::answers;
 use super::budget::ReplyBudget;
-use super::frontend::{self, Command, Decoded, Done, Protocol, Refusal, View};
+use super::frontend::{self, Command, Decoded, Delivery, Done, Protocol, Refusal, View};
 use super::members::Members;
 use super::sessions::{Key, SessionId, Sessions};
-use super::{Chat, DropReason, Endpoint, Engine, Limits, Outbox, ShardMsg};
+use super::{Chat, DropReason, Endpoint, Engine, Limits, Origin, Outbox, ShardMsg, Stamp};
 use crate::proto::{self, Name, Nick};
 use ahash::AHashMap;
 use smallvec::SmallVec;
@@ -163,19 +163,19 @@ impl Engine {
                 channels: &s.channels,
             });
         let user = view.filter(|_| self.cfg.verbose).map(|v| *v.name);
-        let mut scratch = [0u8; frontend::MAX_REPLY];
+        let mut scratch = [0u8; frontend::SCRATCH];
         let decoded = protocol.decode(&self.settings, request, view, &mut scratch);
         let command = match decoded {
             Decoded::Drop(reason) => return self.counters.dropped(reason),
             Decoded::Malformed => return self.counters.decode_errors.inc(),
-            Decoded::Nothing | Decoded::Error { .. } | Decoded::Command(_) => {
+            Decoded::Nothing | Decoded::Error(_) | Decoded::Command(_) => {
                 if let Some(id) = id {
                     self.clients.sessions.touch(id, now);
                 }
                 match decoded {
                     Decoded::Command(command) => command,
-                    Decoded::Error { len } => {
-                        return self.reply(now, key, request.len(), &scratch[..len], true, out)
+                    Decoded::Error(reply) => {
+                        return self.reply(now, key, request.len(), reply, true, out)
                     }
                     _ => return,
                 }
@@ -192,6 +192,7 @@ impl Engine {
                 out,
             );
         }
+        let mut scratch = [0u8; frontend::MAX_REPLY];
         let (len, error) = match &outcome {
             Ok(done) => {
                 let session = self.clients.sessions.find(&key);
@@ -304,6 +305,9 @@ impl Engine {
         out: &mut Outbox,
     ) {
         let limit = self.cfg.limits.errors_in_a_row;
+        if !key.0.spoofable() {
+            return self.send_reply(now, key.0, bytes, error, out);
+        }
         match self.clients.sessions.find(&key) {
             Some(id) if error => {
                 let Some(session) = self.clients.sessions.get_mut(id) else {
@@ -342,10 +346,13 @@ impl Engine {
     /// Whether a reply of `bytes` may go to `dst`: never to a server, and only within the
     /// address's reply budget. Refusals are counted.
     pub(super) fn may_reply(&mut self, now: Duration, dst: Endpoint, bytes: usize) -> bool {
-        let to_server = match dst {
-            Endpoint::Udp(addr) => self.is_server(&addr),
+        let allowed = match dst {
+            Endpoint::Udp(addr) => {
+                !self.is_server(&addr) && self.clients.replies.allow(now, dst.ip(), bytes)
+            }
+            // A connection cannot be forged: it asked for its replies.
+            Endpoint::Stream { .. } => true,
         };
-        let allowed = !to_server && self.clients.replies.allow(now, dst.ip(), bytes);
         if !allowed {
             self.counters.errors_suppressed.inc();
         }
@@ -543,9 +550,32 @@ impl Engine {
     }
 
     /// Sends the message to every member this shard is home to, encoded once per protocol.
-    pub(super) fn deliver(&mut self, channel: Name, chat: &Chat, out: &mut Outbox) {
+    pub(super) fn deliver(
+        &mut self,
+        now: Duration,
+        channel: Name,
+        chat: &Chat,
+        stamp: Stamp,
+        out: &mut Outbox,
+    ) {
         let Some(local) = self.clients.local.get(&channel) else {
             return;
+        };
+        let origin = match stamp.origin {
+            Origin::Here => Some(self.cfg.local),
+            Origin::Member(i) => self
+                .cfg
+                .cluster()
+                .and_then(|c| c.members.get(usize::from(i)))
+                .map(|m| m.bind),
+            Origin::Unknown => None,
+        };
+        let delivery = Delivery {
+            channel: &channel,
+            chat,
+            id: stamp.id,
+            origin,
+            unix_ms: self.cfg.epoch_unix_ms + now.as_millis() as u64,
         };
         for protocol in Protocol::ALL {
             let members = &local.by_protocol[protocol.index()];
@@ -553,7 +583,7 @@ impl Engine {
                 continue;
             }
             let payload = out.payload(protocol.max_chat(), |buf| {
-                protocol.encode_chat(&channel, chat, buf).ok_or(())
+                protocol.encode_chat(&delivery, buf).ok_or(())
             });
             if let Some(payload) = payload {
                 for &(_, endpoint) in members.iter() {

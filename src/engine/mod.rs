@@ -59,7 +59,7 @@ mod sessions;
 mod timers;
 mod tree;
 
-pub use chat::Chat;
+pub use chat::{Chat, Origin, Stamp};
 pub use counters::{Counter, Counters, DropReason};
 pub use endpoint::Endpoint;
 pub use frontend::Protocol;
@@ -143,6 +143,9 @@ pub struct Config {
     pub limits: Limits,
     /// Seeds of the channel-ownership hash: the same on every shard of one server.
     pub hash_seeds: [u64; 4],
+    /// Wall-clock time (milliseconds since 1970) when the engines' `now` was zero, for the
+    /// timestamps front-ends write; the runtime sets it (the engine never reads a clock).
+    pub epoch_unix_ms: u64,
 }
 
 impl Config {
@@ -155,6 +158,7 @@ impl Config {
             rooms: 10,
             limits: Limits::default(),
             hash_seeds: [0x5eed, 1, 2, 3],
+            epoch_unix_ms: 0,
         }
     }
 
@@ -269,6 +273,7 @@ pub enum ShardMsg {
     Deliver {
         channel: Name,
         chat: Chat,
+        stamp: Stamp,
     },
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
@@ -623,7 +628,11 @@ impl Engine {
                 peer,
                 datagram,
             } => self.peer_message(now, peer, room, &datagram, out),
-            ShardMsg::Deliver { channel, chat } => self.deliver(channel, &chat, out),
+            ShardMsg::Deliver {
+                channel,
+                chat,
+                stamp,
+            } => self.deliver(now, channel, &chat, stamp, out),
             ShardMsg::ChannelAdded(c) => {
                 self.clients.directory.insert(c);
             }

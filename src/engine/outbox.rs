@@ -22,6 +22,8 @@ pub struct Outbox {
     arena: Vec<u8>,
     payloads: Vec<(u32, u32)>,
     sends: Vec<Send>,
+    /// Sends to stream connections (`Endpoint::Stream`): connection id and payload.
+    stream_sends: Vec<(u64, PayloadId)>,
     msgs: Vec<(u16, ShardMsg)>,
     log: String,
 }
@@ -32,6 +34,7 @@ impl Outbox {
             arena: Vec::with_capacity(sends * 64),
             payloads: Vec::with_capacity(sends),
             sends: Vec::with_capacity(sends),
+            stream_sends: Vec::new(),
             msgs: Vec::with_capacity(sends),
             log: String::new(),
         }
@@ -66,6 +69,7 @@ impl Outbox {
     pub fn send_to(&mut self, dst: Endpoint, payload: PayloadId) {
         match dst {
             Endpoint::Udp(addr) => self.send(addr, payload),
+            Endpoint::Stream { conn, .. } => self.stream_sends.push((conn, payload)),
         }
     }
 
@@ -98,6 +102,11 @@ impl Outbox {
         &self.sends
     }
 
+    /// Sends to stream connections, in order.
+    pub fn stream_sends(&self) -> &[(u64, PayloadId)] {
+        &self.stream_sends
+    }
+
     pub(super) fn queue(&mut self, shard: u16, msg: ShardMsg) {
         self.msgs.push((shard, msg));
     }
@@ -122,13 +131,17 @@ impl Outbox {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.msgs.is_empty() && self.log.is_empty()
+        self.sends.is_empty()
+            && self.stream_sends.is_empty()
+            && self.msgs.is_empty()
+            && self.log.is_empty()
     }
 
     pub fn clear(&mut self) {
         self.arena.clear();
         self.payloads.clear();
         self.sends.clear();
+        self.stream_sends.clear();
         self.msgs.clear();
         self.log.clear();
     }

@@ -6,7 +6,9 @@
 
 use super::lossy::Lossy;
 use super::timers::Timer;
-use super::{Chat, DropReason, Engine, IdSet, Neighbors, Outbox, S2s, ShardMsg, Strategy};
+use super::{
+    Chat, DropReason, Engine, IdSet, Neighbors, Origin, Outbox, S2s, ShardMsg, Stamp, Strategy,
+};
 use crate::proto::duckchat::{self, Inbound, S2sSay};
 use crate::proto::{Name, Text};
 use smallvec::SmallVec;
@@ -140,7 +142,11 @@ impl Engine {
             }
         };
         self.forward_say(id, name, user, text, None, out);
-        self.fan_out(name, &chat, out);
+        let stamp = Stamp {
+            id,
+            origin: Origin::Here,
+        };
+        self.fan_out(name, &chat, stamp, out);
     }
 
     /// Sends the S2S_SAY to every subscribed neighbor except `except`.
@@ -229,7 +235,11 @@ impl Engine {
                     return;
                 }
                 self.forward_say(id, name, user, text, Some(from), out);
-                self.fan_out(name, &Chat::Short { user, text }, out);
+                let stamp = Stamp {
+                    id,
+                    origin: Origin::Unknown,
+                };
+                self.fan_out(name, &Chat::Short { user, text }, stamp, out);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! front-end writes back in its own format, as it writes deliveries and LIST and WHO answers.
 //! Nothing here names a wire format.
 
-use crate::engine::DropReason;
+use crate::engine::{Chat, DropReason};
 use crate::proto::{Name, Nick};
 use std::net::SocketAddr;
 
@@ -49,11 +49,9 @@ pub enum Command<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoded<'a> {
     Command(Command<'a>),
-    /// Wrong in the protocol's own terms: the front-end wrote its error reply, `len` bytes, to
-    /// the scratch buffer it was given.
-    Error {
-        len: usize,
-    },
+    /// Wrong in the protocol's own terms: the error reply, as the front-end wrote it (into the
+    /// scratch buffer it was given).
+    Error(&'a [u8]),
     /// Not a request at all, dropped for this reason.
     Drop(DropReason),
     /// Bytes that do not parse.
@@ -87,6 +85,19 @@ pub enum Done {
     Joined(Name),
     Left(Name),
     Quit,
+}
+
+/// A message as a front-end writes it to a member.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub channel: &'a Name,
+    pub chat: &'a Chat,
+    /// The same wherever the federation delivers it (see [`crate::engine::Stamp`]).
+    pub id: u64,
+    /// The server whose user said it, when the federation knows.
+    pub origin: Option<SocketAddr>,
+    /// When this server delivered it, in milliseconds since 1970.
+    pub unix_ms: u64,
 }
 
 /// What front-ends need of the server's configuration.

@@ -10,13 +10,16 @@ mod command;
 mod duckchat;
 mod text;
 
-pub use command::{Command, Decoded, Done, Refusal, Settings, View};
+pub use command::{Command, Decoded, Delivery, Done, Refusal, Settings, View};
 
-use super::{Chat, Endpoint, Outbox};
+use super::{Endpoint, Outbox};
 use crate::proto::{Name, Nick};
 
 /// The largest reply a front-end writes to a request (an error or a confirmation).
 pub const MAX_REPLY: usize = 256;
+/// The scratch buffer a front-end may decode into (an unescaped text, an error reply).
+pub const SCRATCH: usize = 4096;
+const _: () = assert!(MAX_REPLY <= SCRATCH && crate::proto::text::MAX_MESSAGE <= SCRATCH);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -52,13 +55,14 @@ impl Protocol {
         }
     }
 
-    /// One request; protocol errors are written to `scratch` ([`Decoded::Error`]).
+    /// One request; what the front-end writes while decoding (an error reply, an unescaped
+    /// text) goes to `scratch`.
     pub fn decode<'a>(
         self,
         settings: &Settings,
         request: &'a [u8],
         session: Option<View<'_>>,
-        scratch: &mut [u8; MAX_REPLY],
+        scratch: &'a mut [u8; SCRATCH],
     ) -> Decoded<'a> {
         match self {
             Protocol::DuckChat => duckchat::decode(request, session),
@@ -99,11 +103,11 @@ impl Protocol {
         }
     }
 
-    /// What a member of `channel` receives when someone says something there.
-    pub fn encode_chat(self, channel: &Name, chat: &Chat, buf: &mut [u8]) -> Option<usize> {
+    /// What a member of a channel receives when someone says something there.
+    pub fn encode_chat(self, delivery: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
         match self {
-            Protocol::DuckChat => duckchat::encode_chat(channel, chat, buf),
-            Protocol::Text => text::encode_chat(chat, buf),
+            Protocol::DuckChat => duckchat::encode_chat(delivery.channel, delivery.chat, buf),
+            Protocol::Text => text::encode_chat(delivery.chat, buf),
         }
     }
 

@@ -4,7 +4,7 @@
 //! room N is the channel named `N`, shared with DuckChat users.
 
 use super::command::{Command, Decoded, Done, Refusal, Settings, View};
-use super::MAX_REPLY;
+use super::SCRATCH;
 use crate::engine::lossy::Lossy;
 use crate::engine::{Chat, DropReason, Endpoint, Outbox};
 use crate::proto::text::{self, Line, NickError, RoomError};
@@ -17,18 +17,17 @@ pub(super) fn decode<'a>(
     settings: &Settings,
     request: &'a [u8],
     session: Option<View<'_>>,
-    scratch: &mut [u8; MAX_REPLY],
+    scratch: &'a mut [u8; SCRATCH],
 ) -> Decoded<'a> {
     let room = session.and_then(|s| s.channels.first().copied());
-    let mut error = |line: std::fmt::Arguments<'_>| match text::encode_reply(scratch, line) {
-        Ok(len) => Decoded::Error { len },
-        Err(_) => Decoded::Nothing,
-    };
     let command = match text::parse(request) {
         Line::Reply => return Decoded::Drop(DropReason::ReplyShaped),
         Line::Join(arg) => {
             if let Some(room) = room {
-                return error(format_args!("-ERR You are already in room #{room}"));
+                return reply_error(
+                    scratch,
+                    format_args!("-ERR You are already in room #{room}"),
+                );
             }
             let rooms = settings.rooms;
             match text::parse_room(arg, rooms) {
@@ -36,48 +35,65 @@ pub(super) fn decode<'a>(
                     channel: room_channel(n),
                 },
                 Err(RoomError::Missing) => {
-                    return error(format_args!("-ERR Usage: /join N (rooms 1 to {rooms})"))
+                    return reply_error(
+                        scratch,
+                        format_args!("-ERR Usage: /join N (rooms 1 to {rooms})"),
+                    )
                 }
                 Err(RoomError::NotANumber | RoomError::OutOfRange) => {
                     let arg = Lossy(&arg[..arg.len().min(32)]);
-                    return error(format_args!("-ERR No room '{arg}': rooms are 1 to {rooms}"));
+                    return reply_error(
+                        scratch,
+                        format_args!("-ERR No room '{arg}': rooms are 1 to {rooms}"),
+                    );
                 }
             }
         }
         Line::Part => match room {
             Some(channel) => Command::Leave { channel },
-            None => return error(format_args!("-ERR You are not in a chat room")),
+            None => return reply_error(scratch, format_args!("-ERR You are not in a chat room")),
         },
         Line::Nick(nick) => match text::check_nick(nick) {
             // The core refuses names a person cannot read, in every protocol.
             Ok(()) | Err(NickError::NotPrintable) => Command::Login {
                 name: Nick::truncating(nick),
             },
-            Err(NickError::Missing) => return error(format_args!("-ERR Usage: /nick NAME")),
+            Err(NickError::Missing) => {
+                return reply_error(scratch, format_args!("-ERR Usage: /nick NAME"))
+            }
             Err(NickError::TooLong) => {
                 let max = text::MAX_NICK;
-                return error(format_args!("-ERR Nickname too long (at most {max} bytes)"));
+                return reply_error(
+                    scratch,
+                    format_args!("-ERR Nickname too long (at most {max} bytes)"),
+                );
             }
             Err(NickError::HasAngle) => {
-                return error(format_args!("-ERR A nickname must not contain '>'"))
+                return reply_error(
+                    scratch,
+                    format_args!("-ERR A nickname must not contain '>'"),
+                )
             }
         },
         Line::Quit if session.is_some() => Command::Quit,
         Line::Quit => return Decoded::Nothing,
         Line::Unknown(word) => {
             let word = Lossy(&word[..word.len().min(32)]);
-            return error(format_args!("-ERR Unknown command {word}"));
+            return reply_error(scratch, format_args!("-ERR Unknown command {word}"));
         }
         Line::Chat(line) => {
             let Some(channel) = room else {
-                return error(format_args!("-ERR You are not in a chat room"));
+                return reply_error(scratch, format_args!("-ERR You are not in a chat room"));
             };
             if line.is_empty() {
-                return error(format_args!("-ERR Empty message"));
+                return reply_error(scratch, format_args!("-ERR Empty message"));
             }
             if line.len() > text::MAX_MESSAGE {
                 let max = text::MAX_MESSAGE;
-                return error(format_args!("-ERR Message too long (at most {max} bytes)"));
+                return reply_error(
+                    scratch,
+                    format_args!("-ERR Message too long (at most {max} bytes)"),
+                );
             }
             Command::Say {
                 channel,
@@ -86,6 +102,17 @@ pub(super) fn decode<'a>(
         }
     };
     Decoded::Command(command)
+}
+
+/// An error line, written to `scratch`.
+fn reply_error<'a>(scratch: &'a mut [u8; SCRATCH], line: std::fmt::Arguments<'_>) -> Decoded<'a> {
+    match text::encode_reply(scratch, line) {
+        Ok(len) => {
+            let written: &'a [u8; SCRATCH] = scratch;
+            Decoded::Error(&written[..len])
+        }
+        Err(_) => Decoded::Nothing,
+    }
 }
 
 /// The channel of room `n`: its decimal number.

@@ -19,7 +19,7 @@ mod total;
 
 pub use total::MAX_SERVERS;
 
-use super::{Chat, DropReason, Engine, Lossy, Outbox, ShardMsg, Strategy};
+use super::{Chat, DropReason, Engine, Lossy, Origin, Outbox, ShardMsg, Stamp, Strategy};
 use crate::proto::group::{self, Body, Datagram};
 use crate::proto::{text, Name};
 use ahash::AHashMap;
@@ -382,7 +382,16 @@ impl Engine {
                 Lossy(chat.text())
             ),
         );
-        self.fan_out(room, chat, out);
+        let me = self.group_me();
+        let stamp = Stamp {
+            id: (u64::from(id.0) << 48) | (id.1 & ((1 << 48) - 1)),
+            origin: if id.0 == me {
+                Origin::Here
+            } else {
+                Origin::Member(id.0)
+            },
+        };
+        self.fan_out(room, chat, stamp, out);
     }
 
     /// On the room's owner: a datagram from server `peer`.
