@@ -99,7 +99,10 @@ impl Engine {
             if chunk.is_empty() && last.is_some() {
                 return; // the previous datagram held the last channels
             }
-            let answer = Answer::List(&chunk);
+            let answer = Answer::List {
+                names: &chunk,
+                last: chunk.len() < per,
+            };
             let Some(bytes) = protocol.answer_len(&answer) else {
                 return;
             };
@@ -138,6 +141,7 @@ impl Engine {
             let answer = Answer::Who {
                 channel: &channel,
                 names: chunk,
+                last: next + chunk.len() >= names.len(),
             };
             let Some(bytes) = protocol.answer_len(&answer) else {
                 return;

@@ -414,7 +414,29 @@ impl Engine {
             list_waiting: false,
             who_waiting: false,
         };
-        Ok(self.clients.sessions.insert(key, now, session))
+        let id = self.clients.sessions.insert(key, now, session);
+        if let Some(channel) = key.1.auto_join() {
+            self.join(id, channel, out)?;
+        }
+        Ok(id)
+    }
+
+    /// A stream connection opened: a protocol whose sessions begin with the connection (one
+    /// room, no login) begins one now.
+    pub(super) fn open_stream_session(&mut self, now: Duration, key: Key, out: &mut Outbox) {
+        if key.1.auto_join().is_none() || self.clients.sessions.find(&key).is_some() {
+            return;
+        }
+        if let Some(name) = key.1.default_name(key.0) {
+            let _ = self.open(now, key, name, out);
+        }
+    }
+
+    /// A stream connection closed: its session ends.
+    pub(super) fn close_stream_session(&mut self, key: Key, out: &mut Outbox) {
+        if let Some(id) = self.clients.sessions.find(&key) {
+            self.close(id, out);
+        }
     }
 
     /// Removes the session from every channel and forgets it.
@@ -608,6 +630,17 @@ impl Engine {
             let Some(id) = due(&self.clients.sessions) else {
                 return false;
             };
+            if self
+                .clients
+                .sessions
+                .key(id)
+                .is_some_and(|k| !k.0.spoofable())
+            {
+                // A connection's session lasts as long as the connection: the stream thread
+                // closes a silent one itself (it pings), so here it only goes to the back.
+                self.clients.sessions.touch(id, now);
+                continue;
+            }
             self.counters.users_expired.inc();
             if let (true, Some((endpoint, protocol))) =
                 (self.cfg.verbose, self.clients.sessions.key(id))

@@ -578,6 +578,46 @@ impl Engine {
         self.drain_loopback(now, out);
     }
 
+    /// A stream connection (a WebSocket) that this shard is home to opened, speaking
+    /// `protocol`; the runtime's stream thread sends every event of one connection to the
+    /// same shard, in order.
+    pub fn stream_opened(
+        &mut self,
+        now: Duration,
+        endpoint: Endpoint,
+        protocol: Protocol,
+        out: &mut Outbox,
+    ) {
+        self.open_stream_session(now, (endpoint, protocol), out);
+        self.drain_loopback(now, out);
+    }
+
+    /// One request (a frame) on a stream connection.
+    pub fn stream_request(
+        &mut self,
+        now: Duration,
+        endpoint: Endpoint,
+        protocol: Protocol,
+        request: &[u8],
+        out: &mut Outbox,
+    ) {
+        self.counters.datagrams_in.inc();
+        self.client_request(now, endpoint, protocol, request, out);
+        self.drain_loopback(now, out);
+    }
+
+    /// A stream connection closed: its session ends.
+    pub fn stream_closed(
+        &mut self,
+        now: Duration,
+        endpoint: Endpoint,
+        protocol: Protocol,
+        out: &mut Outbox,
+    ) {
+        self.close_stream_session((endpoint, protocol), out);
+        self.drain_loopback(now, out);
+    }
+
     /// One message from another shard (or from this one, through the runtime's queues).
     pub fn handle_message(&mut self, now: Duration, msg: ShardMsg, out: &mut Outbox) {
         self.dispatch(now, msg, out);

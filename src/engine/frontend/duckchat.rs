@@ -87,15 +87,17 @@ pub(super) fn names_per_answer(list: bool) -> usize {
 
 pub(super) fn answer_len(answer: &Answer<'_>) -> usize {
     match answer {
-        Answer::List(names) => duckchat::TXT_LIST_HEAD + names.len() * duckchat::NAME_FIELD,
+        Answer::List { names, .. } => duckchat::TXT_LIST_HEAD + names.len() * duckchat::NAME_FIELD,
         Answer::Who { names, .. } => duckchat::TXT_WHO_HEAD + names.len() * duckchat::NAME_FIELD,
     }
 }
 
 pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
     match answer {
-        Answer::List(names) => duckchat::encode_txt_list(buf, names.iter()).ok(),
-        Answer::Who { channel, names } => duckchat::encode_txt_who(buf, channel, names.iter()).ok(),
+        Answer::List { names, .. } => duckchat::encode_txt_list(buf, names.iter()).ok(),
+        Answer::Who { channel, names, .. } => {
+            duckchat::encode_txt_who(buf, channel, names.iter()).ok()
+        }
     }
 }
 

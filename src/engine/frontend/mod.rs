@@ -8,7 +8,10 @@
 
 mod command;
 mod duckchat;
+mod json;
 mod text;
+mod web;
+mod web_compat;
 
 pub use command::{Command, Decoded, Delivery, Done, Refusal, Settings, View};
 
@@ -23,22 +26,38 @@ const _: () = assert!(MAX_REPLY <= SCRATCH && crate::proto::text::MAX_MESSAGE <=
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
+    /// DuckChat's binary datagrams.
     DuckChat,
+    /// Text lines over UDP.
     Text,
+    /// Browsers: JSON over WebSocket.
+    Web,
+    /// The original browser client of seed 002, over WebSocket.
+    WebCompat,
 }
 
-/// A LIST or WHO answer, or a part of one: at most [`Protocol::names_per_answer`] names.
+/// A LIST or WHO answer, or a part of one: at most [`Protocol::names_per_answer`] names;
+/// `last` when no part follows.
 #[derive(Debug, Clone, Copy)]
 pub enum Answer<'n> {
-    List(&'n [Name]),
+    List {
+        names: &'n [Name],
+        last: bool,
+    },
     Who {
         channel: &'n Name,
         names: &'n [Name],
+        last: bool,
     },
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::DuckChat, Protocol::Text];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::DuckChat,
+        Protocol::Text,
+        Protocol::Web,
+        Protocol::WebCompat,
+    ];
     pub const COUNT: usize = Self::ALL.len();
 
     /// The position in [`Protocol::ALL`], for per-protocol arrays.
@@ -67,15 +86,27 @@ impl Protocol {
         match self {
             Protocol::DuckChat => duckchat::decode(request, session),
             Protocol::Text => text::decode(settings, request, session, scratch),
+            Protocol::Web => web::decode(request, scratch),
+            Protocol::WebCompat => web_compat::decode(request),
         }
     }
 
-    /// The name of a session that begins without a login (on its first JOIN), or `None` when
-    /// sessions of this protocol begin with a login only.
+    /// The name of a session that begins without a login (on its first JOIN), or
+    /// `None` when sessions of this protocol begin with a login only.
     pub fn default_name(self, endpoint: Endpoint) -> Option<Nick> {
         match self {
             Protocol::DuckChat => None,
             Protocol::Text => Some(text::default_name(endpoint)),
+            Protocol::Web => Some(web::default_name(endpoint)),
+            Protocol::WebCompat => Some(web_compat::default_name(endpoint)),
+        }
+    }
+
+    /// The channel a session joins as soon as it begins, if the protocol has one room.
+    pub fn auto_join(self) -> Option<Name> {
+        match self {
+            Protocol::WebCompat => Some(Name::from(super::COMMON)),
+            Protocol::DuckChat | Protocol::Text | Protocol::Web => None,
         }
     }
 
@@ -84,14 +115,17 @@ impl Protocol {
         match self {
             Protocol::DuckChat => duckchat::encode_refusal(refusal, buf),
             Protocol::Text => text::encode_refusal(refusal, buf),
+            Protocol::Web => web::encode_refusal(refusal, buf),
+            Protocol::WebCompat => None,
         }
     }
 
     /// The reply to a command that succeeded, if the protocol confirms it.
     pub fn encode_done(self, done: &Done, buf: &mut [u8]) -> Option<usize> {
         match self {
-            Protocol::DuckChat => None,
+            Protocol::DuckChat | Protocol::WebCompat => None,
             Protocol::Text => text::encode_done(done, buf),
+            Protocol::Web => web::encode_done(done, buf),
         }
     }
 
@@ -100,6 +134,8 @@ impl Protocol {
         match self {
             Protocol::DuckChat => duckchat::MAX_CHAT,
             Protocol::Text => text::MAX_CHAT,
+            Protocol::Web => web::MAX_CHAT,
+            Protocol::WebCompat => web_compat::MAX_CHAT,
         }
     }
 
@@ -108,6 +144,8 @@ impl Protocol {
         match self {
             Protocol::DuckChat => duckchat::encode_chat(delivery.channel, delivery.chat, buf),
             Protocol::Text => text::encode_chat(delivery.chat, buf),
+            Protocol::Web => web::encode_chat(delivery, buf),
+            Protocol::WebCompat => web_compat::encode_chat(delivery, buf),
         }
     }
 
@@ -115,23 +153,26 @@ impl Protocol {
     pub fn names_per_answer(self, list: bool) -> usize {
         match self {
             Protocol::DuckChat => duckchat::names_per_answer(list),
-            Protocol::Text => 1,
+            Protocol::Web => web::NAMES_PER_ANSWER,
+            Protocol::Text | Protocol::WebCompat => 1,
         }
     }
 
-    /// The size of an answer, known before it is written (it is charged to the reply budget
-    /// first); `None` for a protocol without LIST and WHO.
+    /// At most how long an answer is, known before it is written (it is charged to the reply
+    /// budget first); `None` for a protocol without LIST and WHO.
     pub fn answer_len(self, answer: &Answer<'_>) -> Option<usize> {
         match self {
             Protocol::DuckChat => Some(duckchat::answer_len(answer)),
-            Protocol::Text => None,
+            Protocol::Web => Some(web::answer_len(answer)),
+            Protocol::Text | Protocol::WebCompat => None,
         }
     }
 
     pub fn encode_answer(self, answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
         match self {
             Protocol::DuckChat => duckchat::encode_answer(answer, buf),
-            Protocol::Text => None,
+            Protocol::Web => web::encode_answer(answer, buf),
+            Protocol::Text | Protocol::WebCompat => None,
         }
     }
 
@@ -148,7 +189,9 @@ impl Protocol {
     ) {
         match self {
             Protocol::DuckChat => duckchat::log_command(settings, endpoint, user, command, out),
-            Protocol::Text => text::log_command(settings, endpoint, outcome, out),
+            Protocol::Text | Protocol::Web | Protocol::WebCompat => {
+                text::log_command(settings, endpoint, outcome, out)
+            }
         }
     }
 
@@ -158,7 +201,7 @@ impl Protocol {
             Protocol::DuckChat => {
                 out.log(format_args!("{} {endpoint} user timed out", settings.local))
             }
-            Protocol::Text => out.log(format_args!(
+            Protocol::Text | Protocol::Web | Protocol::WebCompat => out.log(format_args!(
                 "{} Client {endpoint} timed out",
                 settings.prefix()
             )),

@@ -1,0 +1,244 @@
+//! Browsers over WebSocket (`docs/websocket.md`): one JSON object per text frame each way.
+//! Requests are `{"type": "nick" | "join" | "leave" | "say" | "list" | "who" | "dm", ...}`;
+//! events are `message`, `ok`, `error`, `channels` and `members`. A session begins with the
+//! first `nick` or `join` (named after its address until it picks a nick) and ends with the
+//! connection; a bad frame gets an `error` event, never a silent disconnect.
+
+use super::command::{Command, Decoded, Delivery, Done, Refusal};
+use super::json::Json;
+use super::{Answer, SCRATCH};
+use crate::engine::Endpoint;
+use crate::proto::{text, Name, Nick};
+use serde::Deserialize;
+use std::fmt::Write as _;
+
+/// The longest event this front-end writes: a message of the longest nick and text, every
+/// byte escaped, with its fields.
+pub(super) const MAX_CHAT: usize = 8192;
+const _: () = assert!(MAX_CHAT >= 256 + 6 * (text::MAX_NICK + text::MAX_MESSAGE));
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Request {
+    Nick {
+        name: String,
+    },
+    Join {
+        channel: String,
+    },
+    Leave {
+        channel: String,
+    },
+    Say {
+        channel: String,
+        text: String,
+    },
+    List,
+    Who {
+        channel: String,
+    },
+    /// A direct message: the mailbox will carry it; until then, refused.
+    Dm {},
+}
+
+pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> Decoded<'a> {
+    let request: Request = match serde_json::from_slice(request) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut why = arrayvec::ArrayString::<160>::new();
+            let _ = write!(why, "not a request: {e}");
+            return error(scratch, why.as_bytes());
+        }
+    };
+    let channel = |c: &str| -> Result<Name, &'static [u8]> {
+        match c.len() {
+            0 => Err(b"a channel needs a name"),
+            n if n > Name::CAPACITY => Err(b"channel names are at most 31 bytes"),
+            _ => Ok(Name::truncating(c.as_bytes())),
+        }
+    };
+    let command = match request {
+        Request::Nick { name } => {
+            if name.is_empty() || name.len() > text::MAX_NICK {
+                return error(scratch, b"a nick is 1 to 63 bytes");
+            }
+            Command::Login {
+                name: Nick::truncating(name.as_bytes()),
+            }
+        }
+        Request::Join { channel: c } => match channel(&c) {
+            Ok(channel) => Command::Join { channel },
+            Err(why) => return error(scratch, why),
+        },
+        Request::Leave { channel: c } => match channel(&c) {
+            Ok(channel) => Command::Leave { channel },
+            Err(why) => return error(scratch, why),
+        },
+        Request::Who { channel: c } => match channel(&c) {
+            Ok(channel) => Command::Who { channel },
+            Err(why) => return error(scratch, why),
+        },
+        Request::List => Command::List,
+        Request::Say {
+            channel: c,
+            text: t,
+        } => {
+            let channel = match channel(&c) {
+                Ok(channel) => channel,
+                Err(why) => return error(scratch, why),
+            };
+            if t.is_empty() {
+                return error(scratch, b"empty message");
+            }
+            if t.len() > text::MAX_MESSAGE {
+                return error(scratch, b"messages are at most 1000 bytes");
+            }
+            scratch[..t.len()].copy_from_slice(t.as_bytes());
+            let scratch: &'a [u8; SCRATCH] = scratch;
+            Command::Say {
+                channel,
+                text: &scratch[..t.len()],
+            }
+        }
+        Request::Dm { .. } => return error(scratch, b"direct messages are not available yet"),
+    };
+    Decoded::Command(command)
+}
+
+/// An `error` event, written to `scratch`.
+fn error<'a>(scratch: &'a mut [u8; SCRATCH], message: &[u8]) -> Decoded<'a> {
+    match write_error(&mut scratch[..], message) {
+        Some(len) => {
+            let written: &'a [u8; SCRATCH] = scratch;
+            Decoded::Error(&written[..len])
+        }
+        None => Decoded::Nothing,
+    }
+}
+
+fn write_error(buf: &mut [u8], message: &[u8]) -> Option<usize> {
+    let mut j = Json::new(buf);
+    j.raw(b"{\"type\":\"error\",")?;
+    j.field("message", message)?;
+    j.raw(b"}")?;
+    Some(j.len())
+}
+
+/// A new session's nick: its address and port.
+pub(super) fn default_name(endpoint: Endpoint) -> Nick {
+    let mut nick = arrayvec::ArrayString::<63>::new();
+    let _ = write!(nick, "{endpoint}");
+    Nick::from(nick.as_str())
+}
+
+pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize> {
+    let mut message = arrayvec::ArrayString::<128>::new();
+    let _ = match refusal {
+        Refusal::NotLoggedIn => write!(message, "pick a nick or join a channel first"),
+        Refusal::UnknownCommand => write!(message, "unknown request"),
+        Refusal::NoChannel(c) => write!(message, "no channel by the name {c}"),
+        Refusal::NotInChannel(c) => write!(message, "you are not in channel {c}"),
+        Refusal::TooManyChannels => write!(message, "you are in too many channels"),
+        Refusal::ServerChannelLimit(c) => {
+            write!(message, "too many channels on this server: not in {c}")
+        }
+        Refusal::BadChannelName => write!(message, "channel names must be printable UTF-8"),
+        Refusal::BadUserName => write!(message, "nicks must be printable UTF-8"),
+        Refusal::TooManySessions => write!(message, "too many sessions from your address"),
+    };
+    write_error(buf, message.as_bytes())
+}
+
+pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
+    let mut j = Json::new(buf);
+    j.raw(b"{\"type\":\"ok\",")?;
+    match done {
+        Done::Named(nick) => {
+            j.field("request", b"nick")?;
+            j.raw(b",")?;
+            j.field("name", nick.as_bytes())?;
+        }
+        Done::Joined(c) => {
+            j.field("request", b"join")?;
+            j.raw(b",")?;
+            j.field("channel", c.as_bytes())?;
+        }
+        Done::Left(c) => {
+            j.field("request", b"leave")?;
+            j.raw(b",")?;
+            j.field("channel", c.as_bytes())?;
+        }
+        Done::Nothing | Done::Quit => return None,
+    }
+    j.raw(b"}")?;
+    Some(j.len())
+}
+
+/// `{"type":"message","channel","from","text","origin","id","ts"}`; the id is 16 hex digits
+/// (a 64-bit number does not fit a JavaScript number).
+pub(super) fn encode_chat(d: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
+    let mut j = Json::new(buf);
+    j.raw(b"{\"type\":\"message\",")?;
+    j.field("channel", d.channel.as_bytes())?;
+    j.raw(b",")?;
+    j.field("from", d.chat.user())?;
+    j.raw(b",")?;
+    j.field("text", d.chat.text())?;
+    j.raw(b",")?;
+    j.key("origin")?;
+    match d.origin {
+        Some(origin) => {
+            let mut s = arrayvec::ArrayString::<64>::new();
+            let _ = write!(s, "{origin}");
+            j.string(s.as_bytes())?;
+        }
+        None => j.raw(b"null")?,
+    }
+    j.raw(b",")?;
+    let mut id = arrayvec::ArrayString::<16>::new();
+    let _ = write!(id, "{:016x}", d.id);
+    j.field("id", id.as_bytes())?;
+    j.raw(b",")?;
+    j.key("ts")?;
+    j.number(d.unix_ms)?;
+    j.raw(b"}")?;
+    Some(j.len())
+}
+
+/// Names per `channels` or `members` event.
+pub(super) const NAMES_PER_ANSWER: usize = 256;
+
+/// At most this many bytes: a name is printable, so escaping at most doubles it.
+pub(super) fn answer_len(answer: &Answer<'_>) -> usize {
+    let names = match answer {
+        Answer::List { names, .. } | Answer::Who { names, .. } => names.len(),
+    };
+    128 + (names + 1) * (2 * Name::CAPACITY + 3)
+}
+
+pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
+    let mut j = Json::new(buf);
+    let (names, last) = match *answer {
+        Answer::List { names, last } => {
+            j.raw(b"{\"type\":\"channels\",\"channels\":")?;
+            (names, last)
+        }
+        Answer::Who {
+            channel,
+            names,
+            last,
+        } => {
+            j.raw(b"{\"type\":\"members\",")?;
+            j.field("channel", channel.as_bytes())?;
+            j.raw(b",\"users\":")?;
+            (names, last)
+        }
+    };
+    j.strings(names.iter().map(Name::as_bytes))?;
+    j.raw(if last {
+        b",\"last\":true}"
+    } else {
+        b",\"last\":false}"
+    })?;
+    Some(j.len())
+}
