@@ -8,3 +8,4 @@ pub mod pinned;
 pub mod proto;
 pub mod rng;
 pub mod runtime;
+pub mod web;

@@ -11,6 +11,8 @@ use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
 use crate::io::{self, sys, Backend, IoKind, Transmit};
 use crate::mesh::Outgoing;
 use crate::pinned::{Pinned, Start};
+use crate::web::bridge::{Bridge, StreamEvent};
+use crate::web::{self, WebConfig, WebServer};
 use crossbeam_queue::ArrayQueue;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -50,6 +52,8 @@ pub struct RuntimeConfig {
     pub cores: usize,
     pub io: IoKind,
     pub stats_every: Option<Duration>,
+    /// Browsers over WebSocket (`--ws`), on their own thread.
+    pub web: Option<WebConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -70,12 +74,19 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("--cores {0}: at most {MAX_SHARDS} shards")]
     TooManyShards(usize),
+    #[error("cannot serve WebSocket on {addr}: {source}")]
+    Web {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every shard shares.
 struct Shared {
     queues: Vec<ArrayQueue<ShardMsg>>,
-    wakers: Vec<Waker>,
+    wakers: Arc<[Waker]>,
+    /// The queues to and from the web thread, with `--ws`.
+    bridge: Option<Arc<Bridge>>,
     stop: AtomicBool,
     epoch: Instant,
     shards: usize,
@@ -96,7 +107,7 @@ impl Shared {
     /// Tells every shard to stop, and wakes the sleeping ones.
     fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        for waker in &self.wakers {
+        for waker in self.wakers.iter() {
             waker.eventfd.notify();
         }
     }
@@ -118,6 +129,12 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         router.counters.len(),
         router.backend
     );
+    if let Some(web) = &router.web {
+        println!(
+            "router: serving the chat page on http://{0}/ and WebSocket on ws://{0}/ws",
+            web.local
+        );
+    }
     let _ = std::io::stdout().flush();
     wait_for_stop(
         &signals,
@@ -125,8 +142,12 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         &router.counters,
         router.shared.epoch,
     );
+    let web = router.shared.bridge.clone();
     for (shard, c) in router.stop().iter().enumerate() {
         println!("shard {shard}: {c}");
+    }
+    if let Some(bridge) = web {
+        println!("web: {}", bridge.counters);
     }
     Ok(())
 }
@@ -141,6 +162,8 @@ pub struct Running {
     pub fallback: Option<String>,
     /// One per shard; readable while the shards run.
     pub counters: Vec<Arc<Counters>>,
+    /// The WebSocket server, with `--ws`.
+    pub web: Option<WebServer>,
     shared: Arc<Shared>,
     threads: Pinned,
 }
@@ -157,7 +180,15 @@ impl Running {
         &self.threads.thread_ids
     }
 
+    /// The web thread's counters, with `--ws`.
+    pub fn web_counters(&self) -> Option<&crate::web::bridge::WebCounters> {
+        self.shared.bridge.as_ref().map(|b| &b.counters)
+    }
+
     fn halt(&mut self) {
+        if let Some(web) = &mut self.web {
+            web.stop();
+        }
         self.shared.halt();
         self.threads.join();
     }
@@ -188,8 +219,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         engine_cfg.local =
             sys::local_addr(&sockets[0]).map_err(|source| RuntimeError::Bind { addr, source })?;
     }
-    let engine_cfg = Arc::new(engine_cfg);
-    let wakers = (0..shards)
+    let wakers: Arc<[Waker]> = (0..shards)
         .map(|shard| {
             let eventfd =
                 sys::EventFd::new().map_err(|source| RuntimeError::Shard { shard, source })?;
@@ -198,14 +228,28 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
                 sleeping: AtomicBool::new(false),
             })
         })
-        .collect::<Result<Vec<_>, RuntimeError>>()?;
+        .collect::<Result<Vec<_>, RuntimeError>>()?
+        .into();
+    let bridge = cfg.web.as_ref().map(|_| {
+        let wakers = wakers.clone();
+        Arc::new(Bridge::new(
+            shards,
+            Box::new(move |shard| wake(&wakers[shard])),
+        ))
+    });
+    let epoch = Instant::now();
+    engine_cfg.epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let engine_cfg = Arc::new(engine_cfg);
     let shared = Arc::new(Shared {
         queues: (0..shards * shards)
             .map(|_| ArrayQueue::new(queue_depth(shards)))
             .collect(),
         wakers,
+        bridge: bridge.clone(),
         stop: AtomicBool::new(false),
-        epoch: Instant::now(),
+        epoch,
         shards,
         stamp_logs: cfg.engine.cluster().is_some(),
     });
@@ -237,13 +281,26 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
             shard_loop(shard, engine, backend, socket_fd, &shared)
         }
     };
-    let threads = Pinned::start("shard", io_kind, starts, body, || shared.halt())
+    let mut threads = Pinned::start("shard", io_kind, starts, body, || shared.halt())
         .map_err(|(shard, source)| RuntimeError::Shard { shard, source })?;
+    let web = match (&cfg.web, bridge) {
+        (Some(web_cfg), Some(bridge)) => match web::start(web_cfg.clone(), bridge) {
+            Ok(server) => Some(server),
+            Err(source) => {
+                shared.halt();
+                threads.join();
+                let addr = web_cfg.listen;
+                return Err(RuntimeError::Web { addr, source });
+            }
+        },
+        _ => None,
+    };
     Ok(Running {
         local: engine_cfg.local,
         backend: io_kind.name(),
         fallback,
         counters,
+        web,
         shared,
         threads,
     })
@@ -347,6 +404,9 @@ fn shard_loop(
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.epoch.elapsed();
         let mut work = drain_inbox(me, now, &mut engine, &mut out, shared);
+        if let Some(bridge) = &shared.bridge {
+            work += drain_streams(me, now, &mut engine, &mut out, bridge);
+        }
         // Too much control waiting for other shards: take nothing new from the socket (the
         // kernel queues, then drops and counts) until they have caught up.
         if !outgoing.backlogged() {
@@ -384,6 +444,43 @@ fn copy_kernel_drops(fd: RawFd, last: &mut u32, counters: &Counters) {
     }
 }
 
+/// Wakes a shard that said it is about to sleep; clearing the flag makes this the only
+/// notification until it sleeps again.
+fn wake(waker: &Waker) {
+    if waker.sleeping.swap(false, Ordering::SeqCst) {
+        waker.eventfd.notify();
+    }
+}
+
+/// Handles what the web thread queued for this shard (a bounded amount).
+fn drain_streams(
+    me: usize,
+    now: Duration,
+    engine: &mut Engine,
+    out: &mut Outbox,
+    bridge: &Bridge,
+) -> usize {
+    let mut handled = 0;
+    while handled < DRAIN_BUDGET {
+        let Some(event) = bridge.next_for(me) else {
+            break;
+        };
+        match event {
+            StreamEvent::Opened(endpoint, protocol) => {
+                engine.stream_opened(now, endpoint, protocol, out)
+            }
+            StreamEvent::Frame(endpoint, protocol, bytes) => {
+                engine.stream_request(now, endpoint, protocol, &bytes, out)
+            }
+            StreamEvent::Closed(endpoint, protocol) => {
+                engine.stream_closed(now, endpoint, protocol, out)
+            }
+        }
+        handled += 1;
+    }
+    handled
+}
+
 /// Handles what other shards queued for this one (a bounded amount per queue).
 fn drain_inbox(
     me: usize,
@@ -419,10 +516,7 @@ fn flush(
         if let Err(full) = shared.queue(me, to).push(msg) {
             return Some(full);
         }
-        // Clearing the flag makes this the only notification until the consumer sleeps again.
-        if shared.wakers[to].sleeping.swap(false, Ordering::SeqCst) {
-            shared.wakers[to].eventfd.notify();
-        }
+        wake(&shared.wakers[to]);
         None
     };
     let moved = outgoing.retry(&mut push);
@@ -444,6 +538,24 @@ fn flush(
         }
         let _ = stdout.flush();
     }
+    if let (Some(bridge), false) = (&shared.bridge, out.stream_sends().is_empty()) {
+        // One shared copy per payload, however many connections it goes to.
+        let mut last: Option<(crate::engine::PayloadId, web::Text)> = None;
+        for &(conn, payload) in out.stream_sends() {
+            let text = match &last {
+                Some((p, text)) if *p == payload => text.clone(),
+                _ => {
+                    let Some(text) = web::text(out.bytes(payload)) else {
+                        continue;
+                    };
+                    last = Some((payload, text.clone()));
+                    text
+                }
+            };
+            bridge.to_web(conn, text);
+        }
+        bridge.wake_web();
+    }
     if !out.sends().is_empty() {
         let sent = backend.send(out.sends().iter().map(|s| Transmit {
             dst: s.dst,
@@ -463,7 +575,8 @@ fn flush(
 fn sleep(me: usize, engine: &Engine, backend: &mut Backend, waiting: bool, shared: &Shared) {
     let waker = &shared.wakers[me];
     waker.sleeping.store(true, Ordering::SeqCst);
-    let pending = (0..shared.shards).any(|from| !shared.queue(from, me).is_empty());
+    let pending = (0..shared.shards).any(|from| !shared.queue(from, me).is_empty())
+        || shared.bridge.as_ref().is_some_and(|b| b.has_events_for(me));
     if !pending && !shared.stop.load(Ordering::SeqCst) {
         let until_timer = engine.next_timeout().saturating_sub(shared.epoch.elapsed());
         let longest = if waiting { RETRY_SLEEP } else { MAX_SLEEP };

@@ -254,5 +254,6 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
         cores: args.cores,
         io: args.io,
         stats_every: None,
+        web: None,
     })?)
 }

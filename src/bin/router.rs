@@ -6,6 +6,7 @@ use chat_router::io::{sys, IoKind};
 use chat_router::proto::duckchat::SayLayout;
 use chat_router::proto::text;
 use chat_router::runtime::{self, RuntimeConfig};
+use chat_router::web::WebConfig;
 use clap::{Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,9 +95,18 @@ struct Cli {
     #[arg(long, value_name = "R", default_value_t = 10)]
     rooms: u32,
 
-    /// Print a one-line summary this often.
+    /// Print a one-line summary this often [default: never].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     stats_every: Option<Duration>,
+
+    /// Serve browsers on this TCP address: the chat page at / and WebSocket at /ws.
+    #[arg(long, value_name = "ADDR")]
+    ws: Option<String>,
+
+    /// An Origin allowed to open /ws (for example http://chat.example.org); repeat for each;
+    /// without any, every origin is allowed.
+    #[arg(long = "ws-origin", value_name = "ORIGIN")]
+    ws_origins: Vec<String>,
 
     /// Sessions one IP address may hold on each shard (both protocols together).
     #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_ip)]
@@ -240,11 +250,20 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
     if cores > available {
         eprintln!("router: warning: --cores {cores} is more than the {available} cores here; shards will share them");
     }
+    let web = match &cli.ws {
+        Some(addr) => Some(WebConfig {
+            listen: config::parse_address(addr)?,
+            origins: cli.ws_origins.clone(),
+            server: engine.local.to_string(),
+        }),
+        None => None,
+    };
     Ok(RuntimeConfig {
         engine,
         cores,
         io: cli.io,
         stats_every: cli.stats_every,
+        web,
     })
 }
 

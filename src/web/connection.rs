@@ -1,0 +1,180 @@
+//! One WebSocket connection: its frames go to its shard in order, its events come back through
+//! a bounded queue, and it is pinged, timed out when silent, and closed with a reason when it
+//! cannot keep up or sends what is refused.
+
+use super::bridge::StreamEvent;
+use super::{Handle, Shared, SUBPROTOCOL};
+use crate::engine::{Endpoint, Protocol};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval, timeout, Instant};
+
+/// The largest frame or message a browser may send (a request is far smaller).
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Events waiting to be written to one connection before it is closed as too slow.
+pub const QUEUE: usize = 1024;
+/// A connection that sends nothing (not even a pong) for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(75);
+const PING_EVERY: Duration = Duration::from_secs(25);
+/// How long one write may wait for the browser to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a close frame may wait behind what the browser has not read yet.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(30);
+const TOO_SLOW: &str = "too slow: more than 1024 events waiting";
+/// How long an event waits for room in its shard's queue before it is given up (the router
+/// is stopping or hopelessly overloaded).
+const SHARD_PATIENCE: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
+    let bridge = &shared.bridge;
+    bridge.counters.connections.fetch_add(1, Relaxed);
+    let conn = shared.next_conn.fetch_add(1, Relaxed);
+    let endpoint = Endpoint::Stream { conn, peer };
+    let (events, mut queued) = mpsc::channel(QUEUE);
+    let (kick, mut kicked) = oneshot::channel();
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            conn,
+            Handle {
+                events,
+                kick: Some(kick),
+            },
+        );
+    // With the subprotocol, JSON from the start; without, the original client until a first
+    // frame shows otherwise.
+    let asked_json = socket.protocol().is_some_and(|p| p == SUBPROTOCOL);
+    let mut protocol = if asked_json {
+        Protocol::Web
+    } else {
+        Protocol::WebCompat
+    };
+    let server = &shared.cfg.server;
+    let welcome = match protocol {
+        Protocol::Web => format!(r#"{{"type":"welcome","server":{}}}"#, json_string(server)),
+        _ => format!("Welcome to ChatServer {server}!"),
+    };
+    to_shard(&shared, conn, StreamEvent::Opened(endpoint, protocol)).await;
+    let mut first = true;
+    let mut heard = Instant::now();
+    let mut ping = interval(PING_EVERY);
+    ping.tick().await; // the first tick is immediate
+    let mut outcome = send(&mut socket, Message::Text(welcome.into())).await;
+    while outcome.is_ok() {
+        tokio::select! {
+            received = socket.recv() => {
+                heard = Instant::now();
+                match received {
+                    Some(Ok(Message::Text(text))) => {
+                        bridge.counters.frames_in.fetch_add(1, Relaxed);
+                        if first && protocol == Protocol::WebCompat && is_json_request(&text) {
+                            to_shard(&shared, conn, StreamEvent::Closed(endpoint, protocol)).await;
+                            protocol = Protocol::Web;
+                        }
+                        first = false;
+                        let event = StreamEvent::Frame(endpoint, protocol, text.as_bytes().into());
+                        to_shard(&shared, conn, event).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let refusal = r#"{"type":"error","message":"frames must be text: JSON requests"}"#;
+                        outcome = send(&mut socket, Message::Text(refusal.into())).await;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(_)) => {
+                        // Refused by the protocol layer: too large, bad UTF-8, not masked.
+                        let _ = close(&mut socket, 1009, "refused: frames are text of at most 16 KiB").await;
+                        break;
+                    }
+                }
+            }
+            event = queued.recv() => match event {
+                // A write waits for the browser to read; a kick meanwhile ends the wait (the
+                // message stays buffered ahead of the close frame).
+                Some(message) => tokio::select! {
+                    sent = send(&mut socket, message) => outcome = sent,
+                    _ = &mut kicked => {
+                        let _ = close(&mut socket, 1013, TOO_SLOW).await;
+                        break;
+                    }
+                },
+                None => break,
+            },
+            _ = &mut kicked => {
+                let _ = close(&mut socket, 1013, TOO_SLOW).await;
+                break;
+            }
+            _ = ping.tick() => {
+                if heard.elapsed() > IDLE {
+                    bridge.counters.closed_idle.fetch_add(1, Relaxed);
+                    let _ = close(&mut socket, 1001, "idle").await;
+                    break;
+                }
+                outcome = send(&mut socket, Message::Ping(Default::default())).await;
+            }
+        }
+    }
+    if outcome.is_err() {
+        bridge.counters.closed_slow.fetch_add(1, Relaxed);
+    }
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&conn);
+    to_shard(&shared, conn, StreamEvent::Closed(endpoint, protocol)).await;
+}
+
+/// A write the browser must take within [`WRITE_TIMEOUT`].
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+    match timeout(WRITE_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Sends a close frame with its reason, behind what is already buffered, and waits up to
+/// [`CLOSE_PATIENCE`] for the browser to read that far.
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) -> Result<(), ()> {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    match timeout(CLOSE_PATIENCE, socket.send(Message::Close(Some(frame)))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Queues the event for the connection's shard, waiting while that queue is full (the
+/// connection's own frames wait with it: back-pressure on the browser, never a lost event).
+async fn to_shard(shared: &Shared, conn: u64, mut event: StreamEvent) {
+    let deadline = Instant::now() + SHARD_PATIENCE;
+    loop {
+        match shared.bridge.to_shard(conn, event) {
+            Ok(()) => return,
+            Err(back) if Instant::now() < deadline => {
+                event = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// A JSON object with a `type`: a request of the JSON protocol, not the original's text.
+fn is_json_request(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde_json::Value>(text)
+            .is_ok_and(|v| v.get("type").is_some_and(serde_json::Value::is_string))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}

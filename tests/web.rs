@@ -1,0 +1,371 @@
+//! Browsers over WebSocket against real router processes: the page over HTTP, the JSON
+//! protocol next to DuckChat users on one router and across a federation, the original client
+//! unmodified, refused frames, and a browser that never reads.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::{free_port, Client, Reply, Router, WAIT};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<TcpStream>;
+
+fn free_tcp_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port");
+}
+
+/// A router with `--ws` on a TCP port of its own.
+fn router(neighbors: &[u16], udp: u16) -> (Router, u16) {
+    let ws = free_tcp_port();
+    let addr = format!("127.0.0.1:{ws}");
+    let mut r = Router::start(udp, neighbors, &["--ws", &addr, "--cores", "2"]);
+    r.wait_for_line("WebSocket on", WAIT);
+    (r, ws)
+}
+
+fn connect(port: u16, json_protocol: bool) -> Ws {
+    let mut request = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .unwrap();
+    if json_protocol {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "chat-router".parse().unwrap());
+    }
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (ws, _) = tungstenite::client(request, stream).expect("handshake");
+    ws
+}
+
+/// The next text frame within `limit` (pings are answered by tungstenite as it reads).
+fn next_text(ws: &mut Ws, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+    None
+}
+
+fn next_event(ws: &mut Ws) -> Value {
+    let text = next_text(ws, WAIT).expect("an event within the wait");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// The next event of `kind`, skipping others.
+fn wait_for(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let e = next_event(ws);
+        if e["type"] == kind {
+            return e;
+        }
+    }
+    panic!("no {kind} event");
+}
+
+fn send(ws: &mut Ws, request: Value) {
+    ws.send(Message::Text(request.to_string().into())).unwrap();
+}
+
+/// Picks a nick, joins Common and waits until WHO lists it (the join reached the owner).
+fn sign_in(ws: &mut Ws, nick: &str) {
+    assert_eq!(next_event(ws)["type"], "welcome");
+    send(ws, json!({"type": "nick", "name": nick}));
+    assert_eq!(
+        wait_for(ws, "ok"),
+        json!({"type": "ok", "request": "nick", "name": nick})
+    );
+    send(ws, json!({"type": "join", "channel": "Common"}));
+    assert_eq!(wait_for(ws, "ok")["channel"], "Common");
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        send(ws, json!({"type": "who", "channel": "Common"}));
+        let members = wait_for(ws, "members");
+        if members["users"].as_array().unwrap().contains(&json!(nick)) {
+            return;
+        }
+    }
+    panic!("{nick} never listed");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn the_page_and_a_browser_next_to_a_duckchat_user() {
+    let udp = free_port();
+    let (server, ws_port) = router(&[], udp);
+    let page = http_get(ws_port, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page:.200}");
+    assert!(page.contains("<title>chat-router</title>"));
+    assert!(page.contains("new WebSocket("));
+
+    let amy = Client::connect(server.addr(), "amy");
+    let mut bob = connect(ws_port, true);
+    sign_in(&mut bob, "bob");
+    amy.say("Common", "hello bob");
+    let m = wait_for(&mut bob, "message");
+    assert_eq!(m["from"], "amy");
+    assert_eq!(m["text"], "hello bob");
+    assert_eq!(m["channel"], "Common");
+    assert_eq!(m["origin"], format!("127.0.0.1:{udp}"));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(m["ts"].as_u64().unwrap().abs_diff(now_ms) < 60_000, "{m}");
+    send(
+        &mut bob,
+        json!({"type": "say", "channel": "Common", "text": "hi amy"}),
+    );
+    let heard = amy.wait_for(|r| matches!(r, Reply::Say { user, .. } if user != "amy"));
+    assert_eq!(
+        heard,
+        Reply::Say {
+            channel: "Common".into(),
+            user: "bob".into(),
+            text: "hi amy".into()
+        }
+    );
+    assert_eq!(wait_for(&mut bob, "message")["text"], "hi amy");
+    // Errors are events; the connection stays.
+    send(&mut bob, json!({"type": "leave", "channel": "nowhere"}));
+    let e = wait_for(&mut bob, "error");
+    assert_eq!(e["message"], "no channel by the name nowhere");
+    bob.send(Message::Text("{".into())).unwrap();
+    assert!(wait_for(&mut bob, "error")["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("not a request"));
+    bob.send(Message::Binary(vec![1, 2, 3].into())).unwrap();
+    assert!(wait_for(&mut bob, "error")["message"]
+        .as_str()
+        .unwrap()
+        .contains("text"));
+    // Closing the connection ends the session.
+    bob.close(None).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        amy.who("Common");
+        if let Reply::Who { users, .. } = amy.wait_for(|r| matches!(r, Reply::Who { .. })) {
+            if users == ["amy"] {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "bob never left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_original_client_unmodified() {
+    let udp = free_port();
+    let (server, ws_port) = router(&[], udp);
+    let amy = Client::connect(server.addr(), "amy");
+    let mut old = connect(ws_port, false);
+    assert_eq!(
+        next_text(&mut old, WAIT).unwrap(),
+        format!("Welcome to ChatServer 127.0.0.1:{udp}!")
+    );
+    // It is in Common from the start: wait until WHO lists it, then amy's message reaches it.
+    let deadline = Instant::now() + WAIT;
+    while !matches!(amy.recv(Duration::ZERO), Some(Reply::Who { ref users, .. }) if users.len() == 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the original client never joined"
+        );
+        amy.who("Common");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    amy.say("Common", "hello");
+    let m: Value = serde_json::from_str(&next_text(&mut old, WAIT).unwrap()).unwrap();
+    assert_eq!(m["sender"], "amy");
+    assert_eq!(m["content"], "hello");
+    assert_eq!(m["originServerId"], format!("127.0.0.1:{udp}"));
+    assert!(m["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    old.send(Message::Text("hi everyone".into())).unwrap();
+    match amy.wait_for(|r| matches!(r, Reply::Say { user, .. } if user != "amy")) {
+        Reply::Say { user, text, .. } => {
+            assert!(user.starts_with("User@/127.0.0.1:"), "{user}");
+            assert_eq!(text, "hi everyone");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn browsers_on_two_federated_routers_and_a_duckchat_user() {
+    let (a_udp, b_udp) = (free_port(), free_port());
+    let (a, a_ws) = router(&[b_udp], a_udp);
+    let (_b, b_ws) = router(&[a_udp], b_udp);
+    let amy = Client::connect(a.addr(), "amy");
+    let mut ann = connect(a_ws, true);
+    let mut bea = connect(b_ws, true);
+    sign_in(&mut ann, "ann");
+    sign_in(&mut bea, "bea");
+    // Until the tree carries bea's messages to router a.
+    let deadline = Instant::now() + WAIT;
+    'carried: for i in 0.. {
+        assert!(Instant::now() < deadline, "the federation never carried");
+        send(
+            &mut bea,
+            json!({"type": "say", "channel": "Common", "text": format!("probe {i}")}),
+        );
+        while let Some(text) = next_text(&mut ann, Duration::from_millis(200)) {
+            if text.contains("probe") {
+                break 'carried;
+            }
+        }
+    }
+    amy.drain();
+    send(
+        &mut bea,
+        json!({"type": "say", "channel": "Common", "text": "from b"}),
+    );
+    let heard = loop {
+        let m = wait_for(&mut ann, "message");
+        if m["text"] == "from b" {
+            break m;
+        }
+    };
+    assert_eq!(heard["from"], "bea");
+    assert_eq!(heard["origin"], Value::Null, "DuckChat does not say whose");
+    let said = amy.wait_for(|r| matches!(r, Reply::Say { text, .. } if text == "from b"));
+    assert!(matches!(said, Reply::Say { user, .. } if user == "bea"));
+    amy.say("Common", "from amy");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = wait_for(&mut bea, "message");
+        if m["text"] == "from amy" {
+            assert_eq!(m["from"], "amy");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+}
+
+#[test]
+fn oversized_frames_are_refused_with_a_reason() {
+    let (_server, ws_port) = router(&[], free_port());
+    let mut ws = connect(ws_port, true);
+    assert_eq!(next_event(&mut ws)["type"], "welcome");
+    let big = "x".repeat(20 * 1024);
+    ws.send(Message::Text(big.into())).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, CloseCode::Size);
+                return;
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("closed without a reason: {e}"),
+        }
+    }
+    panic!("the oversized frame was not refused");
+}
+
+#[test]
+fn a_browser_that_never_reads_is_closed_and_the_others_go_on() {
+    const MESSAGES: usize = 12_000;
+    let (server, ws_port) = router(&[], free_port());
+    let mut slow = connect(ws_port, true);
+    sign_in(&mut slow, "slow");
+    let mut watcher = connect(ws_port, true);
+    sign_in(&mut watcher, "watcher");
+    let mut talker = connect(ws_port, true);
+    sign_in(&mut talker, "talker");
+    let reader = std::thread::spawn(move || {
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got < MESSAGES && Instant::now() < deadline {
+            match next_text(&mut watcher, Duration::from_secs(5)) {
+                Some(t) if t.contains("\"talker\"") => got += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    });
+    let text = "y".repeat(1000);
+    talker
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
+    for i in 0..MESSAGES {
+        send(
+            &mut talker,
+            json!({"type": "say", "channel": "Common", "text": text}),
+        );
+        if i % 100 == 99 {
+            // The talker reads its own echoes, as a browser does.
+            while next_text(&mut talker, Duration::from_millis(2)).is_some() {}
+        }
+    }
+    assert_eq!(
+        reader.join().unwrap(),
+        MESSAGES,
+        "the watcher missed messages"
+    );
+    // The slow one: what was buffered, then the reason it was closed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the slow browser was never closed"
+        );
+        match slow.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("closed without a reason: {e}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Again));
+    let (_, output) = server.interrupt();
+    let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
+    assert!(report.contains("closed_slow=1 "), "{report}");
+}
