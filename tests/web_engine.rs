@@ -87,6 +87,7 @@ fn a_browser_and_a_duckchat_user_share_a_channel() {
         [
             serde_json::json!({"type":"ok","request":"nick","name":"bob"}),
             serde_json::json!({"type":"ok","request":"join","channel":"Common"}),
+            serde_json::json!({"type":"presence","channel":"Common","user":"bob","event":"joined"}),
         ]
     );
     one.out.clear();
@@ -216,4 +217,39 @@ fn the_original_client_is_in_common_from_the_start() {
             text: b"hi all",
         }
     );
+}
+
+#[test]
+fn browsers_see_who_joins_and_leaves() {
+    let mut one = One::new();
+    let amy = addr(50001);
+    let bob = stream(1, 50002);
+    one.frame(bob, Protocol::Web, r#"{"type":"join","channel":"Common"}"#);
+    assert_eq!(
+        one.take(bob),
+        [
+            serde_json::json!({"type":"ok","request":"join","channel":"Common"}),
+            serde_json::json!({"type":"presence","channel":"Common","user":"127.0.0.1:50002","event":"joined"}),
+        ]
+    );
+    one.out.clear();
+    one.frame(bob, Protocol::Web, r#"{"type":"nick","name":"bob"}"#);
+    let presence = |user: &str, event: &str| serde_json::json!({"type":"presence","channel":"Common","user":user,"event":event});
+    assert_eq!(
+        one.take(bob),
+        [
+            serde_json::json!({"type":"ok","request":"nick","name":"bob"}),
+            presence("127.0.0.1:50002", "left"),
+            presence("bob", "joined"),
+        ]
+    );
+    one.out.clear();
+    one.udp(amy, Inbound::Login { user: b"amy" });
+    one.udp(amy, Inbound::Join { channel: b"Common" });
+    one.udp(amy, Inbound::Leave { channel: b"Common" });
+    assert_eq!(
+        one.take(bob),
+        [presence("amy", "joined"), presence("amy", "left")]
+    );
+    assert!(one.out.sends().is_empty(), "DuckChat users are not told");
 }

@@ -10,12 +10,22 @@ use crate::proto::Name;
 use ahash::AHashMap;
 use smallvec::SmallVec;
 
+/// A member, as the owner knows it.
+#[derive(Clone, Copy)]
+pub(super) struct Member {
+    name: Name,
+    /// Its protocol shows who joins and leaves.
+    watches: bool,
+}
+
 pub(super) struct Channel {
-    /// Every member's user name, by session (which names its home shard): O(1) join, rename
-    /// and leave at any size.
-    pub(super) members: Members<SessionId, Name>,
+    /// Every member, by session (which names its home shard): O(1) join, rename and leave at
+    /// any size.
+    pub(super) members: Members<SessionId, Member>,
     /// Members per home shard: fan-out goes only to shards with members.
     per_shard: SmallVec<[u32; 8]>,
+    /// Members that watch presence, per home shard: presence goes only where someone shows it.
+    watchers: SmallVec<[u32; 8]>,
     /// The channel's place in the DuckChat tree (unused by other federations).
     pub(super) links: Links,
 }
@@ -54,10 +64,12 @@ impl Channels {
     pub(super) fn counts_agree(&self) -> bool {
         self.owned.values().all(|c| {
             let mut counts: SmallVec<[u32; 8]> = SmallVec::from_elem(0, c.per_shard.len());
-            for (id, _) in c.members.iter() {
+            let mut watchers = counts.clone();
+            for (id, member) in c.members.iter() {
                 counts[id.home as usize] += 1;
+                watchers[id.home as usize] += u32::from(member.watches);
             }
-            counts == c.per_shard
+            counts == c.per_shard && watchers == c.watchers
         })
     }
 
@@ -71,6 +83,7 @@ impl Channels {
         self.owned.entry(name).or_insert_with(|| Channel {
             members: Members::default(),
             per_shard: SmallVec::from_elem(0, shards),
+            watchers: SmallVec::from_elem(0, shards),
             links: Links::default(),
         });
     }
@@ -91,6 +104,7 @@ impl Engine {
         name: Name,
         session: SessionId,
         user: Name,
+        watches: bool,
         out: &mut Outbox,
     ) {
         if !self.channels.has_room_for(&name, self.cfg.limits.channels) {
@@ -108,15 +122,43 @@ impl Engine {
             return;
         };
         if let Some(known) = channel.members.get_mut(&session) {
-            *known = user; // a rename
-            return;
+            // A rename: shown as the old name leaving and the new one joining.
+            let old = std::mem::replace(&mut known.name, user);
+            self.announce(name, old, false, out);
+            return self.announce(name, user, true, out);
         }
         debug_assert!(session.home < self.shards, "a member's home is a shard");
-        channel.members.insert(session, user);
+        channel.members.insert(
+            session,
+            Member {
+                name: user,
+                watches,
+            },
+        );
         channel.per_shard[session.home as usize] += 1;
+        channel.watchers[session.home as usize] += u32::from(watches);
         let subscribed = channel.links.subscribed;
+        self.announce(name, user, true, out);
         if !subscribed && matches!(self.federation, Strategy::Tree(_)) {
             self.subscribe(now, name, None, out);
+        }
+    }
+
+    /// Presence: to every shard with a member that watches it.
+    fn announce(&mut self, name: Name, user: Name, joined: bool, out: &mut Outbox) {
+        let Some(channel) = self.channels.owned.get(&name) else {
+            return;
+        };
+        let shards: SmallVec<[u16; 16]> = (0..self.shards)
+            .filter(|&s| channel.watchers[s as usize] > 0)
+            .collect();
+        for shard in shards {
+            let msg = ShardMsg::Presence {
+                channel: name,
+                user,
+                joined,
+            };
+            self.send_to_shard(shard, msg, out);
         }
     }
 
@@ -124,8 +166,10 @@ impl Engine {
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
         };
-        if channel.members.remove(&session).is_some() {
+        if let Some(member) = channel.members.remove(&session) {
             channel.per_shard[session.home as usize] -= 1;
+            channel.watchers[session.home as usize] -= u32::from(member.watches);
+            self.announce(name, member.name, false, out);
         }
         self.collect(name, out);
     }
@@ -195,7 +239,7 @@ impl Engine {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
-        let mut names: Vec<Name> = channel.members.values().copied().collect();
+        let mut names: Vec<Name> = channel.members.values().map(|m| m.name).collect();
         names.sort_unstable();
         let msg = ShardMsg::WhoNames {
             channel: name,

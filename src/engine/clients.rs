@@ -381,7 +381,7 @@ impl Engine {
         let channels = session.channels.clone();
         if let Some(id) = id {
             for channel in channels {
-                self.member_joined_at_owner(channel, id, name, out);
+                self.member_joined_at_owner(channel, id, name, key.1, out);
             }
         }
         Ok(Done::Named(name))
@@ -489,7 +489,7 @@ impl Engine {
         let local = self.clients.local.entry(channel).or_default();
         let added = local.by_protocol[protocol.index()].insert(id, endpoint);
         debug_assert!(added, "a new member was on the local list already");
-        self.member_joined_at_owner(channel, id, name, out);
+        self.member_joined_at_owner(channel, id, name, protocol, out);
         Ok(Done::Joined(channel))
     }
 
@@ -499,12 +499,14 @@ impl Engine {
         channel: Name,
         session: SessionId,
         name: Nick,
+        protocol: Protocol,
         out: &mut Outbox,
     ) {
         let msg = ShardMsg::Joined {
             channel,
             session,
             user: Name::truncating(name.as_bytes()),
+            watches: protocol.wants_presence(),
         };
         self.send_to_owner(msg, out);
     }
@@ -614,6 +616,36 @@ impl Engine {
             }
         }
         self.counters.deliveries.add(local.len() as u64);
+    }
+
+    /// Tells the members this shard is home to whose protocol shows presence that `user`
+    /// joined or left `channel`.
+    pub(super) fn deliver_presence(
+        &mut self,
+        channel: Name,
+        user: Name,
+        joined: bool,
+        out: &mut Outbox,
+    ) {
+        let Some(local) = self.clients.local.get(&channel) else {
+            return;
+        };
+        for protocol in Protocol::ALL.into_iter().filter(|p| p.wants_presence()) {
+            let members = &local.by_protocol[protocol.index()];
+            if members.is_empty() {
+                continue;
+            }
+            let payload = out.payload(frontend::MAX_REPLY, |buf| {
+                protocol
+                    .encode_presence(&channel, &user, joined, buf)
+                    .ok_or(())
+            });
+            if let Some(payload) = payload {
+                for &(_, endpoint) in members.iter() {
+                    out.send_to(endpoint, payload);
+                }
+            }
+        }
     }
 
     /// Logs out sessions silent for longer than the user timeout, longest-silent first and at

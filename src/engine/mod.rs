@@ -230,6 +230,8 @@ pub enum ShardMsg {
         channel: Name,
         session: SessionId,
         user: Name,
+        /// The session's protocol shows who joins and leaves ([`Protocol::wants_presence`]).
+        watches: bool,
     },
     /// Home -> owner: a local user left, logged out or expired.
     Left {
@@ -275,6 +277,12 @@ pub enum ShardMsg {
         chat: Chat,
         stamp: Stamp,
     },
+    /// Owner -> every shard with members that watch presence: `user` joined or left.
+    Presence {
+        channel: Name,
+        user: Name,
+        joined: bool,
+    },
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
     ChannelRemoved(Name),
@@ -294,7 +302,10 @@ impl ShardMsg {
             | ShardMsg::ChannelAdded(_)
             | ShardMsg::ChannelRemoved(_) => true,
             ShardMsg::FromNeighbor { s2s, .. } => !matches!(s2s, S2s::Say { .. }),
-            ShardMsg::Said { .. } | ShardMsg::Deliver { .. } | ShardMsg::FromPeer { .. } => false,
+            ShardMsg::Said { .. }
+            | ShardMsg::Deliver { .. }
+            | ShardMsg::Presence { .. }
+            | ShardMsg::FromPeer { .. } => false,
         }
     }
 
@@ -308,6 +319,7 @@ impl ShardMsg {
             | ShardMsg::Who { channel, .. }
             | ShardMsg::WhoNames { channel, .. }
             | ShardMsg::Deliver { channel, .. }
+            | ShardMsg::Presence { channel, .. }
             | ShardMsg::ChannelAdded(channel)
             | ShardMsg::ChannelRemoved(channel)
             | ShardMsg::FromPeer { room: channel, .. } => channel,
@@ -650,7 +662,13 @@ impl Engine {
                 channel,
                 session,
                 user,
-            } => self.member_joined(now, channel, session, user, out),
+                watches,
+            } => self.member_joined(now, channel, session, user, watches, out),
+            ShardMsg::Presence {
+                channel,
+                user,
+                joined,
+            } => self.deliver_presence(channel, user, joined, out),
             ShardMsg::Left { channel, session } => self.member_left(channel, session, out),
             ShardMsg::JoinRefused { channel, session } => {
                 self.join_refused(now, channel, session, out)

@@ -149,6 +149,25 @@ impl Protocol {
         }
     }
 
+    /// Whether the protocol tells its users who joins and leaves their channels.
+    pub fn wants_presence(self) -> bool {
+        matches!(self, Protocol::Web)
+    }
+
+    /// `user` joined (or left) `channel`, for a protocol that [`Protocol::wants_presence`].
+    pub fn encode_presence(
+        self,
+        channel: &Name,
+        user: &Name,
+        joined: bool,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        match self {
+            Protocol::Web => web::encode_presence(channel, user, joined, buf),
+            Protocol::DuckChat | Protocol::Text | Protocol::WebCompat => None,
+        }
+    }
+
     /// How many names one LIST (`list`) or WHO answer carries at most.
     pub fn names_per_answer(self, list: bool) -> usize {
         match self {

@@ -205,6 +205,24 @@ pub(super) fn encode_chat(d: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
     Some(j.len())
 }
 
+/// `{"type":"presence","channel","user","event":"joined"|"left"}`.
+pub(super) fn encode_presence(
+    channel: &Name,
+    user: &Name,
+    joined: bool,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let mut j = Json::new(buf);
+    j.raw(b"{\"type\":\"presence\",")?;
+    j.field("channel", channel.as_bytes())?;
+    j.raw(b",")?;
+    j.field("user", user.as_bytes())?;
+    j.raw(b",")?;
+    j.field("event", if joined { b"joined" } else { b"left" })?;
+    j.raw(b"}")?;
+    Some(j.len())
+}
+
 /// Names per `channels` or `members` event.
 pub(super) const NAMES_PER_ANSWER: usize = 256;
 
