@@ -1,0 +1,60 @@
+//! The chat page in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`
+//! from npm; `.ci/install-browser` installs both, as `.ci/run` does): two pages on two
+//! federated routers chat, one router is killed, the page on it reconnects to the other and
+//! the conversation goes on with nothing shown twice. Screenshots go to
+//! `target/browser-artifacts/`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use support::{free_port, Router, WAIT};
+
+fn free_tcp_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port");
+}
+
+#[test]
+fn a_page_fails_over_to_the_next_server() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        Path::new("/usr/bin/chromium").exists()
+            && dir.join("node_modules/playwright-core").exists(),
+        "this test needs Debian's chromium and playwright-core: run .ci/install-browser"
+    );
+    let (a_udp, b_udp) = (free_port(), free_port());
+    let (a_ws, b_ws) = (free_tcp_port(), free_tcp_port());
+    let ws = |port: u16| format!("127.0.0.1:{port}");
+    let mut a = Router::start(a_udp, &[b_udp], &["--ws", &ws(a_ws)]);
+    a.wait_for_line("WebSocket on", WAIT);
+    let mut b = Router::start(b_udp, &[a_udp], &["--ws", &ws(b_ws)]);
+    b.wait_for_line("WebSocket on", WAIT);
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(Path::new("target"))
+        .join("browser-artifacts");
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .arg("failover.mjs")
+        .arg(ws(a_ws))
+        .arg(ws(b_ws))
+        .arg(a.child.id().to_string())
+        .arg(&artifacts)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK: failover"),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(artifacts.join("2-after-ann.png").exists());
+    // Router a was killed by the script (its PID, which this test started); reap it.
+    a.kill();
+}
