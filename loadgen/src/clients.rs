@@ -98,8 +98,20 @@ impl Clients {
     }
 
     /// Logs every client in and joins it to its channel on the router at `target`.
-    pub fn join_all(&self, plan: &Plan, target: SocketAddr) -> Result<(), LoadError> {
+    /// Logs in and joins every UDP client (those before `first_browser`; browsers join over
+    /// their own connections).
+    pub fn join_all(
+        &self,
+        plan: &Plan,
+        target: SocketAddr,
+        first_browser: usize,
+    ) -> Result<(), LoadError> {
         for (channel, members) in plan.members.iter().enumerate() {
+            let members: Vec<u32> = members
+                .iter()
+                .copied()
+                .filter(|&c| (c as usize) < first_browser)
+                .collect();
             let mut joined = 0;
             for chunk in members.chunks(CHUNK) {
                 for &c in chunk {

@@ -21,6 +21,7 @@ pub mod scenario;
 pub mod stamp;
 pub mod tracker;
 pub mod traffic;
+pub mod web;
 pub mod worker;
 
 use thiserror::Error;

@@ -128,6 +128,13 @@ struct RunOpts {
     /// I/O backend of the embedded router and of the reflector.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoKind,
+    /// The last N of --clients are browsers: WebSocket clients speaking the router's JSON
+    /// protocol in the same channels (the embedded router serves WebSocket for them).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    browsers: usize,
+    /// An external router's --ws address, for --browsers.
+    #[arg(long, value_name = "ADDR", requires = "target")]
+    target_ws: Option<SocketAddr>,
     /// An external router to load instead of an embedded one.
     #[arg(long)]
     target: Option<SocketAddr>,
@@ -181,6 +188,11 @@ fn run(opts: RunOpts) -> Result<(), String> {
     if opts.clients == 0 || opts.members == 0 || opts.receivers == 0 || opts.cores == 0 {
         return Err("--clients, --members, --receivers and --cores must be at least 1".into());
     }
+    if opts.browsers > opts.clients {
+        return Err(
+            "--browsers is how many of the --clients are browsers: at most --clients".into(),
+        );
+    }
     if !(opts.hostile_rate > 0.0 && opts.hostile_rate.is_finite()) {
         return Err("--hostile-rate must be positive".into());
     }
@@ -208,6 +220,8 @@ fn run(opts: RunOpts) -> Result<(), String> {
         seed: opts.seed,
         cores: opts.cores,
         io: opts.io,
+        browsers: opts.browsers,
+        target_ws: opts.target_ws,
         target: opts.target,
         target_pid: opts.target_pid,
         neighbors: opts.neighbors,

@@ -7,6 +7,7 @@ use crate::machine;
 use crate::plan::Plan;
 use crate::tracker::Tally;
 use crate::traffic::Churn;
+use crate::web::Browsers;
 use crate::worker::{receive_loop, send_loop, ReceiveReport, Shared};
 use crate::LoadError;
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,7 @@ impl PhaseResult {
 pub fn run(
     spec: &PhaseSpec<'_>,
     sockets: &[UdpSocket],
+    browsers: &Browsers,
     plan: &Plan,
 ) -> Result<PhaseResult, LoadError> {
     let epoch = Instant::now();
@@ -97,6 +99,7 @@ pub fn run(
         end_ns: measure_from_ns + spec.duration.as_nanos() as u64,
         rate: spec.rate,
         churn: spec.churn,
+        browsers,
         stop: AtomicBool::new(false),
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),

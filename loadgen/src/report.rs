@@ -59,6 +59,9 @@ pub struct Params {
     pub hostile_rate: Option<f64>,
     #[serde(default)]
     pub hostile_mix: Option<String>,
+    /// How many of the clients were browsers (WebSocket).
+    #[serde(default)]
+    pub browsers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

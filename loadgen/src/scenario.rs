@@ -14,10 +14,12 @@ use crate::plan::{Membership, Plan};
 use crate::reflector::Reflector;
 use crate::report::{Machine, Params, RunRecord, Source, FORMAT};
 use crate::traffic::Churn;
+use crate::web::Browsers;
 use crate::{machine, LoadError};
 use chat_router::engine::{Config, Federation, Neighbors};
 use chat_router::io::IoKind;
 use chat_router::runtime::{self, RuntimeConfig};
+use chat_router::web::WebConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -65,6 +67,10 @@ pub struct RunArgs {
     /// Router shards when embedded, and reflector threads.
     pub cores: usize,
     pub io: IoKind,
+    /// The last `browsers` of the clients reach the router over WebSocket.
+    pub browsers: usize,
+    /// An external router's `--ws` address, for browsers.
+    pub target_ws: Option<SocketAddr>,
     /// An external router, and optionally its pid (to read its shards' CPU time).
     pub target: Option<SocketAddr>,
     pub target_pid: Option<u32>,
@@ -113,7 +119,8 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         let cpu_of = Some((pid, reflector.thread_ids().to_vec()));
         let mut spec = spec(label, reflector.addr, cpu_of, 0);
         spec.churn = None; // the reflector ignores everything but SAYs
-        let result = phase::run(&spec, &clients.sockets[..args.clients], &plan)?;
+        let browsers = Browsers::none(args.clients);
+        let result = phase::run(&spec, &clients.sockets[..args.clients], &browsers, &plan)?;
         Ok((result, reflector.backend))
     };
 
@@ -134,13 +141,30 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
                     (Some(router), addr)
                 }
             };
+            let first_browser = args.clients - args.browsers.min(args.clients);
+            let browsers = match (args.browsers, &router, args.target_ws) {
+                (0, _, _) => Browsers::none(args.clients),
+                (_, Some(r), _) => {
+                    let ws = r.web.as_ref().map(|w| w.local).ok_or_else(|| {
+                        LoadError::Setup("the embedded router serves no WebSocket".into())
+                    })?;
+                    Browsers::connect(&plan, first_browser, ws)?
+                }
+                (_, None, Some(ws)) => Browsers::connect(&plan, first_browser, ws)?,
+                (_, None, None) => {
+                    return Err(LoadError::Setup(
+                        "--browsers with --target needs the router's --ws address: --target-ws"
+                            .into(),
+                    ))
+                }
+            };
             let cpu_of = match &router {
                 Some(r) => Some((pid, r.thread_ids().to_vec())),
                 None => args
                     .target_pid
                     .map(|p| (p, machine::named_threads(p, "shard-"))),
             };
-            clients.join_all(&plan, target)?;
+            clients.join_all(&plan, target, first_browser)?;
             if neighbors > 0 {
                 clients.subscribe_neighbors(&plan, neighbors, target)?;
             }
@@ -161,7 +185,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
                     }
                     (None, _) => None,
                 };
-                let mut result = phase::run(&spec, &clients.sockets, &plan)?;
+                let mut result = phase::run(&spec, &clients.sockets, &browsers, &plan)?;
                 result.hostile_sent = attacker.map_or(0, Attacker::stop);
                 if let (Some(a), Some(b)) = (before, drops()) {
                     result.router_drops = Some(b.drops - a.drops);
@@ -212,6 +236,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             churn_clients: churners,
             hostile_rate: (args.scenario == Scenario::Hostile).then_some(args.hostile_rate),
             hostile_mix: (args.scenario == Scenario::Hostile).then(|| args.hostile_mix.to_string()),
+            browsers: args.browsers.min(args.clients),
         },
         source: Source {
             commit: source.as_ref().map(|s| s.0.clone()),
@@ -245,7 +270,8 @@ impl RouterDrops {
 }
 
 fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::Running, LoadError> {
-    let mut engine = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut engine = Config::new(localhost);
     if !neighbors.is_empty() {
         engine.federation = Federation::Tree(Neighbors::new(neighbors));
     }
@@ -254,6 +280,10 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
         cores: args.cores,
         io: args.io,
         stats_every: None,
-        web: None,
+        web: (args.browsers > 0).then(|| WebConfig {
+            listen: localhost,
+            origins: Vec::new(),
+            server: "loadgen".into(),
+        }),
     })?)
 }

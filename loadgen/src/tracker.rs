@@ -76,6 +76,9 @@ pub struct Tally {
     pub churn_received: u64,
     #[serde(default)]
     pub churn_errors: u64,
+    /// Browser connections that failed during the run (a slow one is closed by the router).
+    #[serde(default)]
+    pub browsers_lost: u64,
 }
 
 impl Tally {
@@ -103,6 +106,7 @@ impl Tally {
         self.s2s_leaves += other.s2s_leaves;
         self.churn_received += other.churn_received;
         self.churn_errors += other.churn_errors;
+        self.browsers_lost += other.browsers_lost;
     }
 }
 

@@ -44,9 +44,17 @@ pub struct Message {
     pub expected: u64,
     /// Send it a second time, unchanged (a duplicate S2S id).
     pub repeat: bool,
+    /// Its channel and text, for a client that sends them as JSON (a browser).
+    pub channel: usize,
+    pub stamp: arrayvec::ArrayString<64>,
 }
 
 impl<'a> Traffic<'a> {
+    /// The name of channel `i`.
+    pub fn channel_name(&self, i: usize) -> &str {
+        &self.channels[i]
+    }
+
     pub fn new(plan: &'a Plan, neighbors: usize, churners: usize, seed: u64) -> Self {
         Self {
             plan,
@@ -112,6 +120,8 @@ impl<'a> Traffic<'a> {
             len: say.encode(buf, SayLayout::UserFirst).ok()?,
             expected: self.plan.fanout_of(client) + self.neighbors,
             repeat: false,
+            channel,
+            stamp,
         })
     }
 
@@ -141,6 +151,8 @@ impl<'a> Traffic<'a> {
             len: say.encode(buf, SayLayout::UserFirst).ok()?,
             expected: self.plan.members[channel].len() as u64 + self.neighbors - 1,
             repeat: seq % REPEAT_EVERY == REPEAT_EVERY - 1,
+            channel,
+            stamp,
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::plan::Plan;
 use crate::stamp::Stamp;
 use crate::tracker::{Arrival, Tally, Tracker};
 use crate::traffic::{Churn, Traffic};
+use crate::web::Browsers;
 use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
 use crossbeam_channel::Sender;
 use mio::unix::SourceFd;
@@ -51,6 +52,8 @@ pub struct Shared<'a> {
     pub rate: Option<f64>,
     /// Churn clients, whose sockets follow the neighbors'.
     pub churn: Option<Churn>,
+    /// The clients that are browsers (WebSocket) rather than UDP clients.
+    pub browsers: &'a Browsers,
     pub stop: AtomicBool,
     pub sent: AtomicU64,
     pub delivered: AtomicU64,
@@ -124,6 +127,17 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
                 report.send_errors += 1; // could not be encoded
                 continue;
             };
+            if shared.browsers.is_browser(m.socket) {
+                let channel = traffic.channel_name(m.channel);
+                if shared.browsers.say(m.socket, channel, &m.stamp) {
+                    report.sent += 1;
+                    report.expected += m.expected;
+                    report.measured += u64::from(shared.measured(intended));
+                } else {
+                    report.send_errors += 1;
+                }
+                continue;
+            }
             let sock = &shared.sockets[m.socket];
             match sock.send_to(&buf[..m.len], shared.target) {
                 Ok(_) => {
@@ -230,7 +244,8 @@ impl KeepAlive {
             return;
         };
         let end = (self.cursor + 64).min(self.clients);
-        for client in self.cursor..end {
+        // A browser's session lasts as long as its connection.
+        for client in (self.cursor..end).filter(|&c| !shared.browsers.is_browser(c)) {
             let _ = shared.sockets[client].send_to(&buf[..len], shared.target);
         }
         self.cursor = end;
@@ -252,7 +267,10 @@ pub fn receive_loop(
 ) -> std::io::Result<ReceiveReport> {
     let mut poll = Poll::new()?;
     for &c in clients {
-        let fd = shared.sockets[c as usize].as_raw_fd();
+        let fd = match shared.browsers.is_browser(c as usize) {
+            true => shared.browsers.fd(c as usize),
+            false => shared.sockets[c as usize].as_raw_fd(),
+        };
         poll.registry()
             .register(&mut SourceFd(&fd), Token(c as usize), Interest::READABLE)?;
     }
@@ -270,6 +288,29 @@ pub fn receive_loop(
         let before = report.tally.unique;
         for event in &events {
             let receiver = event.token().0 as u32;
+            if shared.browsers.is_browser(receiver as usize) {
+                let now = shared.now_ns();
+                let (tracker, report, interval) = (&mut tracker, &mut report, &mut interval);
+                let alive = shared.browsers.read(receiver as usize, |text| {
+                    let Some(stamp) = Stamp::parse(text) else {
+                        report.tally.foreign += 1;
+                        return;
+                    };
+                    let arrival = tracker.arrive(receiver, stamp.sender, stamp.seq);
+                    report.tally.count(arrival);
+                    if arrival != Arrival::Duplicate && shared.measured(stamp.intended_ns) {
+                        let ns = now.saturating_sub(stamp.intended_ns);
+                        report.latency.record(ns);
+                        interval.record(ns);
+                    }
+                });
+                if !alive {
+                    report.tally.browsers_lost += 1;
+                    let fd = shared.browsers.fd(receiver as usize);
+                    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                }
+                continue;
+            }
             let sock = &shared.sockets[receiver as usize];
             loop {
                 let n = match sock.recv(&mut buf) {

@@ -124,7 +124,8 @@ fn loss_duplicates_and_reordering_are_counted_exactly() {
         cpu_of: None,
         quiet: true,
     };
-    let result = phase::run(&spec, &clients.sockets, &plan).unwrap();
+    let browsers = loadgen::web::Browsers::none(plan.clients());
+    let result = phase::run(&spec, &clients.sockets, &browsers, &plan).unwrap();
     stop.store(true, Ordering::Relaxed);
     let score = reflector.join().unwrap();
 

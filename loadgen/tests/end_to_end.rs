@@ -20,6 +20,8 @@ fn args(scenario: Scenario) -> RunArgs {
         seed: 1,
         cores: 2,
         io: IoKind::Auto,
+        browsers: 0,
+        target_ws: None,
         target: None,
         target_pid: None,
         neighbors: 2,
@@ -116,6 +118,25 @@ fn fanout_through_the_embedded_router_and_the_reflector() {
 }
 
 #[test]
+fn browsers_and_udp_clients_in_the_same_channels() {
+    // A third of the clients are browsers, spread over every channel with the UDP clients.
+    let mut run = args(Scenario::Fanout);
+    run.browsers = 100;
+    run.ceiling = false;
+    let record = scenario::run(&run).unwrap();
+    assert_eq!(record.params.browsers, 100);
+    let t = record.result.tally;
+    assert_eq!(t.expected, 13_000, "{t:?}");
+    assert_eq!(t.lost(), 0, "{t:?}");
+    assert_eq!(
+        (t.duplicates, t.reordered, t.foreign, t.browsers_lost),
+        (0, 0, 0, 0),
+        "{t:?}"
+    );
+    assert_eq!(record.result.latency.count, 10_000);
+}
+
+#[test]
 fn bad_arguments_and_bad_files_give_one_line() {
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -132,6 +153,7 @@ fn bad_arguments_and_bad_files_give_one_line() {
         vec!["--clients", "0"],
         vec!["--duration", "soon"],
         vec!["--zipf", "-1"],
+        vec!["--clients", "10", "--browsers", "11"],
         vec!["compare", not_json.to_str().unwrap()],
         vec!["compare", "/nonexistent/run.json"],
     ] {

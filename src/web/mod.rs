@@ -15,6 +15,7 @@ use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use bridge::Bridge;
 use std::collections::HashMap;
@@ -121,6 +122,10 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, stop: Arc<N
         .route("/", get(page))
         .route("/ws", get(upgrade))
         .with_state(shared.clone());
+    // Events are small and latency matters: no Nagle delay behind an unacknowledged segment.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1,4 +1,5 @@
-//! The only `unsafe` in loadgen: two process settings the standard library does not offer.
+//! The only `unsafe` in loadgen: two process settings and one socket call the standard library
+//! does not offer.
 
 /// Raises the soft limit on open files to `wanted` (or to the hard limit, if lower) and
 /// returns the limit now in force.
@@ -33,4 +34,55 @@ pub fn set_timer_slack(ns: u64) {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0);
     }
+}
+
+/// A TCP connection to `target` from the loopback address `local` (the standard library
+/// cannot bind before it connects): simulated browsers come from many addresses, as real ones
+/// do, and stay within the router's sessions per address.
+pub fn tcp_connect_from(
+    local: std::net::Ipv4Addr,
+    target: std::net::SocketAddrV4,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns; the stream closes it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let addr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let from = addr(local, 0);
+    // SAFETY: `from` is a valid sockaddr_in of `len` bytes, alive across the call.
+    check(unsafe { libc::bind(fd, &from as *const _ as *const libc::sockaddr, len) })?;
+    let to = addr(*target.ip(), target.port());
+    // A signal may interrupt a blocking connect, which then goes on by itself: ask again until
+    // it says it is connected (bounded: 1,000 tries a millisecond apart).
+    for _ in 0..1000 {
+        // SAFETY: `to` is a valid sockaddr_in of `len` bytes, alive across the call.
+        match check(unsafe { libc::connect(fd, &to as *const _ as *const libc::sockaddr, len) }) {
+            Ok(_) => return Ok(stream),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EISCONN) => return Ok(stream),
+                Some(libc::EINTR | libc::EALREADY | libc::EINPROGRESS) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+    Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
