@@ -98,6 +98,9 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
     let churn = (args.scenario == Scenario::Churn).then_some(args.churn);
     let churners = churn.map_or(0, |c| c.pool);
     // Clients' sockets first, then the neighbor servers', then the churn clients'.
+    // A browser costs a second descriptor, and a third in the embedded router.
+    let browser_fds = args.browsers * if args.target.is_some() { 1 } else { 2 };
+    crate::clients::reserve_descriptors(args.clients + neighbors + churners + browser_fds)?;
     let clients = Clients::bind(args.clients + neighbors + churners)?;
     let spec = |label, target, cpu_of, neighbors| PhaseSpec {
         label,

@@ -6,6 +6,7 @@ use super::bridge::StreamEvent;
 use super::{Handle, Shared, SUBPROTOCOL};
 use crate::engine::{Endpoint, Protocol};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,6 +16,12 @@ use tokio::time::{interval, timeout, Instant};
 
 /// The largest frame or message a browser may send (a request is far smaller).
 pub const MAX_FRAME: usize = 16 * 1024;
+/// Read and write buffers: writes gather up to this much before going to the socket.
+pub const BUFFER: usize = 4 * 1024;
+/// The most a connection's write buffer holds (a batch of events, one at most of them large).
+pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// Events written in one batch, with one flush.
+const BATCH: usize = 64;
 /// Events waiting to be written to one connection before it is closed as too slow.
 pub const QUEUE: usize = 1024;
 /// A connection that sends nothing (not even a pong) for this long is closed.
@@ -95,10 +102,10 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
                 }
             }
             event = queued.recv() => match event {
-                // A write waits for the browser to read; a kick meanwhile ends the wait (the
-                // message stays buffered ahead of the close frame).
+                // A write waits for the browser to read; a kick meanwhile ends the wait (what
+                // was written stays buffered ahead of the close frame).
                 Some(message) => tokio::select! {
-                    sent = send(&mut socket, message) => outcome = sent,
+                    sent = send_batch(&mut socket, message, &mut queued) => outcome = sent,
                     _ = &mut kicked => {
                         let _ = close(&mut socket, 1013, TOO_SLOW).await;
                         break;
@@ -120,7 +127,7 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
             }
         }
     }
-    if outcome.is_err() {
+    if outcome == Err(WriteFailed::TooSlow) {
         bridge.counters.closed_slow.fetch_add(1, Relaxed);
     }
     shared
@@ -131,24 +138,57 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
     to_shard(&shared, conn, StreamEvent::Closed(endpoint, protocol)).await;
 }
 
+/// Why a write did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteFailed {
+    /// The browser did not read within [`WRITE_TIMEOUT`].
+    TooSlow,
+    /// The connection is gone.
+    Closed,
+}
+
+/// `first` and whatever else is queued (up to [`BATCH`]), gathered into few writes and one
+/// flush, which the browser must take within [`WRITE_TIMEOUT`].
+async fn send_batch(
+    socket: &mut WebSocket,
+    first: Message,
+    queued: &mut mpsc::Receiver<Message>,
+) -> Result<(), WriteFailed> {
+    let gather = async {
+        socket.feed(first).await?;
+        for _ in 1..BATCH {
+            let Ok(next) = queued.try_recv() else { break };
+            socket.feed(next).await?;
+        }
+        socket.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, gather).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailed::Closed),
+        Err(_) => Err(WriteFailed::TooSlow),
+    }
+}
+
 /// A write the browser must take within [`WRITE_TIMEOUT`].
-async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), WriteFailed> {
     match timeout(WRITE_TIMEOUT, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(WriteFailed::Closed),
+        Err(_) => Err(WriteFailed::TooSlow),
     }
 }
 
 /// Sends a close frame with its reason, behind what is already buffered, and waits up to
 /// [`CLOSE_PATIENCE`] for the browser to read that far.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) -> Result<(), ()> {
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) -> Result<(), WriteFailed> {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
     match timeout(CLOSE_PATIENCE, socket.send(Message::Close(Some(frame)))).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(WriteFailed::Closed),
+        Err(_) => Err(WriteFailed::TooSlow),
     }
 }
 

@@ -12,6 +12,17 @@ pub fn raise_nofile_limit(wanted: u64) -> std::io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    if wanted > lim.rlim_max {
+        // Root (CAP_SYS_RESOURCE) may raise the hard limit too; others keep theirs.
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted,
+        };
+        // SAFETY: `raised` is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(wanted);
+        }
+    }
     let target = wanted.min(lim.rlim_max);
     if target > lim.rlim_cur {
         let raised = libc::rlimit {
