@@ -369,3 +369,166 @@ fn a_browser_that_never_reads_is_closed_and_the_others_go_on() {
     let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
     assert!(report.contains("closed_slow=1 "), "{report}");
 }
+
+#[test]
+fn browsers_on_a_total_order_cluster() {
+    let (p1, p2) = (free_port(), free_port());
+    let file = std::env::temp_dir().join(format!("chat-router-ws-{}-{p1}.txt", std::process::id()));
+    std::fs::write(&file, format!("127.0.0.1:{p1}\n127.0.0.1:{p2}\n")).unwrap();
+    let start = |index: &str, port: u16| {
+        let ws = free_tcp_port();
+        let args: Vec<String> = [
+            "--cluster",
+            file.to_str().unwrap(),
+            "--index",
+            index,
+            "-o",
+            "total",
+            "--ws",
+            &format!("127.0.0.1:{ws}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut r = Router::launch(&args, port);
+        r.wait_for_line("WebSocket on", WAIT);
+        (r, ws)
+    };
+    let (_one, ws1) = start("1", p1);
+    let (_two, ws2) = start("2", p2);
+    let mut ann = connect(ws1, true);
+    let mut bea = connect(ws2, true);
+    sign_in(&mut ann, "ann");
+    sign_in(&mut bea, "bea");
+    for i in 0..3 {
+        send(
+            &mut ann,
+            json!({"type": "say", "channel": "Common", "text": format!("a{i}")}),
+        );
+        send(
+            &mut bea,
+            json!({"type": "say", "channel": "Common", "text": format!("b{i}")}),
+        );
+    }
+    // Both see all six, in the same order, each once, with the same ids; the origin is the
+    // cluster server whose user said it.
+    let mut seen = Vec::new();
+    for ws in [&mut ann, &mut bea] {
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let m = wait_for(ws, "message");
+            got.push((
+                m["text"].as_str().unwrap().to_string(),
+                m["id"].as_str().unwrap().to_string(),
+                m["origin"].as_str().unwrap().to_string(),
+            ));
+        }
+        seen.push(got);
+    }
+    assert_eq!(seen[0], seen[1], "the same order and ids on both servers");
+    for (text, _, origin) in &seen[0] {
+        let port = if text.starts_with('a') { p1 } else { p2 };
+        assert_eq!(origin, &format!("127.0.0.1:{port}"), "{text}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn only_allowed_origins_open_the_websocket() {
+    let udp = free_port();
+    let ws = free_tcp_port();
+    let addr = format!("127.0.0.1:{ws}");
+    let mut r = Router::start(
+        udp,
+        &[],
+        &["--ws", &addr, "--ws-origin", "http://chat.example.org"],
+    );
+    r.wait_for_line("WebSocket on", WAIT);
+    let attempt = |origin: &str| {
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        let stream = TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        tungstenite::client(request, stream).map(|_| ())
+    };
+    assert!(attempt("http://chat.example.org").is_ok());
+    match attempt("http://evil.example.com") {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!(
+            "a foreign origin was let in: {:?}",
+            other.map_err(|e| e.to_string())
+        ),
+    }
+}
+
+/// Waits for the close frame and returns its code.
+fn close_code(ws: &mut Ws) -> CloseCode {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("closed without a reason: {e}"),
+        }
+    }
+    panic!("never closed");
+}
+
+#[test]
+fn hostile_frames_get_errors_or_a_reasoned_close_and_the_router_goes_on() {
+    let (server, ws_port) = router(&[], free_port());
+    let mut ws = connect(ws_port, true);
+    assert_eq!(next_event(&mut ws)["type"], "welcome");
+    let long_channel = format!(r#"{{"type":"join","channel":"{}"}}"#, "x".repeat(40));
+    let deep = "[".repeat(10_000);
+    for junk in [
+        "",
+        "null",
+        "[]",
+        r#"{"type":5}"#,
+        r#"{"type":"say"}"#,
+        r#"{"type":"say","channel":"Common","text":"\ud800"}"#,
+        "\u{0}\u{1}\u{7f}",
+        &long_channel,
+        &deep,
+    ] {
+        ws.send(Message::Text(junk.into())).unwrap();
+        let e = wait_for(&mut ws, "error");
+        assert!(e["message"].is_string(), "{junk:.40}: {e}");
+    }
+    // The connection is still good.
+    send(&mut ws, json!({"type": "nick", "name": "still-here"}));
+    assert_eq!(wait_for(&mut ws, "ok")["name"], "still-here");
+    // Text that is not UTF-8 is refused by the WebSocket layer, with the code that says so.
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    let bad = Frame::message(vec![0xff, 0xfe, 0x41], OpCode::Data(Data::Text), true);
+    ws.write(Message::Frame(bad)).unwrap();
+    ws.flush().unwrap();
+    assert_eq!(close_code(&mut ws), CloseCode::Invalid);
+    // Garbage instead of HTTP gets an HTTP error or a closed connection, and nothing else.
+    let mut raw = TcpStream::connect(("127.0.0.1", ws_port)).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(b"\x16\x03\x01garbage\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // And the router serves the next browser as if nothing happened.
+    let mut next = connect(ws_port, true);
+    sign_in(&mut next, "next");
+    let (status, _) = server.interrupt();
+    assert!(status.success(), "the router exited with {status}");
+}

@@ -94,9 +94,10 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(_)) => {
-                        // Refused by the protocol layer: too large, bad UTF-8, not masked.
-                        let _ = close(&mut socket, 1009, "refused: frames are text of at most 16 KiB").await;
+                    Some(Err(e)) => {
+                        // Refused by the protocol layer, which says why.
+                        let (code, reason) = refusal(e);
+                        let _ = close(&mut socket, code, reason).await;
                         break;
                     }
                 }
@@ -189,6 +190,16 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) -> Resul
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(WriteFailed::Closed),
         Err(_) => Err(WriteFailed::TooSlow),
+    }
+}
+
+/// The close code and reason for what the WebSocket layer refused.
+fn refusal(e: axum::Error) -> (u16, &'static str) {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => (1009, "refused: frames are at most 16 KiB"),
+        Some(tungstenite::Error::Utf8(_)) => (1007, "refused: text frames must be UTF-8"),
+        Some(tungstenite::Error::Protocol(_)) => (1002, "refused: not a valid WebSocket frame"),
+        _ => (1011, "refused: the connection failed"),
     }
 }
 
