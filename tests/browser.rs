@@ -8,17 +8,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::{free_port, Router, WAIT};
-
-fn free_tcp_port() -> u16 {
-    for _ in 0..1000 {
-        let port = free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free TCP port");
-}
+use support::{free_port, free_tcp_port, Router, WAIT};
 
 #[test]
 fn a_page_fails_over_to_the_next_server() {

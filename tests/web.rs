@@ -8,22 +8,12 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{free_port, Client, Reply, Router, WAIT};
+use support::{free_port, free_tcp_port, Client, Reply, Router, WAIT};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 type Ws = WebSocket<TcpStream>;
-
-fn free_tcp_port() -> u16 {
-    for _ in 0..1000 {
-        let port = free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free TCP port");
-}
 
 /// A router with `--ws` on a TCP port of its own.
 fn router(neighbors: &[u16], udp: u16) -> (Router, u16) {
@@ -51,6 +41,14 @@ fn connect(port: u16, json_protocol: bool) -> Ws {
     ws
 }
 
+/// A read that found nothing within the socket's timeout.
+fn timed_out(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e) if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
+}
+
 /// The next text frame within `limit` (pings are answered by tungstenite as it reads).
 fn next_text(ws: &mut Ws, limit: Duration) -> Option<String> {
     let deadline = Instant::now() + limit;
@@ -58,11 +56,7 @@ fn next_text(ws: &mut Ws, limit: Duration) -> Option<String> {
         match ws.read() {
             Ok(Message::Text(t)) => return Some(t.to_string()),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(e) => panic!("connection failed: {e}"),
         }
     }
@@ -285,23 +279,7 @@ fn oversized_frames_are_refused_with_a_reason() {
     assert_eq!(next_event(&mut ws)["type"], "welcome");
     let big = "x".repeat(20 * 1024);
     ws.send(Message::Text(big.into())).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        match ws.read() {
-            Ok(Message::Close(Some(frame))) => {
-                assert_eq!(frame.code, CloseCode::Size);
-                return;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("closed without a reason: {e}"),
-        }
-    }
-    panic!("the oversized frame was not refused");
+    assert_eq!(close_code(&mut ws), CloseCode::Size);
 }
 
 #[test]
@@ -347,24 +325,7 @@ fn a_browser_that_never_reads_is_closed_and_the_others_go_on() {
         "the watcher missed messages"
     );
     // The slow one: what was buffered, then the reason it was closed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the slow browser was never closed"
-        );
-        match slow.read() {
-            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("closed without a reason: {e}"),
-        }
-    };
-    assert_eq!(code, Some(CloseCode::Again));
+    assert_eq!(close_code(&mut slow), CloseCode::Again);
     let (_, output) = server.interrupt();
     let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
     assert!(report.contains("closed_slow=1 "), "{report}");
@@ -472,11 +433,7 @@ fn close_code(ws: &mut Ws) -> CloseCode {
         match ws.read() {
             Ok(Message::Close(Some(frame))) => return frame.code,
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(e) => panic!("closed without a reason: {e}"),
         }
     }

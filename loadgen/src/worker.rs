@@ -291,19 +291,15 @@ pub fn receive_loop(
             if shared.browsers.is_browser(receiver as usize) {
                 let now = shared.now_ns();
                 let (tracker, report, interval) = (&mut tracker, &mut report, &mut interval);
-                let alive = shared.browsers.read(receiver as usize, |text| {
-                    let Some(stamp) = Stamp::parse(text) else {
-                        report.tally.foreign += 1;
-                        return;
-                    };
-                    let arrival = tracker.arrive(receiver, stamp.sender, stamp.seq);
-                    report.tally.count(arrival);
-                    if arrival != Arrival::Duplicate && shared.measured(stamp.intended_ns) {
-                        let ns = now.saturating_sub(stamp.intended_ns);
-                        report.latency.record(ns);
-                        interval.record(ns);
-                    }
-                });
+                let alive =
+                    shared
+                        .browsers
+                        .read(receiver as usize, |text| match Stamp::parse(text) {
+                            Some(stamp) => {
+                                account(shared, receiver, stamp, now, tracker, report, interval)
+                            }
+                            None => report.tally.foreign += 1,
+                        });
                 if !alive {
                     report.tally.browsers_lost += 1;
                     let fd = shared.browsers.fd(receiver as usize);
@@ -343,13 +339,15 @@ pub fn receive_loop(
                         continue;
                     }
                 };
-                let arrival = tracker.arrive(receiver, stamp.sender, stamp.seq);
-                report.tally.count(arrival);
-                if arrival != Arrival::Duplicate && shared.measured(stamp.intended_ns) {
-                    let ns = now.saturating_sub(stamp.intended_ns);
-                    report.latency.record(ns);
-                    interval.record(ns);
-                }
+                account(
+                    shared,
+                    receiver,
+                    stamp,
+                    now,
+                    &mut tracker,
+                    &mut report,
+                    &mut interval,
+                );
             }
         }
         shared
@@ -363,6 +361,26 @@ pub fn receive_loop(
         }
     }
     Ok(report)
+}
+
+/// One delivery of `stamp` to `receiver` at `now`: tracked, tallied and, when its intended
+/// time is in the measured window and it is not a duplicate, its latency recorded.
+fn account(
+    shared: &Shared<'_>,
+    receiver: u32,
+    stamp: Stamp,
+    now: u64,
+    tracker: &mut Tracker,
+    report: &mut ReceiveReport,
+    interval: &mut Latency,
+) {
+    let arrival = tracker.arrive(receiver, stamp.sender, stamp.seq);
+    report.tally.count(arrival);
+    if arrival != Arrival::Duplicate && shared.measured(stamp.intended_ns) {
+        let ns = now.saturating_sub(stamp.intended_ns);
+        report.latency.record(ns);
+        interval.record(ns);
+    }
 }
 
 enum Received {

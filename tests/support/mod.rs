@@ -37,6 +37,17 @@ pub fn free_port() -> u16 {
     panic!("no free port from {FIRST} to {}", FIRST + SPAN);
 }
 
+/// A free port for a TCP listener (a router's `--ws`), from the same range as [`free_port`].
+pub fn free_tcp_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port");
+}
+
 pub struct Router {
     pub child: Child,
     pub port: u16,
