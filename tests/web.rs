@@ -489,3 +489,45 @@ fn hostile_frames_get_errors_or_a_reasoned_close_and_the_router_goes_on() {
     let (status, _) = server.interrupt();
     assert!(status.success(), "the router exited with {status}");
 }
+
+#[test]
+fn a_silent_browser_is_closed_after_the_idle_time() {
+    let ws_port = free_tcp_port();
+    let addr = format!("127.0.0.1:{ws_port}");
+    let mut r = Router::start(free_port(), &[], &["--ws", &addr, "--ws-idle", "600ms"]);
+    r.wait_for_line("WebSocket on", WAIT);
+    // One that reads (and so answers the pings) stays; one that never writes is closed. The
+    // silent one speaks the handshake by hand: a WebSocket library would answer the pings.
+    let mut talker = connect(ws_port, true);
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    write!(
+        silent,
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let _ = next_text(&mut talker, Duration::from_millis(100));
+    }
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut received = Vec::new();
+    let _ = silent.read_to_end(&mut received);
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+    // An unmasked close frame (0x88) whose payload begins with code 1001 (0x03e9).
+    assert!(
+        received
+            .windows(4)
+            .any(|w| w[0] == 0x88 && w[2..] == [0x03, 0xe9]),
+        "no close frame with code 1001 in {received:?}"
+    );
+    send(&mut talker, json!({"type": "nick", "name": "talker"}));
+    assert_eq!(
+        wait_for(&mut talker, "ok")["name"],
+        "talker",
+        "still connected"
+    );
+    let (_, output) = r.interrupt();
+    let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
+    assert!(report.contains("closed_idle=1 "), "{report}");
+}

@@ -287,6 +287,7 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
             listen: localhost,
             origins: Vec::new(),
             server: "loadgen".into(),
+            idle: chat_router::web::IDLE,
         }),
     })?)
 }

@@ -108,6 +108,10 @@ struct Cli {
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     ws_origins: Vec<String>,
 
+    /// A browser that sends nothing, not even a pong to the pings, for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration)]
+    ws_idle: Duration,
+
     /// Sessions one IP address may hold on each shard (both protocols together).
     #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_ip)]
     sessions_per_ip: usize,
@@ -198,6 +202,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         ("--user-timeout", cli.user_timeout),
         ("--s2s-refresh", cli.s2s_refresh),
         ("--s2s-timeout", cli.s2s_timeout),
+        ("--ws-idle", cli.ws_idle),
     ] {
         if d.is_zero() {
             return Err(ConfigError::Zero(name));
@@ -255,6 +260,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
             listen: config::parse_address(addr)?,
             origins: cli.ws_origins.clone(),
             server: engine.local.to_string(),
+            idle: cli.ws_idle,
         }),
         None => None,
     };

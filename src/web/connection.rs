@@ -24,9 +24,9 @@ pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 const BATCH: usize = 64;
 /// Events waiting to be written to one connection before it is closed as too slow.
 pub const QUEUE: usize = 1024;
-/// A connection that sends nothing (not even a pong) for this long is closed.
+/// A connection that sends nothing (not even a pong) for this long is closed, unless
+/// `--ws-idle` says otherwise; it is pinged three times meanwhile.
 pub const IDLE: Duration = Duration::from_secs(75);
-const PING_EVERY: Duration = Duration::from_secs(25);
 /// How long one write may wait for the browser to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a close frame may wait behind what the browser has not read yet.
@@ -70,7 +70,8 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
     to_shard(&shared, conn, StreamEvent::Opened(endpoint, protocol)).await;
     let mut first = true;
     let mut heard = Instant::now();
-    let mut ping = interval(PING_EVERY);
+    let idle = shared.cfg.idle;
+    let mut ping = interval(idle / 3);
     ping.tick().await; // the first tick is immediate
     let mut outcome = send(&mut socket, Message::Text(welcome.into())).await;
     while outcome.is_ok() {
@@ -119,7 +120,7 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
                 break;
             }
             _ = ping.tick() => {
-                if heard.elapsed() > IDLE {
+                if heard.elapsed() > idle {
                     bridge.counters.closed_idle.fetch_add(1, Relaxed);
                     let _ = close(&mut socket, 1001, "idle").await;
                     break;

@@ -11,6 +11,8 @@
 pub mod bridge;
 mod connection;
 
+pub use connection::IDLE;
+
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -49,6 +51,8 @@ pub struct WebConfig {
     pub origins: Vec<String>,
     /// This server's name in welcome lines and events.
     pub server: String,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle: std::time::Duration,
 }
 
 /// A connection's way back: its events, and the kick that closes it when it falls behind.
