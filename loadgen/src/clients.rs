@@ -11,6 +11,7 @@ use crate::LoadError;
 use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// Members logged in and joined between two WHO checks (keeps bursts under socket buffers).
@@ -37,9 +38,52 @@ pub fn client_ip(i: usize) -> std::net::Ipv4Addr {
 /// Descriptors kept free for everything that is not a client socket.
 const SPARE_FDS: u64 = 256;
 
+/// Every simulated party's UDP socket, by index: clients, then neighbor servers, then churn
+/// clients; browsers (a range of the clients) have none (they hold a TCP connection instead).
 pub struct Clients {
-    pub sockets: Vec<UdpSocket>,
-    pub addrs: Vec<SocketAddr>,
+    sockets: Vec<UdpSocket>,
+    addrs: Vec<SocketAddr>,
+    browsers: Range<usize>,
+}
+
+/// The sockets by index, skipping the browsers'.
+#[derive(Clone, Copy)]
+pub struct Sockets<'a> {
+    sockets: &'a [UdpSocket],
+    browsers: &'a Range<usize>,
+}
+
+impl<'a> Sockets<'a> {
+    /// Sockets without browsers among them.
+    pub fn plain(sockets: &'a [UdpSocket]) -> Self {
+        Self {
+            sockets,
+            browsers: &(0..0),
+        }
+    }
+
+    /// How many parties, browsers included.
+    pub fn len(&self) -> usize {
+        self.sockets.len() + self.browsers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The socket of party `i`, which is not a browser.
+    pub fn get(&self, i: usize) -> &'a UdpSocket {
+        &self.sockets[physical(self.browsers, i)]
+    }
+}
+
+/// Where party `i` (not a browser) is in a list that skips the browsers.
+fn physical(browsers: &Range<usize>, i: usize) -> usize {
+    debug_assert!(!browsers.contains(&i), "browser {i} has no UDP socket");
+    match i >= browsers.end {
+        true => i - browsers.len(),
+        false => i,
+    }
 }
 
 /// Raises the open-file limit for `clients` sockets and a few more, or says why it cannot.
@@ -57,24 +101,50 @@ pub fn reserve_descriptors(clients: usize) -> Result<(), LoadError> {
 }
 
 impl Clients {
-    /// One socket per client, after raising the open-file limit as far as it goes.
-    pub fn bind(n: usize) -> Result<Clients, LoadError> {
-        reserve_descriptors(n)?;
+    /// One socket for each of `n` parties but the `browsers`; the caller has reserved the
+    /// descriptors ([`reserve_descriptors`]).
+    pub fn bind(n: usize, browsers: Range<usize>) -> Result<Clients, LoadError> {
         let mut sockets = Vec::with_capacity(n);
         let mut addrs = Vec::with_capacity(n);
-        for i in 0..n {
+        for i in (0..n).filter(|i| !browsers.contains(i)) {
             let s = UdpSocket::bind((client_ip(i), 0)).map_err(LoadError::Socket)?;
             addrs.push(s.local_addr().map_err(LoadError::Socket)?);
             sockets.push(s);
         }
-        Ok(Clients { sockets, addrs })
+        Ok(Clients {
+            sockets,
+            addrs,
+            browsers,
+        })
+    }
+
+    pub fn sockets(&self) -> Sockets<'_> {
+        Sockets {
+            sockets: &self.sockets,
+            browsers: &self.browsers,
+        }
+    }
+
+    fn socket(&self, i: usize) -> &UdpSocket {
+        self.sockets().get(i)
+    }
+
+    /// The address of party `i`, which is not a browser.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[physical(&self.browsers, i)]
+    }
+
+    /// The first `n` clients' sockets and addresses, when none of them is a browser.
+    pub fn first(&self, n: usize) -> Option<(&[UdpSocket], &[SocketAddr])> {
+        (self.browsers.is_empty() || self.browsers.start >= n)
+            .then(|| (&self.sockets[..n], &self.addrs[..n]))
     }
 
     fn send(&self, client: u32, target: SocketAddr, request: Inbound) {
         let mut buf = [0u8; 128];
         if let Ok(n) = request.encode(&mut buf, SayLayout::UserFirst) {
             // A lost request is found by the WHO check and sent again.
-            let _ = self.sockets[client as usize].send_to(&buf[..n], target);
+            let _ = self.socket(client as usize).send_to(&buf[..n], target);
         }
     }
 
@@ -136,7 +206,7 @@ impl Clients {
     ) -> Result<(), LoadError> {
         let name = channel_name(channel);
         let asker = wanted[0];
-        let sock = &self.sockets[asker as usize];
+        let sock = self.socket(asker as usize);
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .map_err(LoadError::Socket)?;
         for _ in 0..ATTEMPTS {
@@ -210,7 +280,15 @@ impl Clients {
                     channel: names[c as usize].as_bytes(),
                     text: b"probe",
                 };
-                self.send(plan.members[c as usize][0], target, say);
+                let Some(&prober) = plan.members[c as usize]
+                    .iter()
+                    .find(|&&m| !self.browsers.contains(&(m as usize)))
+                else {
+                    return Err(LoadError::Setup(format!(
+                        "channel {c} has only browsers: the neighbors' subscriptions are probed from a UDP client"
+                    )));
+                };
+                self.send(prober, target, say);
                 pace(i);
             }
             let mut seen = HashSet::new();
@@ -219,7 +297,7 @@ impl Clients {
             while seen.len() < missing.len() && Instant::now() < deadline {
                 let mut got = false;
                 for nb in 0..neighbors {
-                    while let Ok(len) = self.sockets[n + nb].recv(&mut buf) {
+                    while let Ok(len) = self.socket(n + nb).recv(&mut buf) {
                         got = true;
                         if let Ok(Inbound::S2sSay(say)) =
                             duckchat::decode_inbound(&buf[..len], SayLayout::UserFirst)

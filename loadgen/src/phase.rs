@@ -2,6 +2,7 @@
 //! start the sender and the receivers, print a progress line every second, stop sending at
 //! the end of the schedule, wait for the deliveries still in flight, and sum up.
 
+use crate::clients::Sockets;
 use crate::latency::{Latency, Percentiles};
 use crate::machine;
 use crate::plan::Plan;
@@ -12,7 +13,7 @@ use crate::worker::{receive_loop, send_loop, ReceiveReport, Shared};
 use crate::LoadError;
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,7 @@ impl PhaseResult {
 
 pub fn run(
     spec: &PhaseSpec<'_>,
-    sockets: &[UdpSocket],
+    sockets: Sockets<'_>,
     browsers: &Browsers,
     plan: &Plan,
 ) -> Result<PhaseResult, LoadError> {

@@ -7,7 +7,7 @@
 //! With no `--target`, the router runs inside this process; its shards' thread ids let their
 //! CPU time be read apart from loadgen's own.
 
-use crate::clients::Clients;
+use crate::clients::{Clients, Sockets};
 use crate::hostile::{Attacker, Mix};
 use crate::phase::{self, PhaseResult, PhaseSpec};
 use crate::plan::{Membership, Plan};
@@ -98,10 +98,16 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
     let churn = (args.scenario == Scenario::Churn).then_some(args.churn);
     let churners = churn.map_or(0, |c| c.pool);
     // Clients' sockets first, then the neighbor servers', then the churn clients'.
-    // A browser costs a second descriptor, and a third in the embedded router.
-    let browser_fds = args.browsers * if args.target.is_some() { 1 } else { 2 };
-    crate::clients::reserve_descriptors(args.clients + neighbors + churners + browser_fds)?;
-    let clients = Clients::bind(args.clients + neighbors + churners)?;
+    // A browser holds a TCP connection instead of a UDP socket, and the embedded router one
+    // more descriptor for it.
+    let browsers = args.browsers.min(args.clients);
+    let first_browser = args.clients - browsers;
+    let router_fds = if args.target.is_some() { 0 } else { browsers };
+    crate::clients::reserve_descriptors(args.clients + neighbors + churners + router_fds)?;
+    let clients = Clients::bind(
+        args.clients + neighbors + churners,
+        first_browser..args.clients,
+    )?;
     let spec = |label, target, cpu_of, neighbors| PhaseSpec {
         label,
         target,
@@ -116,14 +122,16 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
     };
     let pid = std::process::id();
     let through_reflector = |label| -> Result<(PhaseResult, &'static str), LoadError> {
-        let addrs = &clients.addrs[..args.clients];
+        let (sockets, addrs) = clients.first(args.clients).ok_or_else(|| {
+            LoadError::Setup("the reflector carries UDP clients only: no browsers".into())
+        })?;
         let reflector = Reflector::start(&plan, addrs, args.cores, args.io)?;
         clients.make_nonblocking();
         let cpu_of = Some((pid, reflector.thread_ids().to_vec()));
         let mut spec = spec(label, reflector.addr, cpu_of, 0);
         spec.churn = None; // the reflector ignores everything but SAYs
         let browsers = Browsers::none(args.clients);
-        let result = phase::run(&spec, &clients.sockets[..args.clients], &browsers, &plan)?;
+        let result = phase::run(&spec, Sockets::plain(sockets), &browsers, &plan)?;
         Ok((result, reflector.backend))
     };
 
@@ -138,13 +146,14 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             let (router, target) = match args.target {
                 Some(addr) => (None, addr),
                 None => {
-                    let neighbor_addrs = clients.addrs[args.clients..][..neighbors].to_vec();
+                    let neighbor_addrs = (args.clients..args.clients + neighbors)
+                        .map(|i| clients.addr(i))
+                        .collect();
                     let router = start_router(args, neighbor_addrs)?;
                     let addr = router.local;
                     (Some(router), addr)
                 }
             };
-            let first_browser = args.clients - args.browsers.min(args.clients);
             let browsers = match (args.browsers, &router, args.target_ws) {
                 (0, _, _) => Browsers::none(args.clients),
                 (_, Some(r), _) => {
@@ -188,7 +197,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
                     }
                     (None, _) => None,
                 };
-                let mut result = phase::run(&spec, &clients.sockets, &browsers, &plan)?;
+                let mut result = phase::run(&spec, clients.sockets(), &browsers, &plan)?;
                 result.hostile_sent = attacker.map_or(0, Attacker::stop);
                 if let (Some(a), Some(b)) = (before, drops()) {
                     result.router_drops = Some(b.drops - a.drops);
@@ -208,7 +217,9 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
     };
     // The reflector speaks no S2S, so federation has no ceiling to compare with.
     let ceiling = match (args.scenario, args.ceiling) {
-        (Scenario::Fanout | Scenario::Churn, true) => Some(through_reflector("ceiling")?.0),
+        (Scenario::Fanout | Scenario::Churn, true) if browsers == 0 => {
+            Some(through_reflector("ceiling")?.0)
+        }
         _ => None,
     };
 

@@ -3,6 +3,7 @@
 //! `k` with sequence number `k / n`). Receivers each own a share of the client sockets, wait
 //! on them with epoll, and account for every delivery: tracker, tally, latency.
 
+use crate::clients::Sockets;
 use crate::latency::Latency;
 use crate::pacer::Pacer;
 use crate::plan::Plan;
@@ -15,7 +16,7 @@ use crossbeam_channel::Sender;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ const STALL_NS: u64 = 10_000_000;
 pub struct Shared<'a> {
     pub epoch: Instant,
     /// Non-blocking: one per client, then one per neighbor server.
-    pub sockets: &'a [UdpSocket],
+    pub sockets: Sockets<'a>,
     /// Neighbor servers played by loadgen (their sockets follow the clients').
     pub neighbors: usize,
     pub plan: &'a Plan,
@@ -138,7 +139,7 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
                 }
                 continue;
             }
-            let sock = &shared.sockets[m.socket];
+            let sock = shared.sockets.get(m.socket);
             match sock.send_to(&buf[..m.len], shared.target) {
                 Ok(_) => {
                     report.sent += 1;
@@ -161,7 +162,10 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
                 }
                 let k = churn_pacer.issued() - 1;
                 if let Some((i, len)) = traffic.churn_operation(k, &mut buf) {
-                    let _ = shared.sockets[churn_socket + i].send_to(&buf[..len], shared.target);
+                    let _ = shared
+                        .sockets
+                        .get(churn_socket + i)
+                        .send_to(&buf[..len], shared.target);
                     report.churn_ops += 1;
                 }
             }
@@ -246,7 +250,10 @@ impl KeepAlive {
         let end = (self.cursor + 64).min(self.clients);
         // A browser's session lasts as long as its connection.
         for client in (self.cursor..end).filter(|&c| !shared.browsers.is_browser(c)) {
-            let _ = shared.sockets[client].send_to(&buf[..len], shared.target);
+            let _ = shared
+                .sockets
+                .get(client)
+                .send_to(&buf[..len], shared.target);
         }
         self.cursor = end;
     }
@@ -269,7 +276,7 @@ pub fn receive_loop(
     for &c in clients {
         let fd = match shared.browsers.is_browser(c as usize) {
             true => shared.browsers.fd(c as usize),
-            false => shared.sockets[c as usize].as_raw_fd(),
+            false => shared.sockets.get(c as usize).as_raw_fd(),
         };
         poll.registry()
             .register(&mut SourceFd(&fd), Token(c as usize), Interest::READABLE)?;
@@ -307,7 +314,7 @@ pub fn receive_loop(
                 }
                 continue;
             }
-            let sock = &shared.sockets[receiver as usize];
+            let sock = shared.sockets.get(receiver as usize);
             loop {
                 let n = match sock.recv(&mut buf) {
                     Ok(n) => n,

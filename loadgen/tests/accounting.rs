@@ -103,13 +103,14 @@ fn faulty_reflector(
 #[test]
 fn loss_duplicates_and_reordering_are_counted_exactly() {
     let plan = Plan::new(60, Membership::Fixed { members: 6 }, 1);
-    let clients = Clients::bind(plan.clients()).unwrap();
+    let clients = Clients::bind(plan.clients(), 0..0).unwrap();
     clients.make_nonblocking();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let target = sock.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let reflector = {
-        let (plan, addrs, stop) = (plan.clone(), clients.addrs.clone(), stop.clone());
+        let addrs = clients.first(plan.clients()).unwrap().1.to_vec();
+        let (plan, stop) = (plan.clone(), stop.clone());
         std::thread::spawn(move || faulty_reflector(sock, plan, addrs, stop))
     };
     let spec = PhaseSpec {
@@ -125,7 +126,7 @@ fn loss_duplicates_and_reordering_are_counted_exactly() {
         quiet: true,
     };
     let browsers = loadgen::web::Browsers::none(plan.clients());
-    let result = phase::run(&spec, &clients.sockets, &browsers, &plan).unwrap();
+    let result = phase::run(&spec, clients.sockets(), &browsers, &plan).unwrap();
     stop.store(true, Ordering::Relaxed);
     let score = reflector.join().unwrap();
 
