@@ -15,7 +15,38 @@ use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
-type Ws = WebSocket<TcpStream>;
+type Ws = WebSocket<Retrying>;
+
+/// A TCP stream whose reads and writes are tried again when interrupted (EINTR): the
+/// WebSocket library takes an interrupted call for a failed connection, and such calls are
+/// interrupted here now and then while the embedded router runs.
+pub struct Retrying(TcpStream);
+
+impl std::io::Read for Retrying {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl std::io::Write for Retrying {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
 
 /// How long one browser may take to connect, pick its nick and join.
 const SETUP_WAIT: Duration = Duration::from_secs(10);
@@ -62,7 +93,7 @@ impl Browsers {
             request
                 .headers_mut()
                 .insert("Sec-WebSocket-Protocol", protocol);
-            let (mut ws, _) = tungstenite::client(request, stream)
+            let (mut ws, _) = tungstenite::client(request, Retrying(stream))
                 .map_err(|e| setup(format!("handshake: {e}")))?;
             let channel = channel_name(plan.channel_of[client]);
             for request in [
@@ -74,9 +105,10 @@ impl Browsers {
             }
             wait_for_oks(&mut ws, 2).map_err(|e| setup(format!("waiting for ok: {e}")))?;
             ws.get_ref()
+                .0
                 .set_nonblocking(true)
                 .map_err(LoadError::Socket)?;
-            fds.push(ws.get_ref().as_raw_fd());
+            fds.push(ws.get_ref().0.as_raw_fd());
             conns.push(Mutex::new(ws));
         }
         Ok(Self { first, conns, fds })
@@ -130,7 +162,6 @@ impl Browsers {
                     }
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     // Pongs to the router's pings and buffered frames go out now.
                     let _ = ws.flush();
@@ -172,9 +203,7 @@ fn wait_for_oks(ws: &mut Ws, n: usize) -> Result<(), String> {
             Err(tungstenite::Error::Io(e))
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
             Err(e) => return Err(e.to_string()),
         }
