@@ -3,6 +3,7 @@ pub mod config;
 pub mod engine;
 pub mod fuzz;
 pub mod io;
+pub mod mailbox;
 pub mod mesh;
 pub mod pinned;
 pub mod proto;

@@ -9,6 +9,7 @@
 
 use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
 use crate::io::{self, sys, Backend, IoKind, Transmit};
+use crate::mailbox::{self, MailboxConfig, MailboxServer};
 use crate::mesh::Outgoing;
 use crate::pinned::{Pinned, Start};
 use crate::web::bridge::{Bridge, StreamEvent};
@@ -54,6 +55,8 @@ pub struct RuntimeConfig {
     pub stats_every: Option<Duration>,
     /// Browsers over WebSocket (`--ws`), on their own thread.
     pub web: Option<WebConfig>,
+    /// Direct messages with a durable mailbox (`--mailbox`), on their own thread.
+    pub mailbox: Option<MailboxConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -76,6 +79,11 @@ pub enum RuntimeError {
     TooManyShards(usize),
     #[error("cannot serve WebSocket on {addr}: {source}")]
     Web {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the mailbox on {addr}: {source}")]
+    Mailbox {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -135,6 +143,9 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
             web.local
         );
     }
+    if let Some(mailbox) = &router.mailbox {
+        println!("router: mailbox on {}", mailbox.local);
+    }
     let _ = std::io::stdout().flush();
     wait_for_stop(
         &signals,
@@ -164,6 +175,8 @@ pub struct Running {
     pub counters: Vec<Arc<Counters>>,
     /// The WebSocket server, with `--ws`.
     pub web: Option<WebServer>,
+    /// The mailbox server, with `--mailbox`.
+    pub mailbox: Option<MailboxServer>,
     shared: Arc<Shared>,
     threads: Pinned,
 }
@@ -188,6 +201,9 @@ impl Running {
     fn halt(&mut self) {
         if let Some(web) = &mut self.web {
             web.stop();
+        }
+        if let Some(mailbox) = &mut self.mailbox {
+            mailbox.stop();
         }
         self.shared.halt();
         self.threads.join();
@@ -295,12 +311,25 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         },
         _ => None,
     };
+    let mailbox = match &cfg.mailbox {
+        Some(mailbox_cfg) => match mailbox::start(mailbox_cfg.clone()) {
+            Ok(server) => Some(server),
+            Err(source) => {
+                shared.halt();
+                threads.join();
+                let addr = mailbox_cfg.listen;
+                return Err(RuntimeError::Mailbox { addr, source });
+            }
+        },
+        None => None,
+    };
     Ok(Running {
         local: engine_cfg.local,
         backend: io_kind.name(),
         fallback,
         counters,
         web,
+        mailbox,
         shared,
         threads,
     })

@@ -300,5 +300,6 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
             server: "loadgen".into(),
             idle: chat_router::web::IDLE,
         }),
+        mailbox: None,
     })?)
 }

@@ -3,6 +3,7 @@
 use chat_router::config::{self, ConfigError};
 use chat_router::engine::{Cluster, Config, Federation, Limits, Neighbors, Order};
 use chat_router::io::{sys, IoKind};
+use chat_router::mailbox::MailboxConfig;
 use chat_router::proto::duckchat::SayLayout;
 use chat_router::proto::text;
 use chat_router::runtime::{self, RuntimeConfig};
@@ -18,6 +19,14 @@ enum Layout {
     UserFirst,
     /// channel @12, username @44: seed 000's variant.
     ChannelFirst,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Flush {
+    /// Group commit: one flush for every request waiting.
+    Group,
+    /// One flush per request.
+    Each,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -107,6 +116,19 @@ struct Cli {
     /// without any, every origin is allowed.
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     ws_origins: Vec<String>,
+
+    /// Serve the mailbox (direct messages, stored until delivered) on this TCP address.
+    #[arg(long, value_name = "ADDR")]
+    mailbox: Option<String>,
+
+    /// Where the mailbox keeps its database.
+    #[arg(long, value_name = "DIR", default_value = "chat-router-data")]
+    data_dir: PathBuf,
+
+    /// group: many requests share one flush to disk; each: one flush per request (slower,
+    /// for comparison). Both answer only after the disk has the change.
+    #[arg(long, value_enum, default_value = "group")]
+    mailbox_flush: Flush,
 
     /// A browser that sends nothing, not even a pong to the pings, for this long is closed.
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration)]
@@ -264,12 +286,21 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         }),
         None => None,
     };
+    let mailbox = match &cli.mailbox {
+        Some(addr) => {
+            let mut m = MailboxConfig::new(config::parse_address(addr)?, cli.data_dir.clone());
+            m.group_commit = matches!(cli.mailbox_flush, Flush::Group);
+            Some(m)
+        }
+        None => None,
+    };
     Ok(RuntimeConfig {
         engine,
         cores,
         io: cli.io,
         stats_every: cli.stats_every,
         web,
+        mailbox,
     })
 }
 

@@ -1,0 +1,336 @@
+//! Direct messages with a durable mailbox (`router --mailbox ADDR`, `docs/mailbox.md`): the
+//! original messaging service's TCP protocol ([`proto`]) on its own thread (a single-threaded
+//! tokio runtime), a store on disk ([`store`]) written by one thread with group commit, and one
+//! deliverer per connected user that pushes that user's stored messages in the order they were
+//! sent, removing each once its push has succeeded. The UDP shards never wait on the disk.
+
+pub mod proto;
+pub mod store;
+
+use proto::{reply, Parse, Request};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use store::{SendOutcome, Store, StoreLimits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout, Instant};
+
+/// A connection that has not sent a whole request within this long is closed, unanswered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a push keeps trying to reach a client's listen port (the original client starts
+/// listening only after it has read its CONNECT reply).
+const PUSH_PATIENCE: Duration = Duration::from_secs(3);
+/// Stored messages a deliverer reads from the store at a time.
+const DELIVERY_BATCH: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    pub listen: SocketAddr,
+    /// Where the database lives (`mailbox.redb` in it).
+    pub data_dir: PathBuf,
+    /// Many requests share one transaction and one flush; off: one flush per request.
+    pub group_commit: bool,
+    pub limits: StoreLimits,
+}
+
+impl MailboxConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            group_commit: true,
+            limits: StoreLimits {
+                per_user: 10_000,
+                total: 1_000_000,
+            },
+        }
+    }
+}
+
+/// A connected user: where pushes go, and its deliverer's wake-up.
+struct Online {
+    addr: SocketAddr,
+    wake: Arc<Notify>,
+    /// Which CONNECT this is: a deliverer of an earlier one stops.
+    generation: u64,
+}
+
+struct Shared {
+    store: Store,
+    online: Mutex<HashMap<String, Online>>,
+    generations: AtomicU64,
+}
+
+impl Shared {
+    fn online(&self) -> std::sync::MutexGuard<'_, HashMap<String, Online>> {
+        self.online.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct MailboxServer {
+    pub local: SocketAddr,
+    stop: Arc<Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MailboxServer {
+    pub fn stop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MailboxServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Opens the store and binds `cfg.listen` (errors are reported here), then starts the thread.
+pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let store = Store::open(
+        &cfg.data_dir.join("mailbox.redb"),
+        cfg.limits,
+        cfg.group_commit,
+    )
+    .map_err(std::io::Error::other)?;
+    let listener = std::net::TcpListener::bind(cfg.listen)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(Notify::new());
+    let shared = Arc::new(Shared {
+        store,
+        online: Mutex::new(HashMap::new()),
+        generations: AtomicU64::new(0),
+    });
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("mailbox".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = accept(listener, shared) => {}
+                        _ = stop.notified() => {}
+                    }
+                })
+            })?
+    };
+    Ok(MailboxServer {
+        local,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((conn, peer)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(handle(conn, peer, shared.clone()));
+    }
+}
+
+/// One connection, one request: read it whole (within [`REQUEST_TIMEOUT`]), carry it out,
+/// answer. A connection that closes early, idles or sends garbage is closed and changes
+/// nothing.
+async fn handle(mut conn: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = conn.set_nodelay(true);
+    let Some(request) = read_request(&mut conn).await else {
+        return;
+    };
+    let answer = carry_out(request, peer, &shared).await;
+    let _ = timeout(REQUEST_TIMEOUT, conn.write_all(&answer)).await;
+}
+
+async fn read_request(conn: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::with_capacity(128);
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut chunk = [0u8; 512];
+    loop {
+        match proto::parse(&buf) {
+            Ok(request) => return Some(request),
+            Err(Parse::Bad(_)) => return None,
+            Err(Parse::Incomplete) if buf.len() >= proto::MAX_REQUEST => return None,
+            Err(Parse::Incomplete) => {}
+        }
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None; // closed before a whole request: nothing happens
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> Vec<u8> {
+    let store = &shared.store;
+    let code = match request {
+        Request::Register { user } => match store.register(user).await {
+            Some(true) => reply::OK,
+            Some(false) => reply::ONE,
+            None => reply::TWO,
+        },
+        Request::Unregister { user } => {
+            shared.online().remove(&user);
+            match store.unregister(user).await {
+                Some(true) => reply::OK,
+                Some(false) => reply::ONE,
+                None => reply::TWO,
+            }
+        }
+        Request::Connect { user, port } => match store.is_registered(&user) {
+            Ok(false) => reply::ONE,
+            Err(_) => reply::FAILURE,
+            Ok(true) => {
+                let mut online = shared.online();
+                if online.contains_key(&user) {
+                    reply::TWO
+                } else {
+                    let generation = shared.generations.fetch_add(1, Relaxed);
+                    let wake = Arc::new(Notify::new());
+                    let addr = SocketAddr::new(peer.ip(), port);
+                    online.insert(
+                        user.clone(),
+                        Online {
+                            addr,
+                            wake: wake.clone(),
+                            generation,
+                        },
+                    );
+                    tokio::spawn(deliver(user, generation, addr, wake, shared.clone()));
+                    reply::OK
+                }
+            }
+        },
+        Request::Disconnect { user } => match store.is_registered(&user) {
+            Ok(false) => reply::ONE,
+            Err(_) => reply::FAILURE,
+            Ok(true) => match shared.online().remove(&user) {
+                Some(_) => reply::OK,
+                None => reply::TWO,
+            },
+        },
+        Request::Send { from, to, text } => match store.send(from, to.clone(), text).await {
+            Some(SendOutcome::Stored { id, .. }) => {
+                if let Some(online) = shared.online().get(&to) {
+                    online.wake.notify_one();
+                }
+                let mut answer = vec![reply::OK];
+                answer.extend_from_slice(id.to_string().as_bytes());
+                answer.push(0);
+                return answer;
+            }
+            Some(SendOutcome::UnknownUser) => reply::ONE,
+            Some(SendOutcome::Full) | None => reply::TWO,
+        },
+    };
+    vec![code]
+}
+
+/// Pushes `user`'s stored messages in order while it stays connected (this CONNECT of it):
+/// each is removed from the store once its push has succeeded, and its sender, if connected,
+/// gets the acknowledgement. A push that fails marks the user disconnected; the message stays.
+async fn deliver(
+    user: String,
+    generation: u64,
+    addr: SocketAddr,
+    wake: Arc<Notify>,
+    shared: Arc<Shared>,
+) {
+    let still_online = |shared: &Shared| {
+        shared
+            .online()
+            .get(&user)
+            .is_some_and(|o| o.generation == generation)
+    };
+    loop {
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if !still_online(&shared) {
+            return;
+        }
+        let pending = match shared.store.pending(&user, DELIVERY_BATCH) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        if pending.is_empty() {
+            woken.await;
+            continue;
+        }
+        for message in pending {
+            if !still_online(&shared) {
+                return;
+            }
+            let push = proto::message_push(&message.sender, message.id, &message.text);
+            if push_to(addr, &push).await.is_err() {
+                let mut online = shared.online();
+                if online
+                    .get(&user)
+                    .is_some_and(|o| o.generation == generation)
+                {
+                    online.remove(&user);
+                }
+                return;
+            }
+            if shared
+                .store
+                .delivered(user.clone(), message.seq)
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let sender = shared.online().get(&message.sender).map(|o| o.addr);
+            if let Some(sender_addr) = sender {
+                let ack = proto::ack_push(message.id);
+                tokio::spawn(async move {
+                    let _ = push_to(sender_addr, &ack).await;
+                });
+            }
+        }
+    }
+}
+
+/// One push on a new connection, retried while the listener is not up yet.
+async fn push_to(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
+    let deadline = Instant::now() + PUSH_PATIENCE;
+    let mut conn = loop {
+        match timeout(PUSH_PATIENCE, TcpStream::connect(addr)).await {
+            Ok(Ok(conn)) => break conn,
+            Ok(Err(e))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    };
+    timeout(PUSH_PATIENCE, async {
+        conn.write_all(bytes).await?;
+        conn.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}

@@ -1,0 +1,314 @@
+//! The mailbox's durable state in an embedded database (redb: pure Rust, ACID, crash-safe
+//! copy-on-write B-trees, no C to build): registered users and stored messages, each message
+//! under its recipient and a sequence number, so a recipient's messages come back in the order
+//! they were sent. One writer thread takes every change and applies whatever has queued up in
+//! one transaction with one flush (group commit); a request is answered only after its
+//! transaction is on disk. Readers use their own read transactions and never wait for it.
+
+use crossbeam_channel::{Receiver, Sender};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use tokio::sync::oneshot;
+
+const USERS: TableDefinition<&str, u8> = TableDefinition::new("users");
+/// (recipient, sequence) -> id (4 bytes, little endian), sender length (1), sender, text.
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Changes applied in one transaction at most; more wait for the next.
+const BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the mailbox database: {0}")]
+    Db(String),
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// Bounds on what the store keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Messages stored for one recipient.
+    pub per_user: u64,
+    /// Messages stored in all.
+    pub total: u64,
+}
+
+/// A stored message, as it is pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub id: u32,
+    pub sender: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    Stored { id: u32, seq: u64 },
+    UnknownUser,
+    Full,
+}
+
+/// A change for the writer thread, with where its outcome goes.
+enum Job {
+    Register(String, oneshot::Sender<bool>),
+    Unregister(String, oneshot::Sender<bool>),
+    Send {
+        from: String,
+        to: String,
+        text: String,
+        done: oneshot::Sender<SendOutcome>,
+    },
+    Delivered(String, u64, oneshot::Sender<()>),
+}
+
+/// The handle every connection uses; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: std::sync::Arc<Database>,
+    jobs: Sender<Job>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and starts the writer thread. With
+    /// `group_commit` false, every change is its own transaction and flush (for comparison).
+    pub fn open(path: &Path, limits: StoreLimits, group_commit: bool) -> Result<Self, StoreError> {
+        let db = std::sync::Arc::new(Database::create(path).map_err(db_err)?);
+        {
+            // The tables exist from the start, so readers never find one missing.
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(USERS).map_err(db_err)?;
+            txn.open_table(MESSAGES).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+        }
+        let (jobs, queue) = crossbeam_channel::bounded(16 * BATCH);
+        let writer = db.clone();
+        let batch = if group_commit { BATCH } else { 1 };
+        std::thread::Builder::new()
+            .name("mailbox-store".into())
+            .spawn(move || write_loop(&writer, &queue, limits, batch))
+            .map_err(db_err)?;
+        Ok(Self { db, jobs })
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
+        let (done, outcome) = oneshot::channel();
+        let jobs = self.jobs.clone();
+        let job = job(done);
+        // The queue is bounded: a full one makes this connection wait, off the runtime thread.
+        tokio::task::spawn_blocking(move || jobs.send(job))
+            .await
+            .ok()?
+            .ok()?;
+        outcome.await.ok()
+    }
+
+    /// True when `user` was not registered and now is.
+    pub async fn register(&self, user: String) -> Option<bool> {
+        self.ask(|done| Job::Register(user, done)).await
+    }
+
+    /// True when `user` was registered and no longer is (its stored messages go with it).
+    pub async fn unregister(&self, user: String) -> Option<bool> {
+        self.ask(|done| Job::Unregister(user, done)).await
+    }
+
+    pub async fn send(&self, from: String, to: String, text: String) -> Option<SendOutcome> {
+        self.ask(|done| Job::Send {
+            from,
+            to,
+            text,
+            done,
+        })
+        .await
+    }
+
+    /// Removes a message that has been pushed.
+    pub async fn delivered(&self, recipient: String, seq: u64) -> Option<()> {
+        self.ask(|done| Job::Delivered(recipient, seq, done)).await
+    }
+
+    pub fn is_registered(&self, user: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let users = txn.open_table(USERS).map_err(db_err)?;
+        Ok(users.get(user).map_err(db_err)?.is_some())
+    }
+
+    /// The first `max` messages stored for `recipient`, in the order they were sent.
+    pub fn pending(&self, recipient: &str, max: usize) -> Result<Vec<Stored>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let messages = txn.open_table(MESSAGES).map_err(db_err)?;
+        let range = messages
+            .range((recipient, 0)..=(recipient, u64::MAX))
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in range.take(max) {
+            let (key, value) = entry.map_err(db_err)?;
+            if let Some(stored) = decode(key.value().1, value.value()) {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn encode(id: u32, sender: &str, text: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + sender.len() + text.len());
+    v.extend_from_slice(&id.to_le_bytes());
+    v.push(sender.len() as u8);
+    v.extend_from_slice(sender.as_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+fn decode(seq: u64, v: &[u8]) -> Option<Stored> {
+    let id = u32::from_le_bytes(v.get(..4)?.try_into().ok()?);
+    let n = usize::from(*v.get(4)?);
+    let sender = std::str::from_utf8(v.get(5..5 + n)?).ok()?.to_string();
+    let text = std::str::from_utf8(v.get(5 + n..)?).ok()?.to_string();
+    Some(Stored {
+        seq,
+        id,
+        sender,
+        text,
+    })
+}
+
+/// Takes jobs as they come, up to `batch` at a time into one transaction, commits it durably,
+/// then gives each job its outcome.
+fn write_loop(db: &Database, queue: &Receiver<Job>, limits: StoreLimits, batch: usize) {
+    let mut jobs = Vec::with_capacity(batch);
+    while let Ok(first) = queue.recv() {
+        jobs.push(first);
+        while jobs.len() < batch {
+            let Ok(next) = queue.try_recv() else { break };
+            jobs.push(next);
+        }
+        match apply(db, &mut jobs, limits) {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                    outcome.give(job);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is stored: every job's sender gets no outcome (its
+                // connection answers "failure"), and the store goes on with the next batch.
+                eprintln!("router: mailbox: {e}");
+                jobs.clear();
+            }
+        }
+    }
+}
+
+/// A job's outcome, held until its transaction is committed.
+enum Outcome {
+    Flag(bool),
+    Send(SendOutcome),
+    Done,
+}
+
+impl Outcome {
+    fn give(self, job: Job) {
+        match (job, self) {
+            (Job::Register(_, done) | Job::Unregister(_, done), Outcome::Flag(f)) => {
+                let _ = done.send(f);
+            }
+            (Job::Send { done, .. }, Outcome::Send(s)) => {
+                let _ = done.send(s);
+            }
+            (Job::Delivered(_, _, done), Outcome::Done) => {
+                let _ = done.send(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The next value of a counter kept in `meta`.
+fn counter(meta: &mut redb::Table<&str, u64>, key: &str) -> Result<u64, StoreError> {
+    let n = meta.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+    meta.insert(key, n + 1).map_err(db_err)?;
+    Ok(n)
+}
+
+fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Outcome>, StoreError> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    {
+        let mut users = txn.open_table(USERS).map_err(db_err)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        for job in jobs.iter() {
+            let outcome = match job {
+                Job::Register(user, _) => {
+                    let known = users.get(user.as_str()).map_err(db_err)?.is_some();
+                    if !known {
+                        users.insert(user.as_str(), 1).map_err(db_err)?;
+                    }
+                    Outcome::Flag(!known)
+                }
+                Job::Unregister(user, _) => {
+                    let known = users.remove(user.as_str()).map_err(db_err)?.is_some();
+                    if known {
+                        let stored = messages
+                            .extract_from_if(
+                                (user.as_str(), 0)..=(user.as_str(), u64::MAX),
+                                |_, _| true,
+                            )
+                            .map_err(db_err)?
+                            .count();
+                        let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
+                        meta.insert("stored", total.saturating_sub(stored as u64))
+                            .map_err(db_err)?;
+                    }
+                    Outcome::Flag(known)
+                }
+                Job::Send { from, to, text, .. } => {
+                    let registered = |u: &str| users.get(u).map(|v| v.is_some());
+                    if !registered(from).map_err(db_err)? || !registered(to).map_err(db_err)? {
+                        outcomes.push(Outcome::Send(SendOutcome::UnknownUser));
+                        continue;
+                    }
+                    let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
+                    let mine = messages
+                        .range((to.as_str(), 0)..=(to.as_str(), u64::MAX))
+                        .map_err(db_err)?
+                        .take(limits.per_user as usize)
+                        .count() as u64;
+                    if total >= limits.total || mine >= limits.per_user {
+                        outcomes.push(Outcome::Send(SendOutcome::Full));
+                        continue;
+                    }
+                    let id = counter(&mut meta, "next_id")? as u32;
+                    let seq = counter(&mut meta, "next_seq")?;
+                    messages
+                        .insert((to.as_str(), seq), encode(id, from, text).as_slice())
+                        .map_err(db_err)?;
+                    meta.insert("stored", total + 1).map_err(db_err)?;
+                    Outcome::Send(SendOutcome::Stored { id, seq })
+                }
+                Job::Delivered(recipient, seq, _) => {
+                    if messages
+                        .remove((recipient.as_str(), *seq))
+                        .map_err(db_err)?
+                        .is_some()
+                    {
+                        let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
+                        meta.insert("stored", total.saturating_sub(1))
+                            .map_err(db_err)?;
+                    }
+                    Outcome::Done
+                }
+            };
+            outcomes.push(outcome);
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(outcomes)
+}

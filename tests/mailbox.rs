@@ -1,0 +1,302 @@
+//! The mailbox against real router processes, byte for byte as the original's Python client
+//! speaks it: replies, pushes to the client's listen port (which it opens only after reading
+//! its CONNECT reply), stored messages delivered in order exactly once, connections that close
+//! early or go silent, and kill -9 in the middle of a burst of SENDs.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::{free_port, free_tcp_port, Router, WAIT};
+
+struct Mailbox {
+    router: Router,
+    port: u16,
+}
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("chat-router-mailbox-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start(dir: &Path, port: u16) -> Mailbox {
+    let addr = format!("127.0.0.1:{port}");
+    let mut router = Router::start(
+        free_port(),
+        &[],
+        &[
+            "--mailbox",
+            &addr,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--cores",
+            "1",
+        ],
+    );
+    router.wait_for_line("mailbox on", WAIT);
+    Mailbox { router, port }
+}
+
+impl Mailbox {
+    /// One request on its own connection; the whole answer.
+    fn ask(&self, fields: &[&str]) -> Vec<u8> {
+        let mut c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut request = Vec::new();
+        for f in fields {
+            request.extend_from_slice(f.as_bytes());
+            request.push(0);
+        }
+        c.write_all(&request).unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).unwrap();
+        answer
+    }
+}
+
+/// A client's listen port, as the Python client opens one.
+struct Listener(TcpListener);
+
+impl Listener {
+    fn new() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        Listener(l)
+    }
+
+    fn port(&self) -> String {
+        self.0.local_addr().unwrap().port().to_string()
+    }
+
+    /// The pushes that arrive within `limit` (each on its own connection), as field lists,
+    /// until `want` have come.
+    fn pushes(&self, want: usize, limit: Duration) -> Vec<Vec<String>> {
+        self.pushes_until(want, limit, limit)
+    }
+
+    /// Pushes until `want` have come, none came for `quiet`, or `limit` passed.
+    fn pushes_until(&self, want: usize, quiet: Duration, limit: Duration) -> Vec<Vec<String>> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + limit;
+        let mut last = Instant::now();
+        while got.len() < want && Instant::now() < deadline && last.elapsed() < quiet {
+            match self.0.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(WAIT)).unwrap();
+                    let mut bytes = Vec::new();
+                    c.read_to_end(&mut bytes).unwrap();
+                    let fields: Vec<String> = bytes
+                        .split(|&b| b == 0)
+                        .filter(|f| !f.is_empty())
+                        .map(|f| String::from_utf8_lossy(f).into_owned())
+                        .collect();
+                    got.push(fields);
+                    last = Instant::now();
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        got
+    }
+}
+
+fn message(sender: &str, id: u32, text: &str) -> Vec<String> {
+    vec![
+        "SEND_MESSAGE".into(),
+        sender.into(),
+        id.to_string(),
+        text.into(),
+    ]
+}
+
+#[test]
+fn the_protocol_byte_for_byte() {
+    let dir = data_dir("protocol");
+    let m = start(&dir, free_tcp_port());
+    assert_eq!(m.ask(&["REGISTER", "amy"]), [0]);
+    assert_eq!(m.ask(&["REGISTER", "amy"]), [1]);
+    assert_eq!(m.ask(&["REGISTER", "bob"]), [0]);
+    assert_eq!(m.ask(&["UNREGISTER", "zed"]), [1]);
+    assert_eq!(m.ask(&["CONNECT", "zed", "5000"]), [1]);
+    assert_eq!(m.ask(&["DISCONNECT", "zed"]), [1]);
+    assert_eq!(m.ask(&["DISCONNECT", "bob"]), [2], "not connected");
+    assert_eq!(m.ask(&["SEND", "amy", "zed", "hi"]), [1]);
+    // bob is offline: stored, with an id.
+    assert_eq!(m.ask(&["SEND", "amy", "bob", "first"]), b"\x000\0");
+    let (amy, bob) = (Listener::new(), Listener::new());
+    assert_eq!(m.ask(&["CONNECT", "amy", &amy.port()]), [0]);
+    assert_eq!(
+        m.ask(&["CONNECT", "amy", &amy.port()]),
+        [2],
+        "already connected"
+    );
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    assert_eq!(bob.pushes(1, WAIT), [message("amy", 0, "first")]);
+    assert_eq!(
+        amy.pushes(1, WAIT),
+        [vec!["SEND_MESS_ACK".to_string(), "0".into()]]
+    );
+    // Both online: pushed at once, acknowledged.
+    assert_eq!(m.ask(&["SEND", "bob", "amy", "hello amy"]), b"\x001\0");
+    assert_eq!(amy.pushes(1, WAIT), [message("bob", 1, "hello amy")]);
+    assert_eq!(
+        bob.pushes(1, WAIT),
+        [vec!["SEND_MESS_ACK".to_string(), "1".into()]]
+    );
+    assert_eq!(m.ask(&["DISCONNECT", "bob"]), [0]);
+    assert_eq!(m.ask(&["UNREGISTER", "bob"]), [0]);
+    assert_eq!(m.ask(&["SEND", "amy", "bob", "gone"]), [1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stored_messages_arrive_in_order_exactly_once() {
+    let dir = data_dir("order");
+    let m = start(&dir, free_tcp_port());
+    for u in ["amy", "bob"] {
+        assert_eq!(m.ask(&["REGISTER", u]), [0]);
+    }
+    for i in 0..30 {
+        let answer = m.ask(&["SEND", "amy", "bob", &format!("m{i}")]);
+        assert_eq!(answer[0], 0);
+    }
+    let bob = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    let got = bob.pushes(30, WAIT);
+    let texts: Vec<&str> = got.iter().map(|p| p[3].as_str()).collect();
+    let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, want);
+    assert!(
+        bob.pushes(1, Duration::from_millis(500)).is_empty(),
+        "nothing twice"
+    );
+    assert_eq!(m.ask(&["DISCONNECT", "bob"]), [0]);
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    assert!(
+        bob.pushes(1, Duration::from_millis(500)).is_empty(),
+        "not again on reconnect"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn early_closes_half_requests_and_garbage_change_nothing() {
+    let dir = data_dir("hostile");
+    let m = start(&dir, free_tcp_port());
+    // Connects and closes without a request.
+    drop(TcpStream::connect(("127.0.0.1", m.port)).unwrap());
+    // Half a request, then silence: it must not hold up anyone else.
+    let mut half = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+    half.write_all(b"REGISTER\0ha").unwrap();
+    // Garbage.
+    let mut junk = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+    junk.write_all(&[0xff; 600]).unwrap();
+    junk.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = Vec::new();
+    let _ = junk.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "garbage gets no answer: {answer:?}");
+    assert_eq!(
+        m.ask(&["REGISTER", "amy"]),
+        [0],
+        "while a half request waits"
+    );
+    // The half request, closed early, did nothing: "ha" was never registered.
+    drop(half);
+    assert_eq!(m.ask(&["REGISTER", "ha"]), [0]);
+    // A short request is never replayed as the previous one (the original's phantom SENDs).
+    assert_eq!(m.ask(&["REGISTER", "bob"]), [0]);
+    assert_eq!(m.ask(&["SEND", "amy", "bob", "once"]), b"\x000\0");
+    drop(TcpStream::connect(("127.0.0.1", m.port)).unwrap());
+    let bob = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    assert_eq!(
+        bob.pushes(2, Duration::from_secs(2)),
+        [message("amy", 0, "once")]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_9() {
+    let dir = data_dir("crash");
+    let port = free_tcp_port();
+    let mut m = start(&dir, port);
+    for u in ["bob", "s0", "s1", "s2", "s3"] {
+        assert_eq!(m.ask(&["REGISTER", u]), [0]);
+    }
+    // Four senders send as fast as they can; the router is killed in the middle.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                for i in 0..100_000 {
+                    let text = format!("s{s}-{i}");
+                    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                    let request = format!("SEND\0s{s}\0bob\0{text}\0");
+                    if c.write_all(request.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut answer = Vec::new();
+                    let _ = c.read_to_end(&mut answer);
+                    match answer.first() {
+                        Some(0) => acked.lock().unwrap().push(text),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    m.router.kill(); // SIGKILL
+    for s in senders {
+        s.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
+    let m = start(&dir, port);
+    let bob = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    // Everything acknowledged, then whatever else comes before a second of quiet.
+    let mut got = bob.pushes(acked.len(), Duration::from_secs(30));
+    got.extend(bob.pushes_until(8, Duration::from_secs(1), Duration::from_secs(5)));
+    let texts: Vec<String> = got.iter().map(|p| p[3].clone()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for t in &texts {
+        assert!(seen.insert(t.clone()), "{t} delivered twice");
+    }
+    for a in &acked {
+        assert!(seen.contains(a), "{a} was acknowledged and lost");
+    }
+    // At most the messages stored whose answer the kill cut off come on top, and in each
+    // sender's order.
+    assert!(
+        texts.len() <= acked.len() + 4,
+        "{} delivered, {} acknowledged",
+        texts.len(),
+        acked.len()
+    );
+    for s in 0..4 {
+        let mine: Vec<u64> = texts
+            .iter()
+            .filter_map(|t| {
+                t.strip_prefix(&format!("s{s}-"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "s{s} out of order");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
