@@ -300,3 +300,34 @@ fn acknowledged_messages_survive_kill_9() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sender_who_was_away_gets_its_acknowledgement_when_it_connects() {
+    let dir = data_dir("ack");
+    let m = start(&dir, free_tcp_port());
+    for u in ["amy", "bob"] {
+        assert_eq!(m.ask(&["REGISTER", u]), [0]);
+    }
+    // amy sends while offline; bob gets it; amy is not connected to hear of it.
+    assert_eq!(
+        m.ask(&["SEND", "amy", "bob", "while you were out"]),
+        b"\x000\0"
+    );
+    let bob = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    assert_eq!(
+        bob.pushes(1, WAIT),
+        [message("amy", 0, "while you were out")]
+    );
+    // The acknowledgement waits (on disk) for amy's next CONNECT, then comes once.
+    let amy = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "amy", &amy.port()]), [0]);
+    assert_eq!(
+        amy.pushes(1, WAIT),
+        [vec!["SEND_MESS_ACK".to_string(), "0".into()]]
+    );
+    assert_eq!(m.ask(&["DISCONNECT", "amy"]), [0]);
+    assert_eq!(m.ask(&["CONNECT", "amy", &amy.port()]), [0]);
+    assert!(amy.pushes(1, Duration::from_millis(500)).is_empty(), "once");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -65,11 +65,19 @@ struct Shared {
     store: Store,
     online: Mutex<HashMap<String, Online>>,
     generations: AtomicU64,
+    /// One lock per user, held by its deliverer from reading the store until what it pushed
+    /// is removed: a deliverer of a new CONNECT never sees what an old one has just pushed.
+    delivering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Shared {
     fn online(&self) -> std::sync::MutexGuard<'_, HashMap<String, Online>> {
         self.online.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn delivery_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.delivering.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(user.to_string()).or_default().clone()
     }
 }
 
@@ -114,6 +122,7 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
         store,
         online: Mutex::new(HashMap::new()),
         generations: AtomicU64::new(0),
+        delivering: Mutex::new(HashMap::new()),
     });
     let thread = {
         let stop = stop.clone();
@@ -191,6 +200,11 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
         },
         Request::Unregister { user } => {
             shared.online().remove(&user);
+            shared
+                .delivering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&user);
             match store.unregister(user).await {
                 Some(true) => reply::OK,
                 Some(false) => reply::ONE,
@@ -262,20 +276,34 @@ async fn deliver(
             .get(&user)
             .is_some_and(|o| o.generation == generation)
     };
+    let lock = shared.delivery_lock(&user);
     loop {
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let turn = lock.lock().await;
         if !still_online(&shared) {
             return;
         }
-        let pending = match shared.store.pending(&user, DELIVERY_BATCH) {
-            Ok(p) => p,
-            Err(_) => return,
+        let (acks, pending) = match (
+            shared.store.owed_acks(&user, DELIVERY_BATCH),
+            shared.store.pending(&user, DELIVERY_BATCH),
+        ) {
+            (Ok(a), Ok(p)) => (a, p),
+            _ => return,
         };
-        if pending.is_empty() {
+        if acks.is_empty() && pending.is_empty() {
+            drop(turn);
             woken.await;
             continue;
+        }
+        for (seq, id) in acks {
+            if !still_online(&shared) || push_to(addr, &proto::ack_push(id)).await.is_err() {
+                return drop_if_current(&shared, &user, generation);
+            }
+            if shared.store.acked(user.clone(), seq).await.is_none() {
+                return;
+            }
         }
         for message in pending {
             if !still_online(&shared) {
@@ -283,31 +311,39 @@ async fn deliver(
             }
             let push = proto::message_push(&message.sender, message.id, &message.text);
             if push_to(addr, &push).await.is_err() {
-                let mut online = shared.online();
-                if online
-                    .get(&user)
-                    .is_some_and(|o| o.generation == generation)
-                {
-                    online.remove(&user);
-                }
-                return;
+                return drop_if_current(&shared, &user, generation);
             }
+            // The sender hears now if it is connected and the push works; else it is owed.
+            let sender = shared.online().get(&message.sender).map(|o| o.addr);
+            let told = match sender {
+                Some(sender_addr) => push_to(sender_addr, &proto::ack_push(message.id))
+                    .await
+                    .is_ok(),
+                None => false,
+            };
             if shared
                 .store
-                .delivered(user.clone(), message.seq)
+                .delivered(user.clone(), &message, !told)
                 .await
                 .is_none()
             {
                 return;
             }
-            let sender = shared.online().get(&message.sender).map(|o| o.addr);
-            if let Some(sender_addr) = sender {
-                let ack = proto::ack_push(message.id);
-                tokio::spawn(async move {
-                    let _ = push_to(sender_addr, &ack).await;
-                });
+            if !told {
+                // The sender may have connected meanwhile: its deliverer finds the owed one.
+                if let Some(sender) = shared.online().get(&message.sender) {
+                    sender.wake.notify_one();
+                }
             }
         }
+    }
+}
+
+/// A push to `user` failed: it is marked disconnected, unless it has connected again since.
+fn drop_if_current(shared: &Shared, user: &str, generation: u64) {
+    let mut online = shared.online();
+    if online.get(user).is_some_and(|o| o.generation == generation) {
+        online.remove(user);
     }
 }
 

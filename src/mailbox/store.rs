@@ -14,6 +14,9 @@ const USERS: TableDefinition<&str, u8> = TableDefinition::new("users");
 /// (recipient, sequence) -> id (4 bytes, little endian), sender length (1), sender, text.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (sender, sequence) -> id: acknowledgements owed to a sender who was not connected when its
+/// message was delivered.
+const ACKS: TableDefinition<(&str, u64), u32> = TableDefinition::new("acks");
 
 /// Changes applied in one transaction at most; more wait for the next.
 const BATCH: usize = 512;
@@ -63,7 +66,18 @@ enum Job {
         text: String,
         done: oneshot::Sender<SendOutcome>,
     },
-    Delivered(String, u64, oneshot::Sender<()>),
+    /// A message was pushed: remove it, and keep its acknowledgement for its sender when
+    /// `owe_ack` (the sender could not be told now).
+    Delivered {
+        recipient: String,
+        seq: u64,
+        sender: String,
+        id: u32,
+        owe_ack: bool,
+        done: oneshot::Sender<()>,
+    },
+    /// An owed acknowledgement was pushed.
+    Acked(String, u64, oneshot::Sender<()>),
 }
 
 /// The handle every connection uses; cheap to clone.
@@ -84,6 +98,7 @@ impl Store {
             txn.open_table(USERS).map_err(db_err)?;
             txn.open_table(MESSAGES).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
+            txn.open_table(ACKS).map_err(db_err)?;
             txn.commit().map_err(db_err)?;
         }
         let (jobs, queue) = crossbeam_channel::bounded(16 * BATCH);
@@ -128,9 +143,44 @@ impl Store {
         .await
     }
 
-    /// Removes a message that has been pushed.
-    pub async fn delivered(&self, recipient: String, seq: u64) -> Option<()> {
-        self.ask(|done| Job::Delivered(recipient, seq, done)).await
+    /// Removes a message that has been pushed, keeping its acknowledgement for its sender when
+    /// it could not be pushed now.
+    pub async fn delivered(
+        &self,
+        recipient: String,
+        message: &Stored,
+        owe_ack: bool,
+    ) -> Option<()> {
+        let (seq, sender, id) = (message.seq, message.sender.clone(), message.id);
+        self.ask(|done| Job::Delivered {
+            recipient,
+            seq,
+            sender,
+            id,
+            owe_ack,
+            done,
+        })
+        .await
+    }
+
+    /// Forgets an owed acknowledgement that has been pushed.
+    pub async fn acked(&self, sender: String, seq: u64) -> Option<()> {
+        self.ask(|done| Job::Acked(sender, seq, done)).await
+    }
+
+    /// The acknowledgements owed to `sender`, as (sequence, message id), oldest first.
+    pub fn owed_acks(&self, sender: &str, max: usize) -> Result<Vec<(u64, u32)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let acks = txn.open_table(ACKS).map_err(db_err)?;
+        let range = acks
+            .range((sender, 0)..=(sender, u64::MAX))
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in range.take(max) {
+            let (key, id) = entry.map_err(db_err)?;
+            out.push((key.value().1, id.value()));
+        }
+        Ok(out)
     }
 
     pub fn is_registered(&self, user: &str) -> Result<bool, StoreError> {
@@ -221,7 +271,7 @@ impl Outcome {
             (Job::Send { done, .. }, Outcome::Send(s)) => {
                 let _ = done.send(s);
             }
-            (Job::Delivered(_, _, done), Outcome::Done) => {
+            (Job::Delivered { done, .. } | Job::Acked(_, _, done), Outcome::Done) => {
                 let _ = done.send(());
             }
             _ => {}
@@ -244,6 +294,7 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
         let mut users = txn.open_table(USERS).map_err(db_err)?;
         let mut messages = txn.open_table(MESSAGES).map_err(db_err)?;
         let mut meta = txn.open_table(META).map_err(db_err)?;
+        let mut acks = txn.open_table(ACKS).map_err(db_err)?;
         for job in jobs.iter() {
             let outcome = match job {
                 Job::Register(user, _) => {
@@ -256,6 +307,12 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
                 Job::Unregister(user, _) => {
                     let known = users.remove(user.as_str()).map_err(db_err)?.is_some();
                     if known {
+                        acks.extract_from_if(
+                            (user.as_str(), 0)..=(user.as_str(), u64::MAX),
+                            |_, _| true,
+                        )
+                        .map_err(db_err)?
+                        .for_each(drop);
                         let stored = messages
                             .extract_from_if(
                                 (user.as_str(), 0)..=(user.as_str(), u64::MAX),
@@ -293,16 +350,32 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
                     meta.insert("stored", total + 1).map_err(db_err)?;
                     Outcome::Send(SendOutcome::Stored { id, seq })
                 }
-                Job::Delivered(recipient, seq, _) => {
-                    if messages
+                Job::Delivered {
+                    recipient,
+                    seq,
+                    sender,
+                    id,
+                    owe_ack,
+                    ..
+                } => {
+                    let removed = messages
                         .remove((recipient.as_str(), *seq))
                         .map_err(db_err)?
-                        .is_some()
-                    {
+                        .is_some();
+                    if removed {
                         let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
                         meta.insert("stored", total.saturating_sub(1))
                             .map_err(db_err)?;
+                        if *owe_ack && users.get(sender.as_str()).map_err(db_err)?.is_some() {
+                            let ack_seq = counter(&mut meta, "next_seq")?;
+                            acks.insert((sender.as_str(), ack_seq), *id)
+                                .map_err(db_err)?;
+                        }
                     }
+                    Outcome::Done
+                }
+                Job::Acked(sender, seq, _) => {
+                    acks.remove((sender.as_str(), *seq)).map_err(db_err)?;
                     Outcome::Done
                 }
             };
