@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod io;
 pub mod latency;
 pub mod machine;
+pub mod mailbox;
 pub mod ordering;
 pub mod pacer;
 pub mod phase;

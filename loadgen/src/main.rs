@@ -56,6 +56,10 @@ enum Command {
     /// Play text clients across a cluster, send numbered messages and check what arrives:
     /// loss, duplicates, FIFO and total-order violations, latency. Exits 1 on any violation.
     Ordering(OrderingOpts),
+    /// Direct messages through a router's mailbox (`router --mailbox`): senders on an
+    /// open-loop schedule, online and offline recipients; acknowledged SENDs per second, answer
+    /// and push latency, loss and duplicates, and how fast the stored backlog is delivered.
+    Mailbox(MailboxOpts),
     /// Draw the latency percentile curves of result files into an SVG.
     Plot {
         #[arg(required = true, num_args = 1..)]
@@ -63,6 +67,30 @@ enum Command {
         #[arg(short, long, default_value = "latency.svg")]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct MailboxOpts {
+    /// The router's mailbox address.
+    #[arg(long, value_name = "ADDR")]
+    target: SocketAddr,
+    /// Concurrent senders, each a registered user sending one request per connection.
+    #[arg(long, default_value_t = 100)]
+    senders: usize,
+    /// Recipients; every other one is connected during the run, the rest only after it.
+    #[arg(long, default_value_t = 200)]
+    recipients: usize,
+    /// SENDs per second in all, or `max`: each sender as fast as its answers come.
+    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    rate: Rate,
+    /// How long the senders send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the run's JSON into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -182,6 +210,35 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
             "{s:?} is not a rate: give messages per second (e.g. 50000) or `max`"
         )),
     }
+}
+
+fn mailbox(opts: MailboxOpts) -> Result<(), String> {
+    if opts.senders == 0 || opts.recipients < 2 || opts.duration.is_zero() {
+        return Err("--senders at least 1, --recipients at least 2, --duration above zero".into());
+    }
+    let args = loadgen::mailbox::MailboxArgs {
+        target: opts.target,
+        senders: opts.senders,
+        recipients: opts.recipients,
+        rate: opts.rate.0,
+        duration: opts.duration,
+        seed: opts.seed,
+    };
+    let record = loadgen::mailbox::run(&args).map_err(|e| e.to_string())?;
+    print!("{}", record.table());
+    if let Some(dir) = opts.out {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let stamp = loadgen::report::utc(secs).replace(['-', ':'], "");
+        let rate = opts.rate.0.map_or("max".into(), |r| format!("{r:.0}"));
+        let path = dir.join(format!("{stamp}-mailbox-{}s-{rate}.json", opts.senders));
+        let json = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+        std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn run(opts: RunOpts) -> Result<(), String> {
@@ -371,6 +428,7 @@ fn main() -> ExitCode {
             seed,
         }) => proxy(&cluster, delay, drop, seed),
         Some(Command::Ordering(opts)) => check_ordering(opts),
+        Some(Command::Mailbox(opts)) => mailbox(opts),
         None => run(cli.run),
     };
     match outcome {
