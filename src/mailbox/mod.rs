@@ -28,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_PATIENCE: Duration = Duration::from_secs(3);
 /// Stored messages a deliverer reads from the store at a time.
 const DELIVERY_BATCH: usize = 64;
+/// Connections served at once; more are closed as they come, unanswered.
+const MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct MailboxConfig {
@@ -46,6 +48,7 @@ impl MailboxConfig {
             data_dir,
             group_commit: true,
             limits: StoreLimits {
+                users: 100_000,
                 per_user: 10_000,
                 total: 1_000_000,
             },
@@ -148,11 +151,20 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
 }
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(handle(conn, peer, shared.clone()));
+        // A flood of connections costs at most MAX_CONNECTIONS tasks and descriptors.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(conn, peer, shared).await;
+            drop(slot);
+        });
     }
 }
 

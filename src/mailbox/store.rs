@@ -34,6 +34,8 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 /// Bounds on what the store keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
+    /// Registered users.
+    pub users: u64,
     /// Messages stored for one recipient.
     pub per_user: u64,
     /// Messages stored in all.
@@ -260,6 +262,8 @@ enum Outcome {
     Flag(bool),
     Send(SendOutcome),
     Done,
+    /// A limit refused the change: the job gets no outcome (its request answers 2).
+    Full,
 }
 
 impl Outcome {
@@ -299,14 +303,24 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
             let outcome = match job {
                 Job::Register(user, _) => {
                     let known = users.get(user.as_str()).map_err(db_err)?.is_some();
-                    if !known {
+                    let count = meta.get("users").map_err(db_err)?.map_or(0, |v| v.value());
+                    if known {
+                        Outcome::Flag(false)
+                    } else if count >= limits.users {
+                        outcomes.push(Outcome::Full);
+                        continue;
+                    } else {
                         users.insert(user.as_str(), 1).map_err(db_err)?;
+                        meta.insert("users", count + 1).map_err(db_err)?;
+                        Outcome::Flag(true)
                     }
-                    Outcome::Flag(!known)
                 }
                 Job::Unregister(user, _) => {
                     let known = users.remove(user.as_str()).map_err(db_err)?.is_some();
                     if known {
+                        let count = meta.get("users").map_err(db_err)?.map_or(0, |v| v.value());
+                        meta.insert("users", count.saturating_sub(1))
+                            .map_err(db_err)?;
                         acks.extract_from_if(
                             (user.as_str(), 0)..=(user.as_str(), u64::MAX),
                             |_, _| true,
@@ -384,4 +398,56 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
     }
     txn.commit().map_err(db_err)?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn limits_refuse_and_removal_makes_room() {
+        let dir = std::env::temp_dir().join(format!("chat-router-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StoreLimits {
+            users: 3,
+            per_user: 2,
+            total: 3,
+        };
+        let store = Store::open(&dir.join("m.redb"), limits, true).unwrap();
+        runtime().block_on(async {
+            for u in ["a", "b", "c"] {
+                assert_eq!(store.register(u.into()).await, Some(true));
+            }
+            assert_eq!(store.register("a".into()).await, Some(false), "already");
+            assert_eq!(store.register("d".into()).await, None, "a fourth user");
+            let send = |to: &str| store.send("a".into(), to.into(), "x".into());
+            assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
+            assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
+            assert_eq!(send("b").await, Some(SendOutcome::Full), "per recipient");
+            assert!(matches!(send("c").await, Some(SendOutcome::Stored { .. })));
+            assert_eq!(send("c").await, Some(SendOutcome::Full), "in all");
+            assert_eq!(send("zed").await, Some(SendOutcome::UnknownUser));
+            // Delivering one makes room; unregistering takes a user's messages with it.
+            let first = store.pending("b", 10).unwrap().remove(0);
+            store.delivered("b".into(), &first, false).await.unwrap();
+            assert!(matches!(send("c").await, Some(SendOutcome::Stored { .. })));
+            assert_eq!(store.unregister("c".into()).await, Some(true));
+            assert_eq!(store.pending("c", 10).unwrap(), []);
+            assert_eq!(
+                store.register("d".into()).await,
+                Some(true),
+                "room for a user"
+            );
+            assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
