@@ -28,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_PATIENCE: Duration = Duration::from_secs(3);
 /// Stored messages a deliverer reads from the store at a time.
 const DELIVERY_BATCH: usize = 64;
+/// How long stopping waits for work in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 /// Connections served at once; more are closed as they come, unanswered.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -140,7 +142,10 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
                         _ = accept(listener, shared) => {}
                         _ = stop.notified() => {}
                     }
-                })
+                });
+                // Connections and pushes in flight are dropped; a blocking hand-over to the
+                // store gets a moment to finish, not more.
+                runtime.shutdown_timeout(SHUTDOWN_GRACE);
             })?
     };
     Ok(MailboxServer {

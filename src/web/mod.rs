@@ -109,7 +109,11 @@ pub fn start(cfg: WebConfig, bridge: Arc<Bridge>) -> std::io::Result<WebServer> 
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("web".into())
-            .spawn(move || runtime.block_on(serve(listener, shared, stop)))?
+            .spawn(move || {
+                runtime.block_on(serve(listener, shared, stop));
+                // Connections are dropped; nothing they do is worth waiting for.
+                runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            })?
     };
     Ok(WebServer {
         local,
