@@ -1,3 +1,4 @@
+pub mod background;
 pub mod check;
 pub mod config;
 pub mod engine;

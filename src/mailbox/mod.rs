@@ -7,13 +7,13 @@
 pub mod proto;
 pub mod store;
 
+use crate::background::Background;
 use proto::{reply, Parse, Request};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use store::{SendOutcome, Store, StoreLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,8 +28,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_PATIENCE: Duration = Duration::from_secs(3);
 /// Stored messages a deliverer reads from the store at a time.
 const DELIVERY_BATCH: usize = 64;
-/// How long stopping waits for work in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 /// Connections served at once; more are closed as they come, unanswered.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -88,22 +86,12 @@ impl Shared {
 
 pub struct MailboxServer {
     pub local: SocketAddr,
-    stop: Arc<Notify>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl MailboxServer {
     pub fn stop(&mut self) {
-        self.stop.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MailboxServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.thread.stop();
     }
 }
 
@@ -119,40 +107,18 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let stop = Arc::new(Notify::new());
     let shared = Arc::new(Shared {
         store,
         online: Mutex::new(HashMap::new()),
         generations: AtomicU64::new(0),
         delivering: Mutex::new(HashMap::new()),
     });
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("mailbox".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = accept(listener, shared) => {}
-                        _ = stop.notified() => {}
-                    }
-                });
-                // Connections and pushes in flight are dropped; a blocking hand-over to the
-                // store gets a moment to finish, not more.
-                runtime.shutdown_timeout(SHUTDOWN_GRACE);
-            })?
-    };
-    Ok(MailboxServer {
-        local,
-        stop,
-        thread: Some(thread),
-    })
+    let thread = Background::start("mailbox", move || async move {
+        if let Ok(listener) = TcpListener::from_std(listener) {
+            accept(listener, shared).await;
+        }
+    })?;
+    Ok(MailboxServer { local, thread })
 }
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {

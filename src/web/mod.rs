@@ -13,6 +13,7 @@ mod connection;
 
 pub use connection::IDLE;
 
+use crate::background::Background;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -24,8 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 /// An event's text as the web thread sends it: shared, so that one payload fanned out to many
 /// connections is copied once.
@@ -70,23 +70,13 @@ struct Shared {
 
 pub struct WebServer {
     pub local: SocketAddr,
-    stop: Arc<Notify>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl WebServer {
     /// Stops serving: every connection is dropped (the shards get no `Closed`: they stop too).
     pub fn stop(&mut self) {
-        self.stop.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for WebServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.thread.stop();
     }
 }
 
@@ -95,34 +85,17 @@ pub fn start(cfg: WebConfig, bridge: Arc<Bridge>) -> std::io::Result<WebServer> 
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let stop = Arc::new(Notify::new());
     let shared = Arc::new(Shared {
         bridge,
         cfg,
         next_conn: AtomicU64::new(0),
         conns: Mutex::new(HashMap::new()),
     });
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("web".into())
-            .spawn(move || {
-                runtime.block_on(serve(listener, shared, stop));
-                // Connections are dropped; nothing they do is worth waiting for.
-                runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-            })?
-    };
-    Ok(WebServer {
-        local,
-        stop,
-        thread: Some(thread),
-    })
+    let thread = Background::start("web", move || serve(listener, shared))?;
+    Ok(WebServer { local, thread })
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, stop: Arc<Notify>) {
+async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -141,7 +114,6 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, stop: Arc<N
     tokio::select! {
         _ = server => {}
         _ = dispatch(shared) => {}
-        _ = stop.notified() => {}
     }
 }
 
