@@ -154,11 +154,15 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         router.shared.epoch,
     );
     let web = router.shared.bridge.clone();
+    let mailbox = router.mailbox.as_ref().map(|m| m.counters.clone());
     for (shard, c) in router.stop().iter().enumerate() {
         println!("shard {shard}: {c}");
     }
     if let Some(bridge) = web {
         println!("web: {}", bridge.counters);
+    }
+    if let Some(counters) = mailbox {
+        println!("mailbox: {counters}");
     }
     Ok(())
 }

@@ -331,3 +331,23 @@ fn a_sender_who_was_away_gets_its_acknowledgement_when_it_connects() {
     assert!(amy.pushes(1, Duration::from_millis(500)).is_empty(), "once");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn connecting_and_disconnecting_leaves_nothing_behind() {
+    let dir = data_dir("cycles");
+    let m = start(&dir, free_tcp_port());
+    assert_eq!(m.ask(&["REGISTER", "amy"]), [0]);
+    let amy = Listener::new();
+    for _ in 0..200 {
+        assert_eq!(m.ask(&["CONNECT", "amy", &amy.port()]), [0]);
+        assert_eq!(m.ask(&["DISCONNECT", "amy"]), [0]);
+    }
+    // A few more requests on the same thread: the woken deliverers have run by their answers.
+    for _ in 0..5 {
+        assert_eq!(m.ask(&["REGISTER", "amy"]), [1]);
+    }
+    let (_, output) = m.router.interrupt();
+    let report = output.iter().find(|l| l.starts_with("mailbox:")).unwrap();
+    assert!(report.ends_with("deliverers=0"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,7 +64,33 @@ struct Online {
     generation: u64,
 }
 
+/// What the mailbox did, for the shutdown report.
+#[derive(Debug, Default)]
+pub struct MailboxCounters {
+    pub requests: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub pushes: AtomicU64,
+    pub failed_pushes: AtomicU64,
+    /// Deliverers running now (one per connected user).
+    pub deliverers: AtomicU64,
+}
+
+impl std::fmt::Display for MailboxCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "requests={} refused_connections={} pushes={} failed_pushes={} deliverers={}",
+            self.requests.load(Relaxed),
+            self.refused_connections.load(Relaxed),
+            self.pushes.load(Relaxed),
+            self.failed_pushes.load(Relaxed),
+            self.deliverers.load(Relaxed),
+        )
+    }
+}
+
 struct Shared {
+    counters: Arc<MailboxCounters>,
     store: Store,
     online: Mutex<HashMap<String, Online>>,
     generations: AtomicU64,
@@ -86,6 +112,7 @@ impl Shared {
 
 pub struct MailboxServer {
     pub local: SocketAddr,
+    pub counters: Arc<MailboxCounters>,
     thread: Background,
 }
 
@@ -107,7 +134,9 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let counters = Arc::new(MailboxCounters::default());
     let shared = Arc::new(Shared {
+        counters: counters.clone(),
         store,
         online: Mutex::new(HashMap::new()),
         generations: AtomicU64::new(0),
@@ -118,7 +147,11 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
             accept(listener, shared).await;
         }
     })?;
-    Ok(MailboxServer { local, thread })
+    Ok(MailboxServer {
+        local,
+        counters,
+        thread,
+    })
 }
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {
@@ -129,6 +162,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
         };
         // A flood of connections costs at most MAX_CONNECTIONS tasks and descriptors.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.counters.refused_connections.fetch_add(1, Relaxed);
             continue;
         };
         let shared = shared.clone();
@@ -147,6 +181,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Some(request) = read_request(&mut conn).await else {
         return;
     };
+    shared.counters.requests.fetch_add(1, Relaxed);
     let answer = carry_out(request, peer, &shared).await;
     let _ = timeout(REQUEST_TIMEOUT, conn.write_all(&answer)).await;
 }
@@ -182,7 +217,7 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
             None => reply::TWO,
         },
         Request::Unregister { user } => {
-            shared.online().remove(&user);
+            go_offline(shared, &user);
             shared
                 .delivering
                 .lock()
@@ -213,7 +248,12 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
                             generation,
                         },
                     );
-                    tokio::spawn(deliver(user, generation, addr, wake, shared.clone()));
+                    let shared = shared.clone();
+                    shared.counters.deliverers.fetch_add(1, Relaxed);
+                    tokio::spawn(async move {
+                        deliver(user, generation, addr, wake, &shared).await;
+                        shared.counters.deliverers.fetch_sub(1, Relaxed);
+                    });
                     reply::OK
                 }
             }
@@ -221,9 +261,9 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
         Request::Disconnect { user } => match store.is_registered(&user) {
             Ok(false) => reply::ONE,
             Err(_) => reply::FAILURE,
-            Ok(true) => match shared.online().remove(&user) {
-                Some(_) => reply::OK,
-                None => reply::TWO,
+            Ok(true) => match go_offline(shared, &user) {
+                true => reply::OK,
+                false => reply::TWO,
             },
         },
         Request::Send { from, to, text } => match store.send(from, to.clone(), text).await {
@@ -251,7 +291,7 @@ async fn deliver(
     generation: u64,
     addr: SocketAddr,
     wake: Arc<Notify>,
-    shared: Arc<Shared>,
+    shared: &Shared,
 ) {
     let still_online = |shared: &Shared| {
         shared
@@ -265,7 +305,7 @@ async fn deliver(
         tokio::pin!(woken);
         woken.as_mut().enable();
         let turn = lock.lock().await;
-        if !still_online(&shared) {
+        if !still_online(shared) {
             return;
         }
         let (acks, pending) = match (
@@ -281,27 +321,27 @@ async fn deliver(
             continue;
         }
         for (seq, id) in acks {
-            if !still_online(&shared) || push_to(addr, &proto::ack_push(id)).await.is_err() {
-                return drop_if_current(&shared, &user, generation);
+            if !still_online(shared) || !push_counted(shared, addr, &proto::ack_push(id)).await {
+                return drop_if_current(shared, &user, generation);
             }
             if shared.store.acked(user.clone(), seq).await.is_none() {
                 return;
             }
         }
         for message in pending {
-            if !still_online(&shared) {
+            if !still_online(shared) {
                 return;
             }
             let push = proto::message_push(&message.sender, message.id, &message.text);
-            if push_to(addr, &push).await.is_err() {
-                return drop_if_current(&shared, &user, generation);
+            if !push_counted(shared, addr, &push).await {
+                return drop_if_current(shared, &user, generation);
             }
             // The sender hears now if it is connected and the push works; else it is owed.
             let sender = shared.online().get(&message.sender).map(|o| o.addr);
             let told = match sender {
-                Some(sender_addr) => push_to(sender_addr, &proto::ack_push(message.id))
-                    .await
-                    .is_ok(),
+                Some(sender_addr) => {
+                    push_counted(shared, sender_addr, &proto::ack_push(message.id)).await
+                }
                 None => false,
             };
             if shared
@@ -322,12 +362,35 @@ async fn deliver(
     }
 }
 
+/// Marks `user` disconnected and wakes its deliverer, which then ends (a deliverer waiting for
+/// messages would otherwise wait for good, one more each CONNECT). False when not connected.
+fn go_offline(shared: &Shared, user: &str) -> bool {
+    match shared.online().remove(user) {
+        Some(online) => {
+            online.wake.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
 /// A push to `user` failed: it is marked disconnected, unless it has connected again since.
 fn drop_if_current(shared: &Shared, user: &str, generation: u64) {
     let mut online = shared.online();
     if online.get(user).is_some_and(|o| o.generation == generation) {
         online.remove(user);
     }
+}
+
+/// A push, counted: true when it went.
+async fn push_counted(shared: &Shared, addr: SocketAddr, bytes: &[u8]) -> bool {
+    let ok = push_to(addr, bytes).await.is_ok();
+    let counter = match ok {
+        true => &shared.counters.pushes,
+        false => &shared.counters.failed_pushes,
+    };
+    counter.fetch_add(1, Relaxed);
+    ok
 }
 
 /// One push on a new connection, retried while the listener is not up yet.
