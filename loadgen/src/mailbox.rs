@@ -132,6 +132,12 @@ fn receive(inboxes: &Mutex<Vec<Inbox>>, epoch: Instant, stop: &AtomicBool) {
     }
 }
 
+/// Pushes received so far on all of `inboxes`.
+fn received(inboxes: &Mutex<Vec<Inbox>>) -> u64 {
+    let boxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
+    boxes.iter().map(|i| i.got.len() as u64).sum()
+}
+
 /// `sender seq intended_ns`, in hex.
 fn stamp(sender: u32, seq: u64, intended: u64) -> String {
     format!("{sender:x} {seq:x} {intended:x}")
@@ -254,13 +260,7 @@ pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
         let want = expected_online.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let got: u64 = inboxes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|i| i.got.len() as u64)
-                .sum();
-            if got >= want {
+            if received(&inboxes) >= want {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -311,12 +311,7 @@ pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
         scope.spawn(|| receive(&late, epoch, &stop));
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            backlog_delivered = late
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|i| i.got.len() as u64)
-                .sum();
+            backlog_delivered = received(&late);
             if backlog_delivered >= backlog {
                 break;
             }

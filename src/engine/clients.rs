@@ -195,7 +195,9 @@ impl Engine {
         let mut scratch = [0u8; frontend::MAX_REPLY];
         let (len, error) = match &outcome {
             Ok(done) => {
-                let session = self.clients.sessions.find(&key);
+                // The session the request came from (a closed one's id finds nothing), or the
+                // one it began.
+                let session = id.or_else(|| self.clients.sessions.find(&key));
                 if let Some(s) = session.and_then(|id| self.clients.sessions.get_mut(id)) {
                     s.errors_in_a_row = 0;
                 }
