@@ -9,6 +9,7 @@
 
 use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
 use crate::io::{self, sys, Backend, IoKind, Transmit};
+use crate::mailbox::link::{Link, Port};
 use crate::mailbox::{self, MailboxConfig, MailboxServer};
 use crate::mesh::Outgoing;
 use crate::pinned::{Pinned, Start};
@@ -95,6 +96,8 @@ struct Shared {
     wakers: Arc<[Waker]>,
     /// The queues to and from the web thread, with `--ws`.
     bridge: Option<Arc<Bridge>>,
+    /// The queues to and from the mailbox's thread, with `--mailbox`.
+    mailbox: Option<Arc<Link>>,
     stop: AtomicBool,
     epoch: Instant,
     shards: usize,
@@ -257,6 +260,14 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
             Box::new(move |shard| wake(&wakers[shard])),
         ))
     });
+    let link = cfg.mailbox.as_ref().map(|_| {
+        let wakers = wakers.clone();
+        Arc::new(Link::new(
+            shards,
+            Box::new(move |shard| wake(&wakers[shard])),
+        ))
+    });
+    engine_cfg.mailbox = link.is_some();
     let epoch = Instant::now();
     engine_cfg.epoch_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -268,6 +279,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
             .collect(),
         wakers,
         bridge: bridge.clone(),
+        mailbox: link.clone(),
         stop: AtomicBool::new(false),
         epoch,
         shards,
@@ -315,8 +327,8 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         },
         _ => None,
     };
-    let mailbox = match &cfg.mailbox {
-        Some(mailbox_cfg) => match mailbox::start(mailbox_cfg.clone()) {
+    let mailbox = match (&cfg.mailbox, link) {
+        (Some(mailbox_cfg), Some(link)) => match mailbox::start(mailbox_cfg.clone(), link) {
             Ok(server) => Some(server),
             Err(source) => {
                 shared.halt();
@@ -325,7 +337,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
                 return Err(RuntimeError::Mailbox { addr, source });
             }
         },
-        None => None,
+        _ => None,
     };
     Ok(Running {
         local: engine_cfg.local,
@@ -432,6 +444,7 @@ fn shard_loop(
 ) {
     let mut out = Outbox::with_capacity(4096);
     let mut outgoing = Outgoing::new(shared.shards);
+    let mut port = Port::default();
     let counters = engine.counters().clone();
     let mut kernel_drops = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -440,9 +453,12 @@ fn shard_loop(
         if let Some(bridge) = &shared.bridge {
             work += drain_streams(me, now, &mut engine, &mut out, bridge);
         }
-        // Too much control waiting for other shards: take nothing new from the socket (the
-        // kernel queues, then drops and counts) until they have caught up.
-        if !outgoing.backlogged() {
+        if let Some(link) = &shared.mailbox {
+            work += drain_mailbox(me, now, &mut engine, &mut out, link, &mut port);
+        }
+        // Too much control waiting for other shards or the mailbox: take nothing new from the
+        // socket (the kernel queues, then drops and counts) until they have caught up.
+        if !outgoing.backlogged() && !port.backlogged() {
             let received = backend.recv(&mut |src, bytes| {
                 // Causality: a message another shard queued before this datagram arrived (say,
                 // the directory entry for a channel whose creation the sender has already seen
@@ -457,9 +473,18 @@ fn shard_loop(
             engine.handle_timeout(now, &mut out);
             copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
         }
-        work += flush(me, &mut out, &mut outgoing, &mut backend, &counters, shared);
+        work += flush(
+            me,
+            &mut out,
+            &mut outgoing,
+            &mut port,
+            &mut backend,
+            &counters,
+            shared,
+        );
         if work == 0 {
-            sleep(me, &engine, &mut backend, !outgoing.is_empty(), shared);
+            let waiting = !outgoing.is_empty() || port.holding();
+            sleep(me, &engine, &mut backend, waiting, &port, shared);
         }
     }
     copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
@@ -514,6 +539,31 @@ fn drain_streams(
     handled
 }
 
+/// Handles what the mailbox sent this shard's sessions (a bounded amount), after the answers
+/// the shard gave itself when the mailbox's queue was full.
+fn drain_mailbox(
+    me: usize,
+    now: Duration,
+    engine: &mut Engine,
+    out: &mut Outbox,
+    link: &Link,
+    port: &mut Port,
+) -> usize {
+    let mut handled = 0;
+    for refused in port.take_refused() {
+        engine.mailbox_event(now, refused, out);
+        handled += 1;
+    }
+    while handled < DRAIN_BUDGET {
+        let Some(event) = link.next_for(me) else {
+            break;
+        };
+        engine.mailbox_event(now, event, out);
+        handled += 1;
+    }
+    handled
+}
+
 /// Handles what other shards queued for this one (a bounded amount per queue).
 fn drain_inbox(
     me: usize,
@@ -541,10 +591,16 @@ fn flush(
     me: usize,
     out: &mut Outbox,
     outgoing: &mut Outgoing,
+    port: &mut Port,
     backend: &mut Backend,
     counters: &Counters,
     shared: &Shared,
 ) -> usize {
+    if let Some(link) = &shared.mailbox {
+        if port.send(link, out.take_mailbox()) {
+            link.wake_mailbox();
+        }
+    }
     let mut push = |to: usize, msg: ShardMsg| -> Option<ShardMsg> {
         if let Err(full) = shared.queue(me, to).push(msg) {
             return Some(full);
@@ -605,11 +661,23 @@ fn flush(
 /// flag would not wake us), then sleeps until a datagram, a wake-up or the next timer.
 /// With messages `waiting` for full queues, it sleeps briefly: no one wakes a producer when a
 /// consumer makes room.
-fn sleep(me: usize, engine: &Engine, backend: &mut Backend, waiting: bool, shared: &Shared) {
+fn sleep(
+    me: usize,
+    engine: &Engine,
+    backend: &mut Backend,
+    waiting: bool,
+    port: &Port,
+    shared: &Shared,
+) {
     let waker = &shared.wakers[me];
     waker.sleeping.store(true, Ordering::SeqCst);
     let pending = (0..shared.shards).any(|from| !shared.queue(from, me).is_empty())
-        || shared.bridge.as_ref().is_some_and(|b| b.has_events_for(me));
+        || shared.bridge.as_ref().is_some_and(|b| b.has_events_for(me))
+        || shared
+            .mailbox
+            .as_ref()
+            .is_some_and(|l| l.has_events_for(me))
+        || port.has_refused();
     if !pending && !shared.stop.load(Ordering::SeqCst) {
         let until_timer = engine.next_timeout().saturating_sub(shared.epoch.elapsed());
         let longest = if waiting { RETRY_SLEEP } else { MAX_SLEEP };

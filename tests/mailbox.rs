@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{free_port, free_tcp_port, Router, WAIT};
@@ -348,6 +348,122 @@ fn connecting_and_disconnecting_leaves_nothing_behind() {
     }
     let (_, output) = m.router.interrupt();
     let report = output.iter().find(|l| l.starts_with("mailbox:")).unwrap();
-    assert!(report.ends_with("deliverers=0"), "{report}");
+    assert!(report.contains(" deliverers=0 "), "{report}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A text-protocol client over UDP.
+struct Text(UdpSocket, SocketAddr);
+
+impl Text {
+    fn new(router: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Text(sock, router)
+    }
+
+    fn send(&self, line: &str) {
+        self.0.send_to(line.as_bytes(), self.1).unwrap();
+    }
+
+    /// The next line within `limit`.
+    fn next(&self, limit: Duration) -> Option<String> {
+        self.0.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = self.0.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// One command and its one reply.
+    fn ask(&self, line: &str) -> String {
+        self.send(line);
+        self.next(WAIT)
+            .unwrap_or_else(|| panic!("no reply to {line}"))
+    }
+}
+
+/// `+OK Message ID for TO stored`: the id.
+fn stored_id(reply: &str, to: &str) -> u32 {
+    reply
+        .strip_prefix("+OK Message ")
+        .and_then(|r| r.strip_suffix(&format!(" for {to} stored")))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("not stored for {to}: {reply}"))
+}
+
+#[test]
+fn one_namespace_for_text_users_and_mailbox_users() {
+    let dir = data_dir("namespace");
+    let m = start(&dir, free_tcp_port());
+    let udp = m.router.addr();
+    for user in ["amy", "bob", "carol"] {
+        assert_eq!(m.ask(&["REGISTER", user]), [0]);
+    }
+    let amy = Text::new(udp);
+    assert_eq!(amy.ask("/nick amy"), "+OK Nickname set to 'amy'");
+    // A text user to a mailbox user who is away: stored, then pushed when bob connects.
+    let id = stored_id(&amy.ask("/msg bob hello bob"), "bob");
+    let bob = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    assert_eq!(bob.pushes(1, WAIT), [message("amy", id, "hello bob")]);
+    // A mailbox user to a text user who is here: pushed to the session, and bob hears it went.
+    let answer = m.ask(&["SEND", "bob", "amy", "hi amy"]);
+    let id: u32 = std::str::from_utf8(&answer[1..answer.len() - 1])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(amy.next(WAIT).as_deref(), Some("+MSG <bob> hi amy"));
+    assert_eq!(
+        bob.pushes(1, WAIT),
+        [vec!["SEND_MESS_ACK".to_string(), id.to_string()]]
+    );
+    // Stored for a text user who is away, delivered in order once a session takes the name,
+    // exactly once: a later session of that name gets only what came after.
+    for text in ["for later 1", "for later 2"] {
+        assert_eq!(m.ask(&["SEND", "bob", "carol", text])[0], 0);
+    }
+    let carol = Text::new(udp);
+    assert_eq!(carol.ask("/nick carol"), "+OK Nickname set to 'carol'");
+    assert_eq!(carol.next(WAIT).as_deref(), Some("+MSG <bob> for later 1"));
+    assert_eq!(carol.next(WAIT).as_deref(), Some("+MSG <bob> for later 2"));
+    // After a quit, a message is stored (a hand-over to the ended session is refused by its
+    // shard, whichever arrives first).
+    carol.send("/quit");
+    assert_eq!(m.ask(&["SEND", "bob", "carol", "after quit"])[0], 0);
+    assert_eq!(carol.next(Duration::from_millis(300)), None, "quit");
+    let carol_again = Text::new(udp);
+    assert_eq!(
+        carol_again.ask("/nick carol"),
+        "+OK Nickname set to 'carol'"
+    );
+    assert_eq!(
+        carol_again.next(WAIT).as_deref(),
+        Some("+MSG <bob> after quit")
+    );
+    assert_eq!(carol_again.next(Duration::from_millis(300)), None, "once");
+    // A name nobody registered reaches whoever goes by it now, and is not stored.
+    let dave = Text::new(udp);
+    assert_eq!(dave.ask("/nick dave"), "+OK Nickname set to 'dave'");
+    assert_eq!(amy.ask("/msg dave psst"), "+OK Message for dave delivered");
+    assert_eq!(dave.next(WAIT).as_deref(), Some("+MSG <amy> psst"));
+    assert_eq!(amy.ask("/msg nobody hello"), "-ERR No such user nobody");
+    assert_eq!(amy.ask("/msg bob"), "-ERR Usage: /msg NICK text");
+    let long = format!("/msg bob {}", "x".repeat(256));
+    assert_eq!(
+        amy.ask(&long),
+        "-ERR A direct message is at most 255 bytes of UTF-8"
+    );
+    let (_, output) = m.router.interrupt();
+    let report = output.iter().find(|l| l.starts_with("mailbox:")).unwrap();
+    assert!(report.contains(" session_sends=3 "), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_mailbox_direct_messages_are_refused() {
+    let router = Router::start(free_port(), &[], &["--cores", "1"]);
+    let amy = Text::new(router.addr());
+    assert_eq!(
+        amy.ask("/msg bob hi"),
+        "-ERR Direct messages are off on this server"
+    );
 }

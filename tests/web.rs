@@ -531,3 +531,95 @@ fn a_silent_browser_is_closed_after_the_idle_time() {
     let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
     assert!(report.contains("closed_idle=1 "), "{report}");
 }
+
+/// One request to the mailbox's TCP port (fields ended by NUL); the whole answer.
+fn mailbox_ask(port: u16, fields: &[&str]) -> Vec<u8> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let request: Vec<u8> = fields
+        .iter()
+        .flat_map(|f| [f.as_bytes(), b"\0"].concat())
+        .collect();
+    c.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn direct_messages_between_browsers_text_users_and_the_mailbox() {
+    let (ws, mailbox) = (free_tcp_port(), free_tcp_port());
+    let dir = std::env::temp_dir().join(format!("chat-router-web-dm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut r = Router::start(
+        free_port(),
+        &[],
+        &[
+            "--ws",
+            &format!("127.0.0.1:{ws}"),
+            "--mailbox",
+            &format!("127.0.0.1:{mailbox}"),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--cores",
+            "2",
+        ],
+    );
+    r.wait_for_line("mailbox on", WAIT);
+    let mut amy = connect(ws, true);
+    sign_in(&mut amy, "amy");
+    let bob = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    bob.set_read_timeout(Some(WAIT)).unwrap();
+    let bob_line = |line: &str| -> String {
+        if !line.is_empty() {
+            bob.send_to(line.as_bytes(), r.addr()).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let (n, _) = bob.recv_from(&mut buf).expect("a line from the router");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(bob_line("/nick bob"), "+OK Nickname set to 'bob'");
+    // Neither is registered: handed to whoever goes by the name now, without an id.
+    send(
+        &mut amy,
+        json!({"type": "dm", "to": "bob", "text": "hi bob"}),
+    );
+    assert_eq!(
+        wait_for(&mut amy, "ok"),
+        json!({"type": "ok", "request": "dm", "to": "bob", "id": null})
+    );
+    assert_eq!(bob_line(""), "+MSG <amy> hi bob");
+    assert_eq!(bob_line("/msg amy hi amy"), "+OK Message for amy delivered");
+    let dm = wait_for(&mut amy, "dm");
+    assert_eq!(
+        (&dm["from"], &dm["text"], &dm["id"]),
+        (&json!("bob"), &json!("hi amy"), &Value::Null)
+    );
+    // A registered user who is away: stored; delivered when a browser takes the name, and
+    // the sender hears it.
+    assert_eq!(mailbox_ask(mailbox, &["REGISTER", "carol"]), [0]);
+    send(
+        &mut amy,
+        json!({"type": "dm", "to": "carol", "text": "see you"}),
+    );
+    let ok = wait_for(&mut amy, "ok");
+    let id = ok["id"].as_u64().expect("stored with an id");
+    let mut carol = connect(ws, true);
+    assert_eq!(next_event(&mut carol)["type"], "welcome");
+    send(&mut carol, json!({"type": "nick", "name": "carol"}));
+    let dm = wait_for(&mut carol, "dm");
+    assert_eq!(
+        (&dm["from"], &dm["text"], &dm["id"]),
+        (&json!("amy"), &json!("see you"), &json!(id))
+    );
+    assert_eq!(
+        wait_for(&mut amy, "delivered"),
+        json!({"type": "delivered", "id": id})
+    );
+    send(&mut amy, json!({"type": "dm", "to": "nobody", "text": "x"}));
+    assert_eq!(
+        wait_for(&mut amy, "error")["message"],
+        "no such user: nobody"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,6 +32,8 @@ pub(super) struct Session {
     /// meanwhile adds nothing (one session cannot fill the queue of waiting answers).
     pub(super) list_waiting: bool,
     pub(super) who_waiting: bool,
+    /// The mailbox knows this session by its name (see [`Engine::announce_name`]).
+    pub(super) known_to_mailbox: bool,
 }
 
 /// The members of one channel that this shard is home to, by protocol: each list gets one
@@ -227,10 +229,12 @@ impl Engine {
         }
         let id = match (id, command) {
             (Some(id), _) => id,
-            (None, Command::Join { .. }) => match key.1.default_name(key.0) {
-                Some(name) => self.open(now, key, name, out)?,
-                None => return Err(Refusal::NotLoggedIn),
-            },
+            (None, Command::Join { .. } | Command::Direct { .. }) => {
+                match key.1.default_name(key.0) {
+                    Some(name) => self.open(now, key, name, out)?,
+                    None => return Err(Refusal::NotLoggedIn),
+                }
+            }
             (None, _) => return Err(Refusal::NotLoggedIn),
         };
         match command {
@@ -289,6 +293,7 @@ impl Engine {
                 Ok(Done::Nothing)
             }
             Command::KeepAlive => Ok(Done::Nothing),
+            Command::Direct { to, text } => self.send_direct(id, to, text, out),
             Command::Unknown => Err(Refusal::UnknownCommand),
         }
     }
@@ -328,7 +333,7 @@ impl Engine {
     }
 
     /// A reply the client did not ask for just now (a join its channel's owner refused).
-    fn send_reply(
+    pub(super) fn send_reply(
         &mut self,
         now: Duration,
         dst: Endpoint,
@@ -375,7 +380,8 @@ impl Engine {
             return Err(Refusal::BadUserName);
         }
         let Some(session) = id.and_then(|id| self.clients.sessions.get_mut(id)) else {
-            self.open(now, key, name, out)?;
+            let id = self.open(now, key, name, out)?;
+            self.announce_name(id, false, out);
             return Ok(Done::Named(name));
         };
         // A second login renames; owners update their WHO lists.
@@ -385,6 +391,7 @@ impl Engine {
             for channel in channels {
                 self.member_joined_at_owner(channel, id, name, key.1, out);
             }
+            self.announce_name(id, false, out);
         }
         Ok(Done::Named(name))
     }
@@ -415,6 +422,7 @@ impl Engine {
             errors_in_a_row: 0,
             list_waiting: false,
             who_waiting: false,
+            known_to_mailbox: false,
         };
         let id = self.clients.sessions.insert(key, now, session);
         if let Some(channel) = key.1.auto_join() {
@@ -443,6 +451,7 @@ impl Engine {
 
     /// Removes the session from every channel and forgets it.
     fn close(&mut self, id: SessionId, out: &mut Outbox) {
+        self.announce_name(id, true, out);
         let Some(((endpoint, _), session)) = self.clients.sessions.remove(id) else {
             return;
         };

@@ -63,10 +63,12 @@ pub enum DropReason {
     BadName,
     /// A LIST answer waiting for reply budget when too many already wait.
     AnswerCut,
+    /// A direct message refused (answered "busy") because the mailbox's queue was full.
+    MailboxBusy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::NotNeighbor,
         DropReason::QueueFull,
         DropReason::SendFailed,
@@ -82,6 +84,7 @@ impl DropReason {
         DropReason::IpLimit,
         DropReason::BadName,
         DropReason::AnswerCut,
+        DropReason::MailboxBusy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +104,7 @@ impl DropReason {
             DropReason::IpLimit => "ip_limit",
             DropReason::BadName => "bad_name",
             DropReason::AnswerCut => "answer_cut",
+            DropReason::MailboxBusy => "mailbox_busy",
         }
     }
 }

@@ -48,6 +48,7 @@ mod channels;
 mod chat;
 mod clients;
 mod counters;
+pub mod direct;
 mod endpoint;
 mod frontend;
 pub mod group;
@@ -146,6 +147,9 @@ pub struct Config {
     /// Wall-clock time (milliseconds since 1970) when the engines' `now` was zero, for the
     /// timestamps front-ends write; the runtime sets it (the engine never reads a clock).
     pub epoch_unix_ms: u64,
+    /// A mailbox runs beside the shards: text and web sessions send and receive direct
+    /// messages ([`direct`]).
+    pub mailbox: bool,
 }
 
 impl Config {
@@ -159,6 +163,7 @@ impl Config {
             limits: Limits::default(),
             hash_seeds: [0x5eed, 1, 2, 3],
             epoch_unix_ms: 0,
+            mailbox: false,
         }
     }
 

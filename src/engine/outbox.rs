@@ -1,9 +1,11 @@
-//! What one engine step produces: datagrams to send, messages for other shards, log lines.
+//! What one engine step produces: datagrams to send, messages for other shards, requests for
+//! the mailbox, log lines.
 //!
 //! Payloads are encoded once into an arena and referenced by every send that carries them, so
 //! fanning one TXT_SAY out to a thousand members copies 132 bytes once, not a thousand times.
 //! The vectors keep their capacity across [`Outbox::clear`], so after warm-up nothing allocates.
 
+use super::direct::ToMailbox;
 use super::{Endpoint, ShardMsg};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ pub struct Outbox {
     /// Sends to stream connections (`Endpoint::Stream`): connection id and payload.
     stream_sends: Vec<(u64, PayloadId)>,
     msgs: Vec<(u16, ShardMsg)>,
+    /// Requests for the mailbox's thread, in order.
+    mailbox: Vec<ToMailbox>,
     log: String,
 }
 
@@ -36,6 +40,7 @@ impl Outbox {
             sends: Vec::with_capacity(sends),
             stream_sends: Vec::new(),
             msgs: Vec::with_capacity(sends),
+            mailbox: Vec::new(),
             log: String::new(),
         }
     }
@@ -120,6 +125,15 @@ impl Outbox {
         self.msgs.drain(..)
     }
 
+    pub(super) fn ask_mailbox(&mut self, request: ToMailbox) {
+        self.mailbox.push(request);
+    }
+
+    /// Requests for the mailbox, in the order they were produced.
+    pub fn take_mailbox(&mut self) -> std::vec::Drain<'_, ToMailbox> {
+        self.mailbox.drain(..)
+    }
+
     /// Appends one log line (only called when verbose logging is on).
     pub(super) fn log(&mut self, line: std::fmt::Arguments<'_>) {
         let _ = self.log.write_fmt(line);
@@ -134,6 +148,7 @@ impl Outbox {
         self.sends.is_empty()
             && self.stream_sends.is_empty()
             && self.msgs.is_empty()
+            && self.mailbox.is_empty()
             && self.log.is_empty()
     }
 
@@ -143,6 +158,7 @@ impl Outbox {
         self.sends.clear();
         self.stream_sends.clear();
         self.msgs.clear();
+        self.mailbox.clear();
         self.log.clear();
     }
 }

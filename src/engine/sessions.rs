@@ -21,6 +21,18 @@ pub struct SessionId {
     generation: u32,
 }
 
+#[cfg(test)]
+impl SessionId {
+    /// An id of shard 0 for tests outside the engine.
+    pub fn for_tests(slot: u16) -> Self {
+        Self {
+            home: 0,
+            slot: u32::from(slot),
+            generation: 0,
+        }
+    }
+}
+
 /// How a request finds its session.
 pub type Key = (Endpoint, Protocol);
 

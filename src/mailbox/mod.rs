@@ -1,13 +1,20 @@
 //! Direct messages with a durable mailbox (`router --mailbox ADDR`, `docs/mailbox.md`): the
 //! original messaging service's TCP protocol ([`proto`]) on its own thread (a single-threaded
 //! tokio runtime), a store on disk ([`store`]) written by one thread with group commit, and one
-//! deliverer per connected user that pushes that user's stored messages in the order they were
-//! sent, removing each once its push has succeeded. The UDP shards never wait on the disk.
+//! deliverer per online user ([`deliver`]). The router's other front-ends reach it through the
+//! engine's queues ([`link`]): their sessions send direct messages and, by the names they take,
+//! are where users are online too ([`presence`]): one namespace. The shards never wait on it.
 
+mod deliver;
+pub mod link;
+mod presence;
 pub mod proto;
 pub mod store;
 
 use crate::background::Background;
+use crate::engine::direct::{DirectOutcome, FromMailbox, ToMailbox};
+use link::Link;
+use presence::Presence;
 use proto::{reply, Parse, Request};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,16 +25,11 @@ use std::time::Duration;
 use store::{SendOutcome, Store, StoreLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::sync::oneshot;
+use tokio::time::{timeout, Instant};
 
 /// A connection that has not sent a whole request within this long is closed, unanswered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a push keeps trying to reach a client's listen port (the original client starts
-/// listening only after it has read its CONNECT reply).
-const PUSH_PATIENCE: Duration = Duration::from_secs(3);
-/// Stored messages a deliverer reads from the store at a time.
-const DELIVERY_BATCH: usize = 64;
 /// Connections served at once; more are closed as they come, unanswered.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -56,14 +58,6 @@ impl MailboxConfig {
     }
 }
 
-/// A connected user: where pushes go, and its deliverer's wake-up.
-struct Online {
-    addr: SocketAddr,
-    wake: Arc<Notify>,
-    /// Which CONNECT this is: a deliverer of an earlier one stops.
-    generation: u64,
-}
-
 /// What the mailbox did, for the shutdown report.
 #[derive(Debug, Default)]
 pub struct MailboxCounters {
@@ -73,18 +67,26 @@ pub struct MailboxCounters {
     pub failed_pushes: AtomicU64,
     /// Deliverers running now (one per connected user).
     pub deliverers: AtomicU64,
+    /// Direct messages from sessions of the other front-ends.
+    pub session_sends: AtomicU64,
+    /// Events for sessions that had ended (or whose shard's queue stayed full): what they
+    /// carried stays stored.
+    pub missed_sessions: AtomicU64,
 }
 
 impl std::fmt::Display for MailboxCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "requests={} refused_connections={} pushes={} failed_pushes={} deliverers={}",
+            "requests={} refused_connections={} pushes={} failed_pushes={} deliverers={} \
+             session_sends={} missed_sessions={}",
             self.requests.load(Relaxed),
             self.refused_connections.load(Relaxed),
             self.pushes.load(Relaxed),
             self.failed_pushes.load(Relaxed),
             self.deliverers.load(Relaxed),
+            self.session_sends.load(Relaxed),
+            self.missed_sessions.load(Relaxed),
         )
     }
 }
@@ -92,16 +94,25 @@ impl std::fmt::Display for MailboxCounters {
 struct Shared {
     counters: Arc<MailboxCounters>,
     store: Store,
-    online: Mutex<HashMap<String, Online>>,
-    generations: AtomicU64,
+    link: Arc<Link>,
+    presence: Mutex<Presence>,
+    /// Which `CONNECT` is which.
+    connects: AtomicU64,
     /// One lock per user, held by its deliverer from reading the store until what it pushed
     /// is removed: a deliverer of a new CONNECT never sees what an old one has just pushed.
     delivering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Events handed to shards, waiting for word that their session took them.
+    handoffs: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    tokens: AtomicU64,
 }
 
 impl Shared {
-    fn online(&self) -> std::sync::MutexGuard<'_, HashMap<String, Online>> {
-        self.online.lock().unwrap_or_else(|e| e.into_inner())
+    fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handoffs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<bool>>> {
+        self.handoffs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn delivery_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -122,8 +133,9 @@ impl MailboxServer {
     }
 }
 
-/// Opens the store and binds `cfg.listen` (errors are reported here), then starts the thread.
-pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
+/// Opens the store and binds `cfg.listen` (errors are reported here), then starts the thread,
+/// which also serves the shards' requests on `link`.
+pub fn start(cfg: MailboxConfig, link: Arc<Link>) -> std::io::Result<MailboxServer> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let store = Store::open(
         &cfg.data_dir.join("mailbox.redb"),
@@ -138,13 +150,16 @@ pub fn start(cfg: MailboxConfig) -> std::io::Result<MailboxServer> {
     let shared = Arc::new(Shared {
         counters: counters.clone(),
         store,
-        online: Mutex::new(HashMap::new()),
-        generations: AtomicU64::new(0),
+        link,
+        presence: Mutex::new(Presence::default()),
+        connects: AtomicU64::new(0),
         delivering: Mutex::new(HashMap::new()),
+        handoffs: Mutex::new(HashMap::new()),
+        tokens: AtomicU64::new(0),
     });
     let thread = Background::start("mailbox", move || async move {
         if let Ok(listener) = TcpListener::from_std(listener) {
-            accept(listener, shared).await;
+            tokio::join!(accept(listener, shared.clone()), serve_shards(shared));
         }
     })?;
     Ok(MailboxServer {
@@ -217,7 +232,7 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
             None => reply::TWO,
         },
         Request::Unregister { user } => {
-            go_offline(shared, &user);
+            shared.presence().disconnect(&user, None);
             shared
                 .delivering
                 .lock()
@@ -233,44 +248,31 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
             Ok(false) => reply::ONE,
             Err(_) => reply::FAILURE,
             Ok(true) => {
-                let mut online = shared.online();
-                if online.contains_key(&user) {
-                    reply::TWO
-                } else {
-                    let generation = shared.generations.fetch_add(1, Relaxed);
-                    let wake = Arc::new(Notify::new());
-                    let addr = SocketAddr::new(peer.ip(), port);
-                    online.insert(
-                        user.clone(),
-                        Online {
-                            addr,
-                            wake: wake.clone(),
-                            generation,
-                        },
-                    );
-                    let shared = shared.clone();
-                    shared.counters.deliverers.fetch_add(1, Relaxed);
-                    tokio::spawn(async move {
-                        deliver(user, generation, addr, wake, &shared).await;
-                        shared.counters.deliverers.fetch_sub(1, Relaxed);
-                    });
-                    reply::OK
+                let addr = SocketAddr::new(peer.ip(), port);
+                let connect = shared.connects.fetch_add(1, Relaxed);
+                let connected = shared.presence().connect(&user, addr, connect);
+                match connected {
+                    Err(()) => reply::TWO,
+                    Ok(arrived) => {
+                        if let Some(arrived) = arrived {
+                            deliver::spawn(shared, arrived);
+                        }
+                        reply::OK
+                    }
                 }
             }
         },
         Request::Disconnect { user } => match store.is_registered(&user) {
             Ok(false) => reply::ONE,
             Err(_) => reply::FAILURE,
-            Ok(true) => match go_offline(shared, &user) {
+            Ok(true) => match shared.presence().disconnect(&user, None) {
                 true => reply::OK,
                 false => reply::TWO,
             },
         },
         Request::Send { from, to, text } => match store.send(from, to.clone(), text).await {
             Some(SendOutcome::Stored { id, .. }) => {
-                if let Some(online) = shared.online().get(&to) {
-                    online.wake.notify_one();
-                }
+                shared.presence().wake(&to);
                 let mut answer = vec![reply::OK];
                 answer.extend_from_slice(id.to_string().as_bytes());
                 answer.push(0);
@@ -283,136 +285,83 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
     vec![code]
 }
 
-/// Pushes `user`'s stored messages in order while it stays connected (this CONNECT of it):
-/// each is removed from the store once its push has succeeded, and its sender, if connected,
-/// gets the acknowledgement. A push that fails marks the user disconnected; the message stays.
-async fn deliver(
-    user: String,
-    generation: u64,
-    addr: SocketAddr,
-    wake: Arc<Notify>,
-    shared: &Shared,
-) {
-    let still_online = |shared: &Shared| {
-        shared
-            .online()
-            .get(&user)
-            .is_some_and(|o| o.generation == generation)
-    };
-    let lock = shared.delivery_lock(&user);
+/// The shards' requests, in the order they were queued: names taken (where users are online)
+/// and direct messages sent, each stored in order and answered when the store has it.
+async fn serve_shards(shared: Arc<Shared>) {
     loop {
-        let woken = wake.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let turn = lock.lock().await;
-        if !still_online(shared) {
-            return;
-        }
-        let (acks, pending) = match (
-            shared.store.owed_acks(&user, DELIVERY_BATCH),
-            shared.store.pending(&user, DELIVERY_BATCH),
-        ) {
-            (Ok(a), Ok(p)) => (a, p),
-            _ => return,
-        };
-        if acks.is_empty() && pending.is_empty() {
-            drop(turn);
-            woken.await;
-            continue;
-        }
-        for (seq, id) in acks {
-            if !still_online(shared) || !push_counted(shared, addr, &proto::ack_push(id)).await {
-                return drop_if_current(shared, &user, generation);
-            }
-            if shared.store.acked(user.clone(), seq).await.is_none() {
-                return;
-            }
-        }
-        for message in pending {
-            if !still_online(shared) {
-                return;
-            }
-            let push = proto::message_push(&message.sender, message.id, &message.text);
-            if !push_counted(shared, addr, &push).await {
-                return drop_if_current(shared, &user, generation);
-            }
-            // The sender hears now if it is connected and the push works; else it is owed.
-            let sender = shared.online().get(&message.sender).map(|o| o.addr);
-            let told = match sender {
-                Some(sender_addr) => {
-                    push_counted(shared, sender_addr, &proto::ack_push(message.id)).await
+        let woken = shared.link.mailbox_wake.notified();
+        while let Some(request) = shared.link.next_for_mailbox() {
+            match request {
+                ToMailbox::Named { session, name } => {
+                    let arrived = shared.presence().named(session, name);
+                    if let Some(arrived) = arrived {
+                        deliver::spawn(&shared, arrived);
+                    }
                 }
-                None => false,
-            };
-            if shared
-                .store
-                .delivered(user.clone(), &message, !told)
-                .await
-                .is_none()
-            {
-                return;
-            }
-            if !told {
-                // The sender may have connected meanwhile: its deliverer finds the owed one.
-                if let Some(sender) = shared.online().get(&message.sender) {
-                    sender.wake.notify_one();
+                ToMailbox::Handed { token, delivered } => {
+                    if let Some(waiting) = shared.handoffs().remove(&token) {
+                        let _ = waiting.send(delivered);
+                    }
+                }
+                ToMailbox::Send {
+                    session,
+                    from,
+                    to,
+                    text,
+                } => {
+                    shared.counters.session_sends.fetch_add(1, Relaxed);
+                    let stored =
+                        shared
+                            .store
+                            .send_from_session(from.clone(), to.clone(), text.clone());
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let outcome = match stored {
+                            None => DirectOutcome::Busy,
+                            Some(stored) => match stored.await {
+                                Ok(SendOutcome::Stored { id, .. }) => {
+                                    shared.presence().wake(&to);
+                                    DirectOutcome::Stored(id)
+                                }
+                                Ok(SendOutcome::UnknownUser) => {
+                                    deliver_live(&shared, &from, &to, &text).await
+                                }
+                                Ok(SendOutcome::Full) => DirectOutcome::Full,
+                                Err(_) => DirectOutcome::Failed,
+                            },
+                        };
+                        let answer = FromMailbox::Sent {
+                            session,
+                            to,
+                            outcome,
+                        };
+                        deliver::to_shard(&shared, answer).await;
+                    });
                 }
             }
         }
+        woken.await;
     }
 }
 
-/// Marks `user` disconnected and wakes its deliverer, which then ends (a deliverer waiting for
-/// messages would otherwise wait for good, one more each CONNECT). False when not connected.
-fn go_offline(shared: &Shared, user: &str) -> bool {
-    match shared.online().remove(user) {
-        Some(online) => {
-            online.wake.notify_one();
-            true
-        }
-        None => false,
-    }
-}
-
-/// A push to `user` failed: it is marked disconnected, unless it has connected again since.
-fn drop_if_current(shared: &Shared, user: &str, generation: u64) {
-    let mut online = shared.online();
-    if online.get(user).is_some_and(|o| o.generation == generation) {
-        online.remove(user);
-    }
-}
-
-/// A push, counted: true when it went.
-async fn push_counted(shared: &Shared, addr: SocketAddr, bytes: &[u8]) -> bool {
-    let ok = push_to(addr, bytes).await.is_ok();
-    let counter = match ok {
-        true => &shared.counters.pushes,
-        false => &shared.counters.failed_pushes,
+/// A direct message to a name that is not registered: handed to the sessions that go by it now,
+/// if there are any, and not stored.
+async fn deliver_live(shared: &Shared, from: &str, to: &str, text: &str) -> DirectOutcome {
+    let sessions = shared
+        .presence()
+        .get(to)
+        .map(|o| o.targets.sessions.clone());
+    let targets = presence::Targets {
+        tcp: None,
+        sessions: sessions.unwrap_or_default(),
     };
-    counter.fetch_add(1, Relaxed);
-    ok
-}
-
-/// One push on a new connection, retried while the listener is not up yet.
-async fn push_to(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
-    let deadline = Instant::now() + PUSH_PATIENCE;
-    let mut conn = loop {
-        match timeout(PUSH_PATIENCE, TcpStream::connect(addr)).await {
-            Ok(Ok(conn)) => break conn,
-            Ok(Err(e))
-                if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    && Instant::now() < deadline =>
-            {
-                sleep(Duration::from_millis(50)).await;
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
+    let push = deliver::Push::Message {
+        from,
+        id: None,
+        text,
     };
-    timeout(PUSH_PATIENCE, async {
-        conn.write_all(bytes).await?;
-        conn.shutdown().await
-    })
-    .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    match deliver::reach(shared, to, &targets, &push).await {
+        true => DirectOutcome::Delivered,
+        false => DirectOutcome::NoSuchUser,
+    }
 }

@@ -3,10 +3,7 @@
 //! original accepts, a newline), a one-byte reply, and pushes on a new connection to the
 //! client's listen port. Pure functions: a request is complete, incomplete (read more), or bad.
 
-/// The longest user name, in bytes.
-pub const MAX_USER: usize = 49;
-/// The longest message text, in bytes.
-pub const MAX_TEXT: usize = 255;
+pub use crate::engine::direct::{MAX_TEXT, MAX_USER};
 /// The longest whole request: `SEND`, two names, a text and their terminators.
 pub const MAX_REQUEST: usize = 16 + 2 * (MAX_USER + 1) + MAX_TEXT + 1;
 

@@ -5,7 +5,7 @@
 //! one transaction with one flush (group commit); a request is answered only after its
 //! transaction is on disk. Readers use their own read transactions and never wait for it.
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use tokio::sync::oneshot;
@@ -66,6 +66,9 @@ enum Job {
         from: String,
         to: String,
         text: String,
+        /// The sender must be registered too (the TCP protocol's rule; a session of another
+        /// front-end may send under any name).
+        registered_sender: bool,
         done: oneshot::Sender<SendOutcome>,
     },
     /// A message was pushed: remove it, and keep its acknowledgement for its sender when
@@ -115,14 +118,40 @@ impl Store {
 
     async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (done, outcome) = oneshot::channel();
-        let jobs = self.jobs.clone();
-        let job = job(done);
-        // The queue is bounded: a full one makes this connection wait, off the runtime thread.
-        tokio::task::spawn_blocking(move || jobs.send(job))
-            .await
-            .ok()?
-            .ok()?;
+        match self.jobs.try_send(job(done)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                // The queue is bounded: a full one makes this connection wait, off the runtime
+                // thread.
+                let jobs = self.jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .ok()?
+                    .ok()?;
+            }
+            Err(TrySendError::Disconnected(_)) => return None,
+        }
         outcome.await.ok()
+    }
+
+    /// A message from a session of another front-end, queued now so that one session's
+    /// messages are stored in the order it sent them; `None` when the queue is full.
+    pub fn send_from_session(
+        &self,
+        from: String,
+        to: String,
+        text: String,
+    ) -> Option<oneshot::Receiver<SendOutcome>> {
+        let (done, outcome) = oneshot::channel();
+        let job = Job::Send {
+            from,
+            to,
+            text,
+            registered_sender: false,
+            done,
+        };
+        self.jobs.try_send(job).ok()?;
+        Some(outcome)
     }
 
     /// True when `user` was not registered and now is.
@@ -140,6 +169,7 @@ impl Store {
             from,
             to,
             text,
+            registered_sender: true,
             done,
         })
         .await
@@ -340,9 +370,16 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
                     }
                     Outcome::Flag(known)
                 }
-                Job::Send { from, to, text, .. } => {
+                Job::Send {
+                    from,
+                    to,
+                    text,
+                    registered_sender,
+                    ..
+                } => {
                     let registered = |u: &str| users.get(u).map(|v| v.is_some());
-                    if !registered(from).map_err(db_err)? || !registered(to).map_err(db_err)? {
+                    let sender_ok = !registered_sender || registered(from).map_err(db_err)?;
+                    if !sender_ok || !registered(to).map_err(db_err)? {
                         outcomes.push(Outcome::Send(SendOutcome::UnknownUser));
                         continue;
                     }

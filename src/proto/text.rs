@@ -32,6 +32,8 @@ pub enum Line<'a> {
     /// `/nick NAME`: everything after the command, trimmed (names may contain spaces).
     Nick(&'a [u8]),
     Quit,
+    /// `/msg NICK text`: everything after the command, trimmed (see [`split_direct`]).
+    Msg(&'a [u8]),
     /// A `/command` this protocol does not have (the word, without arguments).
     Unknown(&'a [u8]),
     Chat(&'a [u8]),
@@ -63,19 +65,32 @@ pub fn parse(datagram: &[u8]) -> Line<'_> {
         b"part" => Line::Part,
         b"nick" => Line::Nick(arg),
         b"quit" => Line::Quit,
+        b"msg" => Line::Msg(arg),
         _ => Line::Unknown(&line[..=word.len()]),
     }
 }
 
-/// `+OK`, `-ERR` (alone or followed by a space) or `<nick> ` with a nick free of `>`: the shapes
-/// of [`encode_reply`] and [`encode_chat`]. A person's chat line that starts like a delivery
+/// The first word of a direct message as this server writes it: `+MSG <nick> text`.
+pub const DIRECT: &[u8] = b"+MSG";
+
+/// The recipient and the text of `/msg NICK text`: the nick is the first word (a nick with a
+/// space in it cannot be written here); `None` when either is missing.
+pub fn split_direct(arg: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = arg.iter().position(u8::is_ascii_whitespace)?;
+    let (nick, text) = arg.split_at(end);
+    let text = text.trim_ascii_start();
+    (!text.is_empty()).then_some((nick, text))
+}
+
+/// `+OK`, `-ERR`, `+MSG` (alone or followed by a space) or `<nick> ` with a nick free of `>`:
+/// the shapes of [`encode_reply`], [`encode_chat`] and direct messages. A person's chat line that starts like a delivery
 /// (`<b> bold`) is taken for one: that is the price of never answering a server.
 fn is_reply(line: &[u8]) -> bool {
     let word = |w: &[u8]| {
         line.strip_prefix(w)
             .is_some_and(|rest| rest.is_empty() || rest[0] == b' ')
     };
-    if word(b"+OK") || word(b"-ERR") {
+    if word(b"+OK") || word(b"-ERR") || word(DIRECT) {
         return true;
     }
     line.strip_prefix(b"<")
@@ -145,6 +160,16 @@ pub fn encode_chat(out: &mut [u8], nick: &[u8], text: &[u8]) -> Result<usize, st
     Ok(total - w.len())
 }
 
+/// Writes a direct message as `+MSG <nick> text`.
+pub fn encode_direct(out: &mut [u8], nick: &[u8], text: &[u8]) -> Result<usize, std::io::Error> {
+    let total = out.len();
+    let mut w = &mut *out;
+    w.write_all(DIRECT)?;
+    w.write_all(b" ")?;
+    let chat = encode_chat(w, nick, text)?;
+    Ok(total - w.len() + chat)
+}
+
 /// Writes a reply line (`+OK ...` / `-ERR ...`) made by `format_args!`.
 pub fn encode_reply(
     out: &mut [u8],
@@ -168,6 +193,13 @@ mod tests {
         assert_eq!(parse(b"/part"), Line::Part);
         assert_eq!(parse(b"/nick  Linh Tran "), Line::Nick(b"Linh Tran"));
         assert_eq!(parse(b"/quit\n"), Line::Quit);
+        assert_eq!(parse(b"/msg bob  hi there \n"), Line::Msg(b"bob  hi there"));
+        assert_eq!(
+            split_direct(b"bob  hi there"),
+            Some((&b"bob"[..], &b"hi there"[..]))
+        );
+        assert_eq!(split_direct(b"bob"), None, "no text");
+        assert_eq!(split_direct(b""), None);
         assert_eq!(parse(b"/dance wildly"), Line::Unknown(b"/dance"));
         assert_eq!(parse(b"/"), Line::Unknown(b"/"));
         assert_eq!(parse(b"/joinx 1"), Line::Unknown(b"/joinx"));
@@ -186,6 +218,7 @@ mod tests {
             b"<127.0.0.1:5000> hello",
             b"<Linh Tran> ",
             b"<> x",
+            b"+MSG <amy> hi",
         ] {
             assert_eq!(
                 parse(line),
@@ -197,6 +230,7 @@ mod tests {
         for line in [
             &b"+OKAY then"[..],
             b"-ERRATA",
+            b"+MSGS",
             b"<3 you",
             b"<b>bold",
             b"x",

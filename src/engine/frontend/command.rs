@@ -4,6 +4,7 @@
 //! front-end writes back in its own format, as it writes deliveries and LIST and WHO answers.
 //! Nothing here names a wire format.
 
+use crate::engine::direct::DirectOutcome;
 use crate::engine::{Chat, DropReason};
 use crate::proto::{Name, Nick};
 use std::net::SocketAddr;
@@ -41,6 +42,11 @@ pub enum Command<'a> {
         channel: Name,
     },
     KeepAlive,
+    /// Send `text` to the user named `to` (through the mailbox, see [`crate::engine::direct`]).
+    Direct {
+        to: &'a [u8],
+        text: &'a [u8],
+    },
     /// A request the protocol does not have.
     Unknown,
 }
@@ -75,6 +81,29 @@ pub enum Refusal {
     BadUserName,
     /// The endpoint's address holds as many sessions as one address may.
     TooManySessions,
+    /// This server runs no mailbox: no direct messages.
+    NoMailbox,
+    /// A direct message the mailbox cannot carry (empty, too long, not UTF-8, a NUL or newline).
+    BadDirectText,
+    /// A direct message to a name nobody can have.
+    NoSuchUser,
+}
+
+/// What the mailbox reports to a session, in a front-end's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectEvent<'a> {
+    /// What became of the direct message the session sent to `to`.
+    Sent { to: &'a str, outcome: DirectOutcome },
+    /// A direct message for the session's user.
+    Message {
+        from: &'a str,
+        id: Option<u32>,
+        text: &'a str,
+        /// When this server handed it over, in milliseconds since 1970.
+        unix_ms: u64,
+    },
+    /// The message `id` that the session's user sent has been delivered.
+    Delivered { id: u32 },
 }
 
 /// What a command that succeeded did, for front-ends that confirm it.

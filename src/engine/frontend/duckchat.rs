@@ -62,6 +62,10 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::ServerChannelLimit(_) => (b"Too many channels on this server", b""),
         Refusal::BadChannelName => (b"Channel names must be printable UTF-8", b""),
         Refusal::BadUserName => (b"User names must be printable UTF-8", b""),
+        // DuckChat has no direct messages: it never asks for one.
+        Refusal::NoMailbox | Refusal::BadDirectText | Refusal::NoSuchUser => {
+            (b"*Unknown command", b"")
+        }
     };
     let mut message = [0u8; 96];
     let end = prefix.len() + name.len();
@@ -133,6 +137,6 @@ pub(super) fn log_command(
             "{local} {src} recv Request who {user} {channel}"
         )),
         Command::KeepAlive => out.log(format_args!("{local} {src} recv Request keep alive {user}")),
-        Command::Login { .. } | Command::Unknown => {}
+        Command::Login { .. } | Command::Direct { .. } | Command::Unknown => {}
     }
 }

@@ -13,7 +13,7 @@ mod text;
 mod web;
 mod web_compat;
 
-pub use command::{Command, Decoded, Delivery, Done, Refusal, Settings, View};
+pub use command::{Command, Decoded, Delivery, DirectEvent, Done, Refusal, Settings, View};
 
 use super::{Endpoint, Outbox};
 use crate::proto::{Name, Nick};
@@ -146,6 +146,20 @@ impl Protocol {
             Protocol::Text => text::encode_chat(delivery.chat, buf),
             Protocol::Web => web::encode_chat(delivery, buf),
             Protocol::WebCompat => web_compat::encode_chat(delivery, buf),
+        }
+    }
+
+    /// Whether the protocol's users send and receive direct messages (with a mailbox).
+    pub fn takes_direct(self) -> bool {
+        matches!(self, Protocol::Text | Protocol::Web)
+    }
+
+    /// What the mailbox reports to a session, for a protocol that [`Protocol::takes_direct`].
+    pub fn encode_direct(self, event: &DirectEvent<'_>, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            Protocol::Text => text::encode_direct(event, buf),
+            Protocol::Web => web::encode_direct(event, buf),
+            Protocol::DuckChat | Protocol::WebCompat => None,
         }
     }
 

@@ -3,8 +3,9 @@
 //! command gets one `+OK` or `-ERR` line (`/quit` none), and a session is in at most one room:
 //! room N is the channel named `N`, shared with DuckChat users.
 
-use super::command::{Command, Decoded, Done, Refusal, Settings, View};
+use super::command::{Command, Decoded, DirectEvent, Done, Refusal, Settings, View};
 use super::SCRATCH;
+use crate::engine::direct::DirectOutcome;
 use crate::engine::lossy::Lossy;
 use crate::engine::{Chat, DropReason, Endpoint, Outbox};
 use crate::proto::text::{self, Line, NickError, RoomError};
@@ -75,6 +76,10 @@ pub(super) fn decode<'a>(
                 )
             }
         },
+        Line::Msg(arg) => match text::split_direct(arg) {
+            Some((to, text)) => Command::Direct { to, text },
+            None => return reply_error(scratch, format_args!("-ERR Usage: /msg NICK text")),
+        },
         Line::Quit if session.is_some() => Command::Quit,
         Line::Quit => return Decoded::Nothing,
         Line::Unknown(word) => {
@@ -144,6 +149,15 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::BadChannelName => line(buf, format_args!("-ERR No such room")),
         Refusal::TooManyChannels => line(buf, format_args!("-ERR Too many rooms")),
         Refusal::UnknownCommand => line(buf, format_args!("-ERR Unknown command")),
+        Refusal::NoMailbox => line(
+            buf,
+            format_args!("-ERR Direct messages are off on this server"),
+        ),
+        Refusal::BadDirectText => line(
+            buf,
+            format_args!("-ERR A direct message is at most 255 bytes of UTF-8"),
+        ),
+        Refusal::NoSuchUser => line(buf, format_args!("-ERR No such user")),
         // The front-end checks the room before it asks; these are for completeness.
         Refusal::NotLoggedIn | Refusal::NoChannel(_) | Refusal::NotInChannel(_) => {
             line(buf, format_args!("-ERR You are not in a chat room"))
@@ -158,6 +172,32 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
         Done::Left(room) => line(buf, format_args!("+OK You have left chat room #{room}")),
         Done::Named(nick) => line(buf, format_args!("+OK Nickname set to '{nick}'")),
         Done::Nothing | Done::Quit => None,
+    }
+}
+
+/// The answer to `/msg` (one line, as every command gets), or a direct message for the session
+/// (`+MSG <nick> text`); deliveries of what the session sent are not shown (its `+OK` said the
+/// message was taken).
+pub(super) fn encode_direct(event: &DirectEvent<'_>, buf: &mut [u8]) -> Option<usize> {
+    let line = |buf: &mut [u8], line: std::fmt::Arguments<'_>| text::encode_reply(buf, line).ok();
+    match *event {
+        DirectEvent::Sent { to, outcome } => match outcome {
+            DirectOutcome::Stored(id) => {
+                line(buf, format_args!("+OK Message {id} for {to} stored"))
+            }
+            DirectOutcome::Delivered => line(buf, format_args!("+OK Message for {to} delivered")),
+            DirectOutcome::NoSuchUser => line(buf, format_args!("-ERR No such user {to}")),
+            DirectOutcome::Full => line(buf, format_args!("-ERR The mailbox of {to} is full")),
+            DirectOutcome::Busy => line(buf, format_args!("-ERR The mailbox is busy: try again")),
+            DirectOutcome::Failed => line(
+                buf,
+                format_args!("-ERR The mailbox could not store the message"),
+            ),
+        },
+        DirectEvent::Message { from, text: t, .. } => {
+            text::encode_direct(buf, from.as_bytes(), t.as_bytes()).ok()
+        }
+        DirectEvent::Delivered { .. } => None,
     }
 }
 

@@ -1,12 +1,13 @@
 //! Browsers over WebSocket (`docs/websocket.md`): one JSON object per text frame each way.
 //! Requests are `{"type": "nick" | "join" | "leave" | "say" | "list" | "who" | "dm", ...}`;
-//! events are `message`, `ok`, `error`, `channels` and `members`. A session begins with the
+//! events are `message`, `presence`, `ok`, `error`, `channels`, `members`, `dm` and `delivered`. A session begins with the
 //! first `nick` or `join` (named after its address until it picks a nick) and ends with the
 //! connection; a bad frame gets an `error` event, never a silent disconnect.
 
-use super::command::{Command, Decoded, Delivery, Done, Refusal};
+use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Refusal};
 use super::json::Json;
 use super::{Answer, SCRATCH};
+use crate::engine::direct::DirectOutcome;
 use crate::engine::Endpoint;
 use crate::proto::{text, Name, Nick};
 use serde::Deserialize;
@@ -37,8 +38,11 @@ enum Request {
     Who {
         channel: String,
     },
-    /// A direct message: the mailbox will carry it; until then, refused.
-    Dm {},
+    /// A direct message to the user named `to`.
+    Dm {
+        to: String,
+        text: String,
+    },
 }
 
 pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> Decoded<'a> {
@@ -100,7 +104,20 @@ pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> D
                 text: &scratch[..t.len()],
             }
         }
-        Request::Dm { .. } => return error(scratch, b"direct messages are not available yet"),
+        Request::Dm { to, text: t } => {
+            // Both go into the scratch buffer, one after the other.
+            let (to_len, t_len) = (to.len(), t.len());
+            if to_len + t_len > SCRATCH {
+                return error(scratch, b"direct messages are at most 255 bytes");
+            }
+            scratch[..to_len].copy_from_slice(to.as_bytes());
+            scratch[to_len..to_len + t_len].copy_from_slice(t.as_bytes());
+            let scratch: &'a [u8; SCRATCH] = scratch;
+            Command::Direct {
+                to: &scratch[..to_len],
+                text: &scratch[to_len..to_len + t_len],
+            }
+        }
     };
     Decoded::Command(command)
 }
@@ -145,6 +162,12 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::BadChannelName => write!(message, "channel names must be printable UTF-8"),
         Refusal::BadUserName => write!(message, "nicks must be printable UTF-8"),
         Refusal::TooManySessions => write!(message, "too many sessions from your address"),
+        Refusal::NoMailbox => write!(message, "direct messages are off on this server"),
+        Refusal::BadDirectText => write!(
+            message,
+            "a direct message is 1 to 255 bytes, without NUL or newline"
+        ),
+        Refusal::NoSuchUser => write!(message, "no such user"),
     };
     write_error(buf, message.as_bytes())
 }
@@ -203,6 +226,69 @@ pub(super) fn encode_chat(d: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
     j.number(d.unix_ms)?;
     j.raw(b"}")?;
     Some(j.len())
+}
+
+/// `ok` (`request` `dm`, `to`, and `id` when stored) or `error` for a direct message sent;
+/// `{"type":"dm","from","text","id","ts"}` for one received (`id` null when it was not stored);
+/// `{"type":"delivered","id"}` when one the session sent has been delivered.
+pub(super) fn encode_direct(event: &DirectEvent<'_>, buf: &mut [u8]) -> Option<usize> {
+    let mut j = Json::new(buf);
+    let id = |j: &mut Json<'_>, id: Option<u32>| match id {
+        Some(id) => j.number(u64::from(id)),
+        None => j.raw(b"null"),
+    };
+    match *event {
+        DirectEvent::Sent { to, outcome } => {
+            let stored = match outcome {
+                DirectOutcome::Stored(n) => Some(n),
+                DirectOutcome::Delivered => None,
+                refused => return write_error(buf, direct_refused(refused, to).as_bytes()),
+            };
+            j.raw(b"{\"type\":\"ok\",\"request\":\"dm\",")?;
+            j.field("to", to.as_bytes())?;
+            j.raw(b",")?;
+            j.key("id")?;
+            id(&mut j, stored)?;
+        }
+        DirectEvent::Message {
+            from,
+            id: n,
+            text,
+            unix_ms,
+        } => {
+            j.raw(b"{\"type\":\"dm\",")?;
+            j.field("from", from.as_bytes())?;
+            j.raw(b",")?;
+            j.field("text", text.as_bytes())?;
+            j.raw(b",")?;
+            j.key("id")?;
+            id(&mut j, n)?;
+            j.raw(b",")?;
+            j.key("ts")?;
+            j.number(unix_ms)?;
+        }
+        DirectEvent::Delivered { id: n } => {
+            j.raw(b"{\"type\":\"delivered\",")?;
+            j.key("id")?;
+            j.number(u64::from(n))?;
+        }
+    }
+    j.raw(b"}")?;
+    Some(j.len())
+}
+
+/// Why a direct message to `to` was not taken, as an `error` event says it.
+fn direct_refused(outcome: DirectOutcome, to: &str) -> arrayvec::ArrayString<128> {
+    let why = match outcome {
+        DirectOutcome::Stored(_) | DirectOutcome::Delivered => "taken",
+        DirectOutcome::NoSuchUser => "no such user",
+        DirectOutcome::Full => "the recipient's mailbox is full",
+        DirectOutcome::Busy => "the mailbox is busy: try again",
+        DirectOutcome::Failed => "the mailbox could not store the message",
+    };
+    let mut message = arrayvec::ArrayString::new();
+    let _ = write!(message, "{why}: {to}"); // a user name is at most 49 bytes: it fits
+    message
 }
 
 /// `{"type":"presence","channel","user","event":"joined"|"left"}`.

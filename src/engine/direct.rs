@@ -1,0 +1,225 @@
+//! Direct messages, as the shards see them: a session asks the mailbox to carry a message, and
+//! tells it which name it goes by, through the runtime's queues ([`ToMailbox`]); the mailbox
+//! answers, pushes direct messages and reports deliveries back to the session's home shard
+//! ([`FromMailbox`]). The store and its disk stay on the mailbox's thread: a shard only queues.
+
+use super::frontend::{self, DirectEvent, Refusal};
+use super::{Engine, Outbox, SessionId};
+use std::time::Duration;
+
+/// A mailbox user name is 1 to this many bytes (the original service's limit).
+pub const MAX_USER: usize = 49;
+/// A direct message is 1 to this many bytes of UTF-8.
+pub const MAX_TEXT: usize = 255;
+
+/// What a shard asks of the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToMailbox {
+    /// The session's user (named `from`) sends `text` to the user named `to`.
+    Send {
+        session: SessionId,
+        from: String,
+        to: String,
+        text: String,
+    },
+    /// The session goes by `name` from now on, or (`None`) no longer takes direct messages:
+    /// it ended or took a name the mailbox cannot know.
+    Named {
+        session: SessionId,
+        name: Option<String>,
+    },
+    /// Whether the event that carried `token` reached its session (false: it had ended).
+    Handed { token: u64, delivered: bool },
+}
+
+impl ToMailbox {
+    /// Membership in the mailbox's directory must not be lost; a send may be refused.
+    pub fn is_control(&self) -> bool {
+        matches!(self, ToMailbox::Named { .. } | ToMailbox::Handed { .. })
+    }
+}
+
+/// What became of a direct message a session sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectOutcome {
+    /// Stored under this id, to be delivered when its recipient is connected (now, if it is).
+    Stored(u32),
+    /// The recipient is not registered but was connected: handed over, not stored.
+    Delivered,
+    /// Nobody goes by that name: not registered, not connected.
+    NoSuchUser,
+    /// A limit of the store refused it.
+    Full,
+    /// The mailbox's queue was full: try again.
+    Busy,
+    /// The store could not write it.
+    Failed,
+}
+
+/// What the mailbox sends a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromMailbox {
+    /// The answer to the session's [`ToMailbox::Send`] to `to`.
+    Sent {
+        session: SessionId,
+        to: String,
+        outcome: DirectOutcome,
+    },
+    /// A direct message for the session's user (`id`: stored messages have one). The shard
+    /// reports with [`ToMailbox::Handed`] and `token` whether the session was still there.
+    Message {
+        session: SessionId,
+        from: String,
+        id: Option<u32>,
+        text: String,
+        token: u64,
+    },
+    /// The message `id` that the session's user sent has been delivered (reported back like
+    /// a message).
+    Delivered {
+        session: SessionId,
+        id: u32,
+        token: u64,
+    },
+}
+
+impl FromMailbox {
+    pub fn session(&self) -> SessionId {
+        match self {
+            FromMailbox::Sent { session, .. }
+            | FromMailbox::Message { session, .. }
+            | FromMailbox::Delivered { session, .. } => *session,
+        }
+    }
+
+    /// The token to report back with, for events the mailbox waits on.
+    fn token(&self) -> Option<u64> {
+        match self {
+            FromMailbox::Sent { .. } => None,
+            FromMailbox::Message { token, .. } | FromMailbox::Delivered { token, .. } => {
+                Some(*token)
+            }
+        }
+    }
+}
+
+/// A name the mailbox can know: 1 to [`MAX_USER`] bytes of printable UTF-8.
+pub fn is_user_name(name: &[u8]) -> bool {
+    name.len() <= MAX_USER && crate::proto::is_printable_name(name)
+}
+
+/// A text the mailbox can carry: 1 to [`MAX_TEXT`] bytes of UTF-8 without NUL or newline (its
+/// protocol ends a field at either).
+pub fn is_direct_text(text: &[u8]) -> bool {
+    (1..=MAX_TEXT).contains(&text.len())
+        && !text.iter().any(|&b| b == 0 || b == b'\n')
+        && std::str::from_utf8(text).is_ok()
+}
+
+impl Engine {
+    /// `/msg` or `dm` from session `id`: checked here, carried by the mailbox, answered when the
+    /// mailbox has done it ([`FromMailbox::Sent`]).
+    pub(super) fn send_direct(
+        &mut self,
+        id: SessionId,
+        to: &[u8],
+        text: &[u8],
+        out: &mut Outbox,
+    ) -> Result<frontend::Done, Refusal> {
+        if !self.cfg.mailbox {
+            return Err(Refusal::NoMailbox);
+        }
+        if !is_user_name(to) {
+            return Err(Refusal::NoSuchUser);
+        }
+        if !is_direct_text(text) {
+            return Err(Refusal::BadDirectText);
+        }
+        let Some(session) = self.clients.sessions.get(id) else {
+            return Err(Refusal::NotLoggedIn);
+        };
+        out.ask_mailbox(ToMailbox::Send {
+            session: id,
+            from: String::from_utf8_lossy(session.name.as_bytes()).into_owned(),
+            to: String::from_utf8_lossy(to).into_owned(),
+            text: String::from_utf8_lossy(text).into_owned(),
+        });
+        Ok(frontend::Done::Nothing)
+    }
+
+    /// Tells the mailbox the name session `id` now goes by (after a login), or that it takes
+    /// no direct messages any more (`gone`: it is ending). Only sessions that picked a name
+    /// are known to the mailbox; one named after its address is not.
+    pub(super) fn announce_name(&mut self, id: SessionId, gone: bool, out: &mut Outbox) {
+        if !self.cfg.mailbox {
+            return;
+        }
+        let Some((_, protocol)) = self.clients.sessions.key(id) else {
+            return;
+        };
+        let Some(session) = self.clients.sessions.get_mut(id) else {
+            return;
+        };
+        let name = Some(session.name.as_bytes())
+            .filter(|name| !gone && protocol.takes_direct() && is_user_name(name))
+            .map(|name| String::from_utf8_lossy(name).into_owned());
+        if name.is_none() && !session.known_to_mailbox {
+            return;
+        }
+        session.known_to_mailbox = name.is_some();
+        out.ask_mailbox(ToMailbox::Named { session: id, name });
+    }
+
+    /// What the mailbox sends one of this shard's sessions (an answer, a direct message, a
+    /// delivery report), written in its protocol; nothing when the session has ended since.
+    pub fn mailbox_event(&mut self, now: Duration, event: FromMailbox, out: &mut Outbox) {
+        if let FromMailbox::Sent {
+            outcome: DirectOutcome::Busy,
+            ..
+        } = event
+        {
+            self.counters.dropped(super::DropReason::MailboxBusy);
+        }
+        let id = event.session();
+        let delivered = match self.clients.sessions.key(id) {
+            None => false,
+            Some((endpoint, protocol)) => {
+                let unix_ms = self.cfg.epoch_unix_ms + now.as_millis() as u64;
+                let shown = match &event {
+                    FromMailbox::Sent { to, outcome, .. } => DirectEvent::Sent {
+                        to,
+                        outcome: *outcome,
+                    },
+                    FromMailbox::Message { from, id, text, .. } => DirectEvent::Message {
+                        from,
+                        id: *id,
+                        text,
+                        unix_ms,
+                    },
+                    FromMailbox::Delivered { id, .. } => DirectEvent::Delivered { id: *id },
+                };
+                let mut buf = [0u8; frontend::SCRATCH];
+                if let Some(len) = protocol.encode_direct(&shown, &mut buf) {
+                    match shown {
+                        // An answer to the session's own request, charged like every reply.
+                        DirectEvent::Sent { outcome, .. } => {
+                            let error = !matches!(
+                                outcome,
+                                DirectOutcome::Stored(_) | DirectOutcome::Delivered
+                            );
+                            self.send_reply(now, endpoint, &buf[..len], error, out);
+                        }
+                        DirectEvent::Message { .. } | DirectEvent::Delivered { .. } => {
+                            self.counters.deliveries.inc();
+                            out.send_bytes(endpoint, &buf[..len]);
+                        }
+                    }
+                }
+                true
+            }
+        };
+        if let Some(token) = event.token() {
+            out.ask_mailbox(ToMailbox::Handed { token, delivered });
+        }
+    }
+}
