@@ -232,10 +232,8 @@ async fn push_to(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
     };
-    timeout(PUSH_PATIENCE, async {
-        conn.write_all(bytes).await?;
-        conn.shutdown().await
-    })
-    .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    // Closing after the write sends the FIN behind the data: no shutdown call of its own.
+    timeout(PUSH_PATIENCE, conn.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }

@@ -192,7 +192,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
 /// answer. A connection that closes early, idles or sends garbage is closed and changes
 /// nothing.
 async fn handle(mut conn: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = conn.set_nodelay(true);
+    // No TCP_NODELAY: the one reply is the connection's only segment, which Nagle never holds.
     let Some(request) = read_request(&mut conn).await else {
         return;
     };

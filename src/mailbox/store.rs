@@ -17,6 +17,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (sender, sequence) -> id: acknowledgements owed to a sender who was not connected when its
 /// message was delivered.
 const ACKS: TableDefinition<(&str, u64), u32> = TableDefinition::new("acks");
+/// recipient -> messages stored for it (for the per-user limit without counting them).
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 
 /// Changes applied in one transaction at most; more wait for the next.
 const BATCH: usize = 512;
@@ -104,6 +106,7 @@ impl Store {
             txn.open_table(MESSAGES).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
             txn.open_table(ACKS).map_err(db_err)?;
+            txn.open_table(COUNTS).map_err(db_err)?;
             txn.commit().map_err(db_err)?;
         }
         let (jobs, queue) = crossbeam_channel::bounded(16 * BATCH);
@@ -265,13 +268,14 @@ fn decode(seq: u64, v: &[u8]) -> Option<Stored> {
 /// then gives each job its outcome.
 fn write_loop(db: &Database, queue: &Receiver<Job>, limits: StoreLimits, batch: usize) {
     let mut jobs = Vec::with_capacity(batch);
+    let mut meta = None;
     while let Ok(first) = queue.recv() {
         jobs.push(first);
         while jobs.len() < batch {
             let Ok(next) = queue.try_recv() else { break };
             jobs.push(next);
         }
-        match apply(db, &mut jobs, limits) {
+        match apply(db, &mut jobs, limits, &mut meta) {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     outcome.give(job);
@@ -313,60 +317,101 @@ impl Outcome {
     }
 }
 
-/// The next value of a counter kept in `meta`.
-fn counter(meta: &mut redb::Table<&str, u64>, key: &str) -> Result<u64, StoreError> {
-    let n = meta.get(key).map_err(db_err)?.map_or(0, |v| v.value());
-    meta.insert(key, n + 1).map_err(db_err)?;
-    Ok(n)
+/// The counters kept in `meta`, read once and carried from one transaction to the next (each
+/// transaction writes them back once, not on every change).
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    users: u64,
+    stored: u64,
+    next_id: u64,
+    next_seq: u64,
 }
 
-fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Outcome>, StoreError> {
+impl Meta {
+    const KEYS: [&'static str; 4] = ["users", "stored", "next_id", "next_seq"];
+
+    fn read(meta: &impl ReadableTable<&'static str, u64>) -> Result<Self, StoreError> {
+        let get = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key).map_err(db_err)?.map_or(0, |v| v.value()))
+        };
+        Ok(Self {
+            users: get("users")?,
+            stored: get("stored")?,
+            next_id: get("next_id")?,
+            next_seq: get("next_seq")?,
+        })
+    }
+
+    fn write(&self, meta: &mut redb::Table<&str, u64>) -> Result<(), StoreError> {
+        let values = [self.users, self.stored, self.next_id, self.next_seq];
+        for (key, value) in Self::KEYS.into_iter().zip(values) {
+            meta.insert(key, value).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+}
+
+/// The counters as committed: read from the database when unknown (at start, and after a
+/// transaction failed, since its changes to them are gone too).
+fn committed_meta(db: &Database, cached: &mut Option<Meta>) -> Result<Meta, StoreError> {
+    if let Some(meta) = cached {
+        return Ok(*meta);
+    }
+    let txn = db.begin_read().map_err(db_err)?;
+    let meta = Meta::read(&txn.open_table(META).map_err(db_err)?)?;
+    *cached = Some(meta);
+    Ok(meta)
+}
+
+fn apply(
+    db: &Database,
+    jobs: &mut [Job],
+    limits: StoreLimits,
+    cached: &mut Option<Meta>,
+) -> Result<Vec<Outcome>, StoreError> {
+    let before = committed_meta(db, cached);
+    *cached = None; // until this transaction is committed
+    let mut m = before?;
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     {
         let mut users = txn.open_table(USERS).map_err(db_err)?;
         let mut messages = txn.open_table(MESSAGES).map_err(db_err)?;
-        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
         let mut acks = txn.open_table(ACKS).map_err(db_err)?;
         for job in jobs.iter() {
             let outcome = match job {
                 Job::Register(user, _) => {
-                    let known = users.get(user.as_str()).map_err(db_err)?.is_some();
-                    let count = meta.get("users").map_err(db_err)?.map_or(0, |v| v.value());
-                    if known {
+                    if users.get(user.as_str()).map_err(db_err)?.is_some() {
                         Outcome::Flag(false)
-                    } else if count >= limits.users {
-                        outcomes.push(Outcome::Full);
-                        continue;
+                    } else if m.users >= limits.users {
+                        Outcome::Full
                     } else {
                         users.insert(user.as_str(), 1).map_err(db_err)?;
-                        meta.insert("users", count + 1).map_err(db_err)?;
+                        m.users += 1;
                         Outcome::Flag(true)
                     }
                 }
                 Job::Unregister(user, _) => {
                     let known = users.remove(user.as_str()).map_err(db_err)?.is_some();
                     if known {
-                        let count = meta.get("users").map_err(db_err)?.map_or(0, |v| v.value());
-                        meta.insert("users", count.saturating_sub(1))
-                            .map_err(db_err)?;
-                        acks.extract_from_if(
-                            (user.as_str(), 0)..=(user.as_str(), u64::MAX),
-                            |_, _| true,
-                        )
-                        .map_err(db_err)?
-                        .for_each(drop);
+                        m.users = m.users.saturating_sub(1);
+                        let all = (user.as_str(), 0)..=(user.as_str(), u64::MAX);
+                        acks.extract_from_if(all.clone(), |_, _| true)
+                            .map_err(db_err)?
+                            .for_each(drop);
                         let stored = messages
-                            .extract_from_if(
-                                (user.as_str(), 0)..=(user.as_str(), u64::MAX),
-                                |_, _| true,
-                            )
+                            .extract_from_if(all, |_, _| true)
                             .map_err(db_err)?
                             .count();
-                        let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
-                        meta.insert("stored", total.saturating_sub(stored as u64))
-                            .map_err(db_err)?;
+                        counts.remove(user.as_str()).map_err(db_err)?;
+                        m.stored = m.stored.saturating_sub(stored as u64);
                     }
                     Outcome::Flag(known)
                 }
@@ -383,22 +428,22 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
                         outcomes.push(Outcome::Send(SendOutcome::UnknownUser));
                         continue;
                     }
-                    let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
-                    let mine = messages
-                        .range((to.as_str(), 0)..=(to.as_str(), u64::MAX))
+                    let mine = counts
+                        .get(to.as_str())
                         .map_err(db_err)?
-                        .take(limits.per_user as usize)
-                        .count() as u64;
-                    if total >= limits.total || mine >= limits.per_user {
+                        .map_or(0, |v| v.value());
+                    if m.stored >= limits.total || mine >= limits.per_user {
                         outcomes.push(Outcome::Send(SendOutcome::Full));
                         continue;
                     }
-                    let id = counter(&mut meta, "next_id")? as u32;
-                    let seq = counter(&mut meta, "next_seq")?;
+                    let id = m.next_id as u32; // ids are 32-bit in the protocol: they wrap
+                    m.next_id += 1;
+                    let seq = m.seq();
                     messages
                         .insert((to.as_str(), seq), encode(id, from, text).as_slice())
                         .map_err(db_err)?;
-                    meta.insert("stored", total + 1).map_err(db_err)?;
+                    counts.insert(to.as_str(), mine + 1).map_err(db_err)?;
+                    m.stored += 1;
                     Outcome::Send(SendOutcome::Stored { id, seq })
                 }
                 Job::Delivered {
@@ -414,12 +459,18 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
                         .map_err(db_err)?
                         .is_some();
                     if removed {
-                        let total = meta.get("stored").map_err(db_err)?.map_or(0, |v| v.value());
-                        meta.insert("stored", total.saturating_sub(1))
-                            .map_err(db_err)?;
+                        m.stored = m.stored.saturating_sub(1);
+                        let mine = counts
+                            .get(recipient.as_str())
+                            .map_err(db_err)?
+                            .map_or(0, |v| v.value());
+                        match mine {
+                            0 | 1 => counts.remove(recipient.as_str()).map(drop),
+                            n => counts.insert(recipient.as_str(), n - 1).map(drop),
+                        }
+                        .map_err(db_err)?;
                         if *owe_ack && users.get(sender.as_str()).map_err(db_err)?.is_some() {
-                            let ack_seq = counter(&mut meta, "next_seq")?;
-                            acks.insert((sender.as_str(), ack_seq), *id)
+                            acks.insert((sender.as_str(), m.seq()), *id)
                                 .map_err(db_err)?;
                         }
                     }
@@ -432,8 +483,10 @@ fn apply(db: &Database, jobs: &mut [Job], limits: StoreLimits) -> Result<Vec<Out
             };
             outcomes.push(outcome);
         }
+        m.write(&mut txn.open_table(META).map_err(db_err)?)?;
     }
     txn.commit().map_err(db_err)?;
+    *cached = Some(m);
     Ok(outcomes)
 }
 
