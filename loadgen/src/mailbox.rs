@@ -44,6 +44,8 @@ pub struct MailboxRecord {
     pub pushed_online: u64,
     pub expected_online: u64,
     pub duplicates: u64,
+    /// Messages that reached a recipient after a later one from the same sender.
+    pub out_of_order: u64,
     /// Messages stored for offline recipients, and how fast they came once those connected.
     pub backlog: u64,
     pub backlog_delivered: u64,
@@ -58,7 +60,8 @@ impl MailboxRecord {
             "mailbox: {} senders, {} recipients (half online), {}\n\
              acknowledged SENDs     {} ({:.0}/s), refused {}, failed {}\n\
              answer latency         {}\n\
-             push latency (online)  {} ({} of {} pushed, {} duplicates)\n\
+             push latency (online)  {} ({} of {} pushed)\n\
+             duplicates             {}, out of order {}\n\
              stored backlog         {} of {} delivered on connect, {:.0}/s\n",
             self.senders,
             self.recipients,
@@ -75,6 +78,7 @@ impl MailboxRecord {
             self.pushed_online,
             self.expected_online,
             self.duplicates,
+            self.out_of_order,
             self.backlog_delivered,
             self.backlog,
             self.backlog_per_s,
@@ -104,14 +108,38 @@ struct Inbox {
     got: Vec<(u32, u64, u64, u64)>,
 }
 
-/// Accepts pushes on every listener until `stop`, recording each message's stamp and arrival.
+/// Accepts pushes on every listener until `stop` (woken by epoll, so that an idle inbox costs
+/// the router's CPU nothing), recording each message's stamp and arrival.
 fn receive(inboxes: &Mutex<Vec<Inbox>>, epoch: Instant, stop: &AtomicBool) {
+    use mio::{unix::SourceFd, Events, Interest, Poll, Token};
+    use std::os::fd::AsRawFd;
+    let Ok(mut poll) = Poll::new() else {
+        return;
+    };
+    {
+        let boxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, inbox) in boxes.iter().enumerate() {
+            let fd = inbox.listener.as_raw_fd();
+            let _ = poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(i), Interest::READABLE);
+        }
+    }
+    let mut events = Events::with_capacity(256);
     while !stop.load(Ordering::Relaxed) {
-        let mut idle = true;
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(10)))
+            .is_err()
+        {
+            continue;
+        }
         let mut boxes = inboxes.lock().unwrap_or_else(|e| e.into_inner());
-        for inbox in boxes.iter_mut() {
+        for event in events.iter() {
+            let Some(inbox) = boxes.get_mut(event.token().0) else {
+                continue;
+            };
+            // Edge-triggered: take every connection waiting.
             while let Ok((mut c, _)) = inbox.listener.accept() {
-                idle = false;
                 let _ = c.set_nonblocking(false);
                 let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut bytes = Vec::new();
@@ -125,9 +153,35 @@ fn receive(inboxes: &Mutex<Vec<Inbox>>, epoch: Instant, stop: &AtomicBool) {
                 }
             }
         }
-        drop(boxes);
-        if idle {
-            std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What arrived: each message once, in the order its sender sent it to that recipient?
+#[derive(Default)]
+struct Tally {
+    seen: HashSet<(u32, u64)>,
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
+impl Tally {
+    /// One recipient's pushes, in the order they came; `first` sees each new message's
+    /// intended time and arrival.
+    fn inbox(&mut self, inbox: &Inbox, mut first: impl FnMut(u64, u64)) {
+        let mut last_seq = std::collections::HashMap::new();
+        for &(sender, seq, intended, at) in &inbox.got {
+            if !self.seen.insert((sender, seq)) {
+                self.duplicates += 1;
+                continue;
+            }
+            self.unique += 1;
+            first(intended, at);
+            let last = last_seq.entry(sender).or_insert(seq);
+            if seq < *last {
+                self.out_of_order += 1;
+            }
+            *last = (*last).max(seq);
         }
     }
 }
@@ -269,19 +323,13 @@ pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
     });
     let inboxes = inboxes.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut push_latency = Latency::new();
-    let mut seen = HashSet::new();
-    let mut duplicates = 0;
-    let mut pushed_online = 0;
+    let mut tally = Tally::default();
     for inbox in &inboxes {
-        for &(sender, seq, intended, at) in &inbox.got {
-            if seen.insert((sender, seq)) {
-                pushed_online += 1;
-                push_latency.record(at.saturating_sub(intended));
-            } else {
-                duplicates += 1;
-            }
-        }
+        tally.inbox(inbox, |intended, at| {
+            push_latency.record(at.saturating_sub(intended))
+        });
     }
+    let pushed_online = tally.unique;
     // The offline recipients connect now: their stored messages come, timed.
     let backlog = backlog.load(Ordering::Relaxed);
     let offline: Vec<usize> = (0..args.recipients).filter(|i| i % 2 == 1).collect();
@@ -320,6 +368,11 @@ pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
         stop.store(true, Ordering::Relaxed);
     });
     let backlog_secs = started.elapsed().as_secs_f64().max(1e-9);
+    let late = late.into_inner().unwrap_or_else(|e| e.into_inner());
+    for inbox in &late {
+        tally.inbox(inbox, |_, _| {});
+    }
+    let backlog_delivered = tally.unique - pushed_online;
     let acknowledged = acked.load(Ordering::Relaxed);
     let ack_latency = ack_latency.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(MailboxRecord {
@@ -335,7 +388,8 @@ pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
         push_latency: push_latency.percentiles(),
         pushed_online,
         expected_online: expected_online.load(Ordering::Relaxed),
-        duplicates,
+        duplicates: tally.duplicates,
+        out_of_order: tally.out_of_order,
         backlog,
         backlog_delivered,
         backlog_per_s: backlog_delivered as f64 / backlog_secs,
