@@ -148,6 +148,12 @@ fn the_protocol_byte_for_byte() {
         bob.pushes(1, WAIT),
         [vec!["SEND_MESS_ACK".to_string(), "1".into()]]
     );
+    // A text of 256 characters (the Python client lets one through) is cut to 255 bytes, as
+    // the original cuts it, not refused with a closed connection (the client would hang).
+    let long = "x".repeat(256);
+    assert_eq!(m.ask(&["SEND", "bob", "amy", &long]), b"\x002\0");
+    assert_eq!(amy.pushes(1, WAIT), [message("bob", 2, &long[..255])]);
+    assert_eq!(bob.pushes(1, WAIT).len(), 1, "its acknowledgement");
     assert_eq!(m.ask(&["DISCONNECT", "bob"]), [0]);
     assert_eq!(m.ask(&["UNREGISTER", "bob"]), [0]);
     assert_eq!(m.ask(&["SEND", "amy", "bob", "gone"]), [1]);

@@ -4,8 +4,12 @@
 //! client's listen port. Pure functions: a request is complete, incomplete (read more), or bad.
 
 pub use crate::engine::direct::{MAX_TEXT, MAX_USER};
+/// The longest field read: a longer name or text is cut to its limit, as the original server
+/// cuts it (its Python client lets a text of 256 characters through, and hangs on a connection
+/// closed unanswered); a field longer than this closes the connection.
+pub const MAX_FIELD: usize = 1024;
 /// The longest whole request: `SEND`, two names, a text and their terminators.
-pub const MAX_REQUEST: usize = 16 + 2 * (MAX_USER + 1) + MAX_TEXT + 1;
+pub const MAX_REQUEST: usize = 16 + 3 * (MAX_FIELD + 1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -40,7 +44,7 @@ pub enum Parse {
 /// Reads one request from the start of `bytes`.
 pub fn parse(bytes: &[u8]) -> Result<Request, Parse> {
     let mut fields = Fields { rest: bytes };
-    let command = fields.next(16)?;
+    let command = fields.next(16, 16)?;
     let request = match command {
         "REGISTER" => Request::Register {
             user: fields.user()?,
@@ -53,7 +57,7 @@ pub fn parse(bytes: &[u8]) -> Result<Request, Parse> {
         },
         "CONNECT" => {
             let user = fields.user()?;
-            let port = fields.next(5)?;
+            let port = fields.next(5, 5)?;
             let port = port
                 .parse::<u16>()
                 .ok()
@@ -64,7 +68,7 @@ pub fn parse(bytes: &[u8]) -> Result<Request, Parse> {
         "SEND" => Request::Send {
             from: fields.user()?,
             to: fields.user()?,
-            text: fields.next(MAX_TEXT)?.to_string(),
+            text: fields.next(MAX_TEXT, MAX_FIELD)?.to_string(),
         },
         _ => return Err(Parse::Bad("unknown request")),
     };
@@ -76,24 +80,29 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    /// The next field of at most `max` bytes.
-    fn next(&mut self, max: usize) -> Result<&'a str, Parse> {
+    /// The next field, cut to at most `max` bytes (at a character boundary); one longer than
+    /// `cap` is refused.
+    fn next(&mut self, max: usize, cap: usize) -> Result<&'a str, Parse> {
         let Some(end) = self.rest.iter().position(|&b| b == 0 || b == b'\n') else {
-            return match self.rest.len() > max {
+            return match self.rest.len() > cap {
                 true => Err(Parse::Bad("a field is too long")),
                 false => Err(Parse::Incomplete),
             };
         };
-        if end > max {
+        if end > cap {
             return Err(Parse::Bad("a field is too long"));
         }
         let field = std::str::from_utf8(&self.rest[..end]).map_err(|_| Parse::Bad("not UTF-8"))?;
         self.rest = &self.rest[end + 1..];
-        Ok(field)
+        let cut = (0..=max.min(field.len()))
+            .rev()
+            .find(|&i| field.is_char_boundary(i))
+            .unwrap_or(0);
+        Ok(&field[..cut])
     }
 
     fn user(&mut self) -> Result<String, Parse> {
-        let user = self.next(MAX_USER)?;
+        let user = self.next(MAX_USER, MAX_FIELD)?;
         if !crate::proto::is_printable_name(user.as_bytes()) {
             return Err(Parse::Bad("a user name is printable UTF-8"));
         }
@@ -178,19 +187,35 @@ mod tests {
         assert!(matches!(parse(b"FLY\0"), Err(Parse::Bad(_))));
         assert!(matches!(parse(b"CONNECT\0amy\0port\0"), Err(Parse::Bad(_))));
         assert!(matches!(parse(b"CONNECT\0amy\x000\0"), Err(Parse::Bad(_))));
-        let long = [b'a'; 60];
         let mut req = b"REGISTER\0".to_vec();
-        req.extend_from_slice(&long);
+        req.extend_from_slice(&[b'a'; MAX_FIELD + 1]);
         assert!(
             matches!(parse(&req), Err(Parse::Bad(_))),
             "too long, even unfinished"
         );
         assert!(matches!(parse(b"REGISTER\0\xff\0"), Err(Parse::Bad(_))));
         assert!(matches!(parse(b"REGISTER\0a\x01b\0"), Err(Parse::Bad(_))));
-        let mut text = b"SEND\0a\0b\0".to_vec();
-        text.extend_from_slice(&[b't'; 256]);
-        text.push(0);
-        assert!(matches!(parse(&text), Err(Parse::Bad(_))));
+        assert!(matches!(parse(b"REGISTER\0\0"), Err(Parse::Bad(_))), "empty");
+    }
+
+    #[test]
+    fn long_fields_are_cut_as_the_original_cuts_them() {
+        let mut req = b"SEND\0".to_vec();
+        req.extend_from_slice(&[b'a'; 60]);
+        req.push(0);
+        req.extend_from_slice(b"bob\0");
+        // 254 bytes, then a two-byte character that does not fit whole.
+        req.extend_from_slice(&[b't'; 254]);
+        req.extend_from_slice("éé".as_bytes());
+        req.push(0);
+        assert_eq!(
+            parse(&req),
+            Ok(Request::Send {
+                from: "a".repeat(MAX_USER),
+                to: "bob".into(),
+                text: "t".repeat(254),
+            })
+        );
     }
 
     #[test]
