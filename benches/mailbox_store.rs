@@ -31,7 +31,8 @@ fn store(c: &mut Criterion) {
             per_user: u64::MAX,
             total: u64::MAX,
         };
-        let store = Store::open(&dir.join("bench.redb"), limits, group_commit).expect("a store");
+        let store =
+            Store::open(&dir.join("bench.redb"), limits, group_commit, false).expect("a store");
         runtime.block_on(async {
             for i in 0..CONCURRENT {
                 store.register(format!("s{i}")).await;

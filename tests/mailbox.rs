@@ -24,19 +24,21 @@ fn data_dir(name: &str) -> PathBuf {
 }
 
 fn start(dir: &Path, port: u16) -> Mailbox {
+    start_with(dir, port, &[])
+}
+
+fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Mailbox {
     let addr = format!("127.0.0.1:{port}");
-    let mut router = Router::start(
-        free_port(),
-        &[],
-        &[
-            "--mailbox",
-            &addr,
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--cores",
-            "1",
-        ],
-    );
+    let mut args = vec![
+        "--mailbox",
+        &addr,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--cores",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut router = Router::start(free_port(), &[], &args);
     router.wait_for_line("mailbox on", WAIT);
     Mailbox { router, port }
 }
@@ -229,9 +231,19 @@ fn early_closes_half_requests_and_garbage_change_nothing() {
 
 #[test]
 fn acknowledged_messages_survive_kill_9() {
-    let dir = data_dir("crash");
+    survive_kill_9("checksum");
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_9_with_two_phase_commit() {
+    survive_kill_9("two-phase");
+}
+
+fn survive_kill_9(commit: &str) {
+    let dir = data_dir(&format!("crash-{commit}"));
     let port = free_tcp_port();
-    let mut m = start(&dir, port);
+    let extra = ["--mailbox-commit", commit];
+    let mut m = start_with(&dir, port, &extra);
     for u in ["bob", "s0", "s1", "s2", "s3"] {
         assert_eq!(m.ask(&["REGISTER", u]), [0]);
     }
@@ -272,7 +284,7 @@ fn acknowledged_messages_survive_kill_9() {
         "only {} acknowledged before the kill",
         acked.len()
     );
-    let m = start(&dir, port);
+    let m = start_with(&dir, port, &extra);
     let bob = Listener::new();
     assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
     // Everything acknowledged, then whatever else comes before a second of quiet.

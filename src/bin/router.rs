@@ -30,6 +30,14 @@ enum Flush {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum Commit {
+    /// One flush per commit; after a crash, checksums tell the last whole commit.
+    Checksum,
+    /// Two flushes per commit: the new state is on disk before it is made current.
+    TwoPhase,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum OrderArg {
     Unordered,
     Fifo,
@@ -129,6 +137,12 @@ struct Cli {
     /// for comparison). Both answer only after the disk has the change.
     #[arg(long, value_enum, default_value = "group")]
     mailbox_flush: Flush,
+
+    /// checksum: one flush per commit, the last whole commit found by checksums after a crash;
+    /// two-phase: a second flush per commit, so that recovery never relies on a checksum
+    /// (texts come from strangers), slower.
+    #[arg(long, value_enum, default_value = "checksum")]
+    mailbox_commit: Commit,
 
     /// A browser that sends nothing, not even a pong to the pings, for this long is closed.
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration)]
@@ -290,6 +304,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         Some(addr) => {
             let mut m = MailboxConfig::new(config::parse_address(addr)?, cli.data_dir.clone());
             m.group_commit = matches!(cli.mailbox_flush, Flush::Group);
+            m.two_phase = matches!(cli.mailbox_commit, Commit::TwoPhase);
             Some(m)
         }
         None => None,

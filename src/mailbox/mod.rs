@@ -40,6 +40,8 @@ pub struct MailboxConfig {
     pub data_dir: PathBuf,
     /// Many requests share one transaction and one flush; off: one flush per request.
     pub group_commit: bool,
+    /// Two flushes per commit (see [`store::Store::open`]).
+    pub two_phase: bool,
     pub limits: StoreLimits,
 }
 
@@ -49,6 +51,7 @@ impl MailboxConfig {
             listen,
             data_dir,
             group_commit: true,
+            two_phase: false,
             limits: StoreLimits {
                 users: 100_000,
                 per_user: 10_000,
@@ -141,6 +144,7 @@ pub fn start(cfg: MailboxConfig, link: Arc<Link>) -> std::io::Result<MailboxServ
         &cfg.data_dir.join("mailbox.redb"),
         cfg.limits,
         cfg.group_commit,
+        cfg.two_phase,
     )
     .map_err(std::io::Error::other)?;
     let listener = std::net::TcpListener::bind(cfg.listen)?;

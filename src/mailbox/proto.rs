@@ -195,7 +195,10 @@ mod tests {
         );
         assert!(matches!(parse(b"REGISTER\0\xff\0"), Err(Parse::Bad(_))));
         assert!(matches!(parse(b"REGISTER\0a\x01b\0"), Err(Parse::Bad(_))));
-        assert!(matches!(parse(b"REGISTER\0\0"), Err(Parse::Bad(_))), "empty");
+        assert!(
+            matches!(parse(b"REGISTER\0\0"), Err(Parse::Bad(_))),
+            "empty"
+        );
     }
 
     #[test]

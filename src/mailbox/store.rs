@@ -97,7 +97,16 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `path` and starts the writer thread. With
     /// `group_commit` false, every change is its own transaction and flush (for comparison).
-    pub fn open(path: &Path, limits: StoreLimits, group_commit: bool) -> Result<Self, StoreError> {
+    /// With `two_phase`, a commit is flushed before it is made current and again after, so
+    /// that recovery after a crash never trusts a checksum over data strangers wrote (redb's
+    /// two-phase commit); otherwise one flush, and recovery picks the last commit whose
+    /// checksum holds.
+    pub fn open(
+        path: &Path,
+        limits: StoreLimits,
+        group_commit: bool,
+        two_phase: bool,
+    ) -> Result<Self, StoreError> {
         let db = std::sync::Arc::new(Database::create(path).map_err(db_err)?);
         {
             // The tables exist from the start, so readers never find one missing.
@@ -114,7 +123,7 @@ impl Store {
         let batch = if group_commit { BATCH } else { 1 };
         std::thread::Builder::new()
             .name("mailbox-store".into())
-            .spawn(move || write_loop(&writer, &queue, limits, batch))
+            .spawn(move || write_loop(&writer, &queue, limits, batch, two_phase))
             .map_err(db_err)?;
         Ok(Self { db, jobs })
     }
@@ -266,7 +275,13 @@ fn decode(seq: u64, v: &[u8]) -> Option<Stored> {
 
 /// Takes jobs as they come, up to `batch` at a time into one transaction, commits it durably,
 /// then gives each job its outcome.
-fn write_loop(db: &Database, queue: &Receiver<Job>, limits: StoreLimits, batch: usize) {
+fn write_loop(
+    db: &Database,
+    queue: &Receiver<Job>,
+    limits: StoreLimits,
+    batch: usize,
+    two_phase: bool,
+) {
     let mut jobs = Vec::with_capacity(batch);
     let mut meta = None;
     while let Ok(first) = queue.recv() {
@@ -275,7 +290,7 @@ fn write_loop(db: &Database, queue: &Receiver<Job>, limits: StoreLimits, batch: 
             let Ok(next) = queue.try_recv() else { break };
             jobs.push(next);
         }
-        match apply(db, &mut jobs, limits, &mut meta) {
+        match apply(db, &mut jobs, limits, two_phase, &mut meta) {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     outcome.give(job);
@@ -372,6 +387,7 @@ fn apply(
     db: &Database,
     jobs: &mut [Job],
     limits: StoreLimits,
+    two_phase: bool,
     cached: &mut Option<Meta>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let before = committed_meta(db, cached);
@@ -379,6 +395,7 @@ fn apply(
     let mut m = before?;
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    txn.set_two_phase_commit(two_phase);
     let mut outcomes = Vec::with_capacity(jobs.len());
     {
         let mut users = txn.open_table(USERS).map_err(db_err)?;
@@ -511,7 +528,7 @@ mod tests {
             per_user: 2,
             total: 3,
         };
-        let store = Store::open(&dir.join("m.redb"), limits, true).unwrap();
+        let store = Store::open(&dir.join("m.redb"), limits, true, false).unwrap();
         runtime().block_on(async {
             for u in ["a", "b", "c"] {
                 assert_eq!(store.register(u.into()).await, Some(true));
