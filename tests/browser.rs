@@ -1,7 +1,8 @@
 //! The chat page in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`
 //! from npm; `.ci/install-browser` installs both, as `.ci/run` does): two pages on two
 //! federated routers chat, one router is killed, the page on it reconnects to the other and
-//! the conversation goes on with nothing shown twice. Screenshots go to
+//! the conversation goes on with nothing shown twice, and a direct message typed as `/msg` on
+//! one page shows on the other. Screenshots go to
 //! `target/browser-artifacts/`.
 
 mod support;
@@ -23,8 +24,18 @@ fn a_page_fails_over_to_the_next_server() {
     let ws = |port: u16| format!("127.0.0.1:{port}");
     let mut a = Router::start(a_udp, &[b_udp], &["--ws", &ws(a_ws)]);
     a.wait_for_line("WebSocket on", WAIT);
-    let mut b = Router::start(b_udp, &[a_udp], &["--ws", &ws(b_ws)]);
-    b.wait_for_line("WebSocket on", WAIT);
+    let data = std::env::temp_dir().join(format!("chat-router-browser-{}", std::process::id()));
+    let mailbox = ws(free_tcp_port());
+    let b_args = [
+        "--ws",
+        &ws(b_ws),
+        "--mailbox",
+        &mailbox,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut b = Router::start(b_udp, &[a_udp], &b_args);
+    b.wait_for_line("mailbox on", WAIT);
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap_or(Path::new("target"))
@@ -44,7 +55,8 @@ fn a_page_fails_over_to_the_next_server() {
         out.status.success() && stdout.contains("OK: failover"),
         "the browser test failed:\n{stdout}\n{stderr}"
     );
-    assert!(artifacts.join("2-after-ann.png").exists());
+    assert!(artifacts.join("3-direct-ann.png").exists());
+    let _ = std::fs::remove_dir_all(&data);
     // Router a was killed by the script (its PID, which this test started); reap it.
     a.kill();
 }

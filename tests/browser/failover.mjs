@@ -1,5 +1,6 @@
 // Two pages on two federated routers chat; router A is killed; the page on it reconnects to
-// router B and the conversation goes on with nothing shown twice. Started by tests/browser.rs,
+// router B and the conversation goes on with nothing shown twice; then a direct message. Started
+// by tests/browser.rs,
 // which starts the routers: node failover.mjs WS_A WS_B PID_A ARTIFACTS
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
@@ -76,13 +77,29 @@ try {
   await ann.screenshot({ path: `${artifacts}/2-after-ann.png` });
   await bea.screenshot({ path: `${artifacts}/2-after-bea.png` });
 
+  // A direct message typed as /msg on one page shows, marked, on the other (router B runs a
+  // mailbox; neither name is registered, so it is handed over live).
+  await say(bea, "/msg ann psst, from bea");
+  await ann.waitForFunction(
+    () => [...document.querySelectorAll("#log .msg.dm")].some((m) =>
+      m.textContent.includes("bea (direct)") && m.textContent.endsWith("psst, from bea")),
+    null,
+    { timeout: WAIT },
+  );
+  await bea.waitForFunction(
+    () => [...document.querySelectorAll("#log .note")].some((n) => n.textContent === "delivered to ann"),
+    null,
+    { timeout: WAIT },
+  );
+  await ann.screenshot({ path: `${artifacts}/3-direct-ann.png` });
+
   // Nothing shown twice on either page.
   for (const [name, page] of [["ann", ann], ["bea", bea]]) {
     const texts = await page.$$eval("#log .msg", (ms) => ms.map((m) => m.textContent));
     const twice = texts.filter((t, i) => texts.indexOf(t) !== i);
     if (twice.length) fail(`${name}'s page shows twice: ${JSON.stringify(twice)}`);
   }
-  console.log("OK: failover and no duplicates");
+  console.log("OK: failover, a direct message, and no duplicates");
 } finally {
   await browser.close();
 }
