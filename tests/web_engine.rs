@@ -162,8 +162,9 @@ fn bad_frames_get_error_events() {
         (r#"{"type":"nick","name":"a\u0007b"}"#, "printable"),
         (
             r#"{"type":"dm","to":"amy","text":"hi"}"#,
-            "not available yet",
+            "direct messages are off on this server",
         ),
+        (r#"{"type":"dm","to":"amy"}"#, "not a request"),
     ] {
         one.out.clear();
         one.frame(c, Protocol::Web, frame);
