@@ -472,6 +472,26 @@ fn a_duplicate_id_is_answered_with_leave_and_not_delivered() {
     sim.run_for(SETTLE);
     assert_eq!(sim.says(user), ["Common far once"]);
     assert_eq!(sim.s2s_sent(duckchat::S2S_LEAVE, since), [(4000, 4002)]);
+    // The redundant link goes on this side too: messages no longer go to 4002.
+    let common = chat_router::proto::Name::from("Common");
+    let links: Vec<_> = sim
+        .engines(4000)
+        .filter_map(|e| e.tree_links(&common))
+        .flatten()
+        .collect();
+    assert_eq!(links, [addr(4001)]);
+    // Its next refresh brings it back, both ways at once: 4000 joins back.
+    let since = sim.now;
+    let join = duckchat::Inbound::S2sJoin { channel: b"Common" };
+    let n = join.encode(&mut buf, Default::default()).unwrap();
+    sim.send_raw(addr(4002), 4000, buf[..n].to_vec());
+    sim.run_for(SETTLE);
+    assert_eq!(sim.s2s_sent(duckchat::S2S_JOIN, since), [(4000, 4002)]);
+    // A refresh of a link that is there is only recorded.
+    let since = sim.now;
+    sim.send_raw(addr(4002), 4000, buf[..n].to_vec());
+    sim.run_for(SETTLE);
+    assert_eq!(sim.s2s_sent(duckchat::S2S_JOIN, since), []);
 }
 
 /// Datagrams the servers sent to each other's addresses.

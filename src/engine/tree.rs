@@ -128,6 +128,14 @@ impl Engine {
         }
     }
 
+    /// The neighbors in `channel`'s tree on this shard (its owner has them), for simulations
+    /// that check the trees of a federation.
+    pub fn tree_links(&self, channel: &Name) -> Option<Vec<SocketAddr>> {
+        let channel = self.channels.owned.get(channel)?;
+        let addrs = channel.links.neighbors.iter();
+        Some(addrs.map(|s| self.neighbor_addr(s.neighbor)).collect())
+    }
+
     /// A local user's message: a new id, to every subscribed neighbor, and to local members.
     pub(super) fn tree_say(&mut self, name: Name, chat: Chat, out: &mut Outbox) {
         if !self.channels.owned.contains_key(&name) {
@@ -191,10 +199,20 @@ impl Engine {
                 let Some(channel) = self.channels.owned.get_mut(&name) else {
                     return;
                 };
-                if channel.links.subscribed {
-                    channel.links.record(from, now);
-                } else {
-                    self.subscribe(now, name, Some(from), out);
+                if !channel.links.subscribed {
+                    return self.subscribe(now, name, Some(from), out);
+                }
+                let known = channel.links.neighbors.iter().any(|s| s.neighbor == from);
+                channel.links.record(from, now);
+                if !known {
+                    // A link comes back (a refresh after loop detection cut it, or the
+                    // neighbor restarted): join back at once, so that it carries messages both
+                    // ways now rather than one way until our own refresh. A link that works one
+                    // way only can leave a server that no one hears.
+                    let join = Inbound::S2sJoin {
+                        channel: name.as_bytes(),
+                    };
+                    self.send_s2s(from, join, out);
                 }
             }
             S2s::Leave { channel: name } => {
@@ -210,12 +228,20 @@ impl Engine {
                 text,
             } => {
                 if !self.tree_mut().is_none_or(|t| t.seen.insert(id)) {
-                    // A loop: cut the redundant link.
+                    // A loop: cut the redundant link on both sides. The sender forgets us when
+                    // our S2S_LEAVE arrives; we forget it now. Keeping it would leave a link that
+                    // carries messages one way only, and a server whose every link is one-way
+                    // reaches no one.
                     self.counters.duplicates.inc();
                     let leave = Inbound::S2sLeave {
                         channel: name.as_bytes(),
                     };
-                    return self.send_s2s(from, leave, out);
+                    self.send_s2s(from, leave, out);
+                    if let Some(channel) = self.channels.owned.get_mut(&name) {
+                        channel.links.forget(from);
+                        self.collect(name, out);
+                    }
+                    return;
                 }
                 let needed = self.channels.owned.get(&name).is_some_and(|c| {
                     c.links.subscribed

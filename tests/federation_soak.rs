@@ -1,0 +1,180 @@
+//! DuckChat federations run for many soft-state refresh periods with chat from every server, in
+//! the deterministic simulation (`sim/mod.rs`): every user must get every message exactly once
+//! while the periodic S2S_JOINs keep re-adding the links that loop detection cut.
+
+mod sim;
+
+use chat_router::proto::duckchat::Inbound;
+use chat_router::rng::Rng;
+use sim::{addr, Sim};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The course's 3x3 grid.
+const GRID: &[(u16, &[u16])] = &[
+    (8100, &[8101, 8103]),
+    (8101, &[8100, 8102, 8104]),
+    (8102, &[8101, 8105]),
+    (8103, &[8100, 8104, 8106]),
+    (8104, &[8101, 8103, 8105, 8107]),
+    (8105, &[8102, 8104, 8108]),
+    (8106, &[8103, 8107]),
+    (8107, &[8106, 8104, 8108]),
+    (8108, &[8105, 8107]),
+];
+
+/// What a run delivered.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    sent: usize,
+    lost: usize,
+    duplicated: usize,
+}
+
+/// One user on each server, all in Common; after `warm_up`, `count` messages at random times
+/// over `span` from random users; then a quiet second. Every user should get every message.
+fn soak(sim: &mut Sim, seed: u64, count: usize, span: Duration) -> Tally {
+    let servers = sim.ports();
+    let users: Vec<(u16, u16)> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (50_000 + i as u16, s))
+        .collect();
+    for &(c, s) in &users {
+        sim.login(addr(c), s, &format!("u{c}"));
+    }
+    sim.run_for(Duration::from_secs(1));
+    let start = sim.now;
+    let mut rng = Rng::new(seed);
+    // Evenly spread with jitter, so that no two floods overlap: overlapping floods can cut
+    // two links of one loop at once (see the note on issue 13), which is another matter.
+    let every = span.as_nanos() as u64 / count as u64;
+    let times: Vec<u64> = (0..count as u64)
+        .map(|n| n * every + rng.below(every / 2))
+        .collect();
+    for (n, at) in times.into_iter().enumerate() {
+        let (c, s) = users[rng.below(users.len() as u64) as usize];
+        let text = format!("m{n}");
+        let mut buf = [0u8; 128];
+        let len = Inbound::Say {
+            channel: b"Common",
+            text: text.as_bytes(),
+        }
+        .encode(&mut buf, Default::default())
+        .expect("fits");
+        sim.send_at(
+            start + Duration::from_nanos(at),
+            addr(c),
+            s,
+            buf[..len].to_vec(),
+        );
+    }
+    sim.run_for(span + Duration::from_secs(1));
+
+    let mut tally = Tally {
+        sent: count,
+        ..Tally::default()
+    };
+    for &(c, _) in &users {
+        let mut got: HashMap<String, usize> = HashMap::new();
+        for line in sim.says(addr(c)) {
+            let text = line.rsplit(' ').next().unwrap_or_default().to_string();
+            *got.entry(text).or_default() += 1;
+        }
+        for n in 0..count {
+            match got.get(&format!("m{n}")).copied().unwrap_or(0) {
+                0 => tally.lost += 1,
+                1 => {}
+                k => tally.duplicated += k - 1,
+            }
+        }
+    }
+    tally
+}
+
+/// Servers of `edges` (an adjacency list of ports) started at random moments of a refresh
+/// period, so that their refreshes are out of phase, as on a real machine.
+fn federation(edges: &[(u16, Vec<u16>)], seed: u64, shards: u16) -> Sim {
+    let mut sim = Sim::new(seed, shards);
+    let mut phase = Rng::new(seed ^ 0x5eed);
+    for (port, neighbors) in edges {
+        sim.add_server(Sim::config(*port, neighbors));
+        sim.run_for(Duration::from_nanos(phase.below(5_000_000_000)));
+    }
+    // Loopback-like delays: a flood crosses the federation in well under a millisecond.
+    sim.net.min_delay = Duration::from_micros(20);
+    sim.net.max_delay = Duration::from_micros(200);
+    sim
+}
+
+fn owned(edges: &[(u16, &[u16])]) -> Vec<(u16, Vec<u16>)> {
+    edges.iter().map(|(p, n)| (*p, n.to_vec())).collect()
+}
+
+/// A random connected graph of `n` servers: a random tree plus `extra` random links.
+fn random_graph(n: u16, extra: usize, seed: u64) -> Vec<(u16, Vec<u16>)> {
+    let mut rng = Rng::new(seed);
+    let mut adj: Vec<Vec<u16>> = vec![Vec::new(); n as usize];
+    let link = |a: u16, b: u16, adj: &mut Vec<Vec<u16>>| {
+        if a != b && !adj[a as usize].contains(&b) {
+            adj[a as usize].push(b);
+            adj[b as usize].push(a);
+        }
+    };
+    for i in 1..n {
+        let parent = rng.below(u64::from(i)) as u16;
+        link(i, parent, &mut adj);
+    }
+    for _ in 0..extra {
+        let (a, b) = (
+            rng.below(u64::from(n)) as u16,
+            rng.below(u64::from(n)) as u16,
+        );
+        link(a, b, &mut adj);
+    }
+    let port = |i: u16| 9000 + i;
+    (0..n)
+        .map(|i| (port(i), adj[i as usize].iter().map(|&j| port(j)).collect()))
+        .collect()
+}
+
+const TRIANGLE: &[(u16, &[u16])] = &[
+    (4000, &[5000, 6000]),
+    (5000, &[4000, 6000]),
+    (6000, &[4000, 5000]),
+];
+
+const CAPITAL_H: &[(u16, &[u16])] = &[
+    (4000, &[4001]),
+    (4001, &[4000, 4002, 4003]),
+    (4002, &[4001]),
+    (4003, &[4001, 4005]),
+    (4004, &[4005]),
+    (4005, &[4004, 4003, 4006]),
+    (4006, &[4005]),
+];
+
+#[test]
+fn every_topology_delivers_everything_once_across_refreshes() {
+    let topologies = [
+        ("triangle", owned(TRIANGLE)),
+        ("H", owned(CAPITAL_H)),
+        ("3x3 grid", owned(GRID)),
+        ("random 20", random_graph(20, 12, 3)),
+    ];
+    for (name, edges) in &topologies {
+        for shards in [1, 3] {
+            for seed in 0..2 {
+                let mut sim = federation(edges, 700 + seed, shards);
+                // 10 messages a second for 60 s: a dozen refresh periods (5 s here).
+                let tally = soak(&mut sim, seed, 600, Duration::from_secs(60));
+                let want = Tally {
+                    sent: 600,
+                    lost: 0,
+                    duplicated: 0,
+                };
+                assert_eq!(tally, want, "{name}, {shards} shard(s), seed {seed}");
+            }
+        }
+    }
+}
