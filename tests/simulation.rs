@@ -664,3 +664,50 @@ fn membership_survives_full_queues_between_shards() {
         .sum();
     assert_eq!(queue_full, 0, "control is never dropped");
 }
+
+/// A request as a client that writes big-endian type codes sends it.
+fn big_endian(req: Inbound<'_>) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let n = req.encode(&mut buf, Default::default()).unwrap();
+    duckchat::to_big_endian(&mut buf[..n]);
+    buf[..n].to_vec()
+}
+
+#[test]
+fn big_endian_clients_get_big_endian_answers() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(80, shards, &[(4000, &[])]);
+        let (big, little) = (addr(50001), addr(50002));
+        for req in [
+            Inbound::Login { user: b"bea" },
+            Inbound::Join { channel: b"Common" },
+        ] {
+            sim.send_raw(big, 4000, big_endian(req));
+        }
+        sim.login(little, 4000, "lou");
+        sim.run_for(SETTLE);
+        sim.send_raw(big, 4000, big_endian(Inbound::Who { channel: b"Common" }));
+        sim.send_raw(
+            big,
+            4000,
+            big_endian(Inbound::Leave {
+                channel: b"Nowhere",
+            }),
+        );
+        sim.run_for(SETTLE);
+        say(&mut sim, 50002, 4000, "Common", "hello bea");
+        sim.run_for(SETTLE);
+        let got = sim.raw(big);
+        // TXT_WHO with its count big-endian, TXT_ERROR, then TXT_SAY (0 either way).
+        assert_eq!(got.len(), 3, "shards {shards}: {got:?}");
+        assert_eq!(&got[0][..8], &[0, 0, 0, 2, 0, 0, 0, 2], "who");
+        assert_eq!(&got[1][..4], &[0, 0, 0, 3], "error");
+        assert_eq!(sim.decoded(big)[0], "who Common bea,lou");
+        assert_eq!(sim.says(big), ["Common lou hello bea"]);
+        // The little-endian client's answers stay little-endian.
+        sim.send(little, 4000, Inbound::Who { channel: b"Common" });
+        sim.run_for(SETTLE);
+        let who = sim.raw(little).last().unwrap().clone();
+        assert_eq!(&who[..8], &[2, 0, 0, 0, 2, 0, 0, 0]);
+    }
+}

@@ -156,6 +156,7 @@ impl Engine {
         request: &[u8],
         out: &mut Outbox,
     ) {
+        let protocol = self.byte_order(endpoint, protocol, request);
         let key = (endpoint, protocol);
         let id = self.clients.sessions.find(&key);
         let view = id
@@ -210,6 +211,33 @@ impl Engine {
         if let Some(len) = len {
             self.reply(now, key, request.len(), &scratch[..len], error, out);
         }
+    }
+
+    /// The protocol a request is for, where its byte order may not show (see
+    /// [`Protocol::byte_order_twin`]). A DuckChat LOGIN reads the same in both orders: a LOGIN
+    /// from an endpoint whose session is big-endian is that session's, and a session begun by
+    /// a LOGIN is moved to the big-endian protocol when the client's next request shows that
+    /// order (before it can be in any channel, so no member list names it yet).
+    fn byte_order(&mut self, endpoint: Endpoint, protocol: Protocol, request: &[u8]) -> Protocol {
+        let Some(twin) = protocol.byte_order_twin() else {
+            return protocol;
+        };
+        let sessions = &mut self.clients.sessions;
+        if sessions.find(&(endpoint, protocol)).is_some() {
+            return protocol;
+        }
+        let Some(id) = sessions.find(&(endpoint, twin)) else {
+            return protocol;
+        };
+        let order_unknown = crate::proto::duckchat::type_code(request) == Some(0);
+        if order_unknown {
+            return twin;
+        }
+        let fresh = sessions.get(id).is_some_and(|s| s.channels.is_empty());
+        if protocol == Protocol::DuckChatBig && fresh && sessions.rekey(id, (endpoint, protocol)) {
+            return protocol;
+        }
+        protocol
     }
 
     /// Carries out one command of the session `id` (`None`: the endpoint has none).

@@ -149,6 +149,18 @@ impl<S> Sessions<S> {
         self.id(slot)
     }
 
+    /// Finds the session by `key` from now on (its id stays); false when `key` has one already.
+    pub(super) fn rekey(&mut self, id: SessionId, key: Key) -> bool {
+        if self.entry(id).is_none() || self.index.contains_key(&key) {
+            return false;
+        }
+        let entry = &mut self.slots[id.slot as usize];
+        self.index.remove(&entry.key);
+        entry.key = key;
+        self.index.insert(key, id.slot);
+        true
+    }
+
     /// Forgets the session; its slot's next occupant gets a new generation.
     pub(super) fn remove(&mut self, id: SessionId) -> Option<(Key, S)> {
         self.entry(id)?;

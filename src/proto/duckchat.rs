@@ -130,10 +130,55 @@ impl<'a> NameList<'a> {
     }
 }
 
-/// The type code of a datagram, if it has four bytes.
-pub fn type_code(buf: &[u8]) -> Option<i32> {
+/// The byte order of a peer's integers. The course's structs are little-endian; some public
+/// implementations write them big-endian, and get answers in their own order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Endian {
+    #[default]
+    Little,
+    Big,
+}
+
+/// The highest type code of either direction (S2S_SAY).
+const MAX_TYPE: i32 = S2S_SAY;
+
+/// The type code of a datagram and the byte order it is written in, if it has four bytes:
+/// little-endian unless only the big-endian reading is a known code. Code 0 (LOGIN, TXT_SAY)
+/// reads the same both ways and is taken as little-endian.
+pub fn type_code_order(buf: &[u8]) -> Option<(i32, Endian)> {
     let head: [u8; 4] = buf.get(..4)?.try_into().ok()?;
-    Some(i32::from_le_bytes(head))
+    let little = i32::from_le_bytes(head);
+    let big = i32::from_be_bytes(head);
+    let known = |code: i32| (0..=MAX_TYPE).contains(&code);
+    Some(match (known(little), known(big)) {
+        (false, true) => (big, Endian::Big),
+        _ => (little, Endian::Little),
+    })
+}
+
+/// The type code of a datagram, in whichever byte order it is written.
+pub fn type_code(buf: &[u8]) -> Option<i32> {
+    type_code_order(buf).map(|(code, _)| code)
+}
+
+/// Rewrites a datagram this module encoded (little-endian) in big-endian order: the type code,
+/// and the name count of TXT_LIST and TXT_WHO, the only integers the protocol has (an
+/// S2S_SAY id is an opaque 8 bytes, forwarded as it came).
+pub fn to_big_endian(datagram: &mut [u8]) {
+    let Some((kind, Endian::Little)) = type_code_order(datagram) else {
+        return;
+    };
+    datagram[..4].reverse();
+    // TXT_LIST and TXT_WHO share their codes with LOGOUT (4 bytes) and JOIN (36 bytes), and are
+    // told from them by their length.
+    let counted = match kind {
+        TXT_LIST => datagram.len() >= TXT_LIST_HEAD,
+        TXT_WHO => datagram.len() >= TXT_WHO_HEAD,
+        _ => false,
+    };
+    if counted {
+        datagram[4..8].reverse();
+    }
 }
 
 /// The bytes of a `char[]` field up to its first NUL (the whole field when it has none).
@@ -248,7 +293,12 @@ pub fn decode_outbound(buf: &[u8]) -> Result<Outbound<'_>, DecodeError> {
 
 /// The names after `head`, as many as the count claims and the datagram really holds.
 fn list(buf: &[u8], head: usize) -> NameList<'_> {
-    let claimed = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]).max(0) as usize;
+    let count = [buf[4], buf[5], buf[6], buf[7]];
+    let claimed = match type_code_order(buf) {
+        Some((_, Endian::Big)) => i32::from_be_bytes(count),
+        _ => i32::from_le_bytes(count),
+    };
+    let claimed = claimed.max(0) as usize;
     let n = claimed.min((buf.len() - head) / NAME_FIELD);
     NameList {
         raw: &buf[head..head + n * NAME_FIELD],

@@ -291,3 +291,43 @@ fn property_encode_decode_round_trips_and_mutations_never_panic() {
         let _ = decode_outbound(&m);
     }
 }
+
+#[test]
+fn big_endian_type_codes_are_read_and_written() {
+    let mut join = [0u8; CHANNEL_REQ_LEN];
+    let n = Inbound::Join { channel: b"Common" }
+        .encode(&mut join, SayLayout::UserFirst)
+        .unwrap();
+    assert_eq!(type_code_order(&join[..n]), Some((JOIN, Endian::Little)));
+    to_big_endian(&mut join[..n]);
+    assert_eq!(&join[..4], &[0, 0, 0, 2]);
+    assert_eq!(&join[4..10], b"Common", "a JOIN's channel is not a count");
+    assert_eq!(type_code_order(&join[..n]), Some((JOIN, Endian::Big)));
+    assert_eq!(
+        decode_inbound(&join[..n], SayLayout::UserFirst),
+        Ok(Inbound::Join { channel: b"Common" })
+    );
+    // LOGIN is 0 either way: little-endian until something else shows.
+    assert_eq!(
+        type_code_order(&[0, 0, 0, 0]),
+        Some((LOGIN, Endian::Little))
+    );
+    // A WHO answer: the count turns too, and reads back.
+    let users = [Name::from("amy"), Name::from("bob")];
+    let mut who = [0u8; 256];
+    let n = encode_txt_who(&mut who, &Name::from("Common"), users.iter()).unwrap();
+    to_big_endian(&mut who[..n]);
+    assert_eq!(&who[..8], &[0, 0, 0, 2, 0, 0, 0, 2]);
+    match decode_outbound(&who[..n]) {
+        Ok(Outbound::Who { channel, users }) => {
+            assert_eq!(channel, b"Common");
+            assert_eq!(users.iter().collect::<Vec<_>>(), [&b"amy"[..], b"bob"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Garbage stays little-endian (and unknown).
+    assert_eq!(
+        type_code_order(&[9, 9, 9, 9]).map(|t| t.1),
+        Some(Endian::Little)
+    );
+}

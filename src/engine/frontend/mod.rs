@@ -16,6 +16,7 @@ mod web_compat;
 pub use command::{Command, Decoded, Delivery, DirectEvent, Done, Refusal, Settings, View};
 
 use super::{Endpoint, Outbox};
+use crate::proto::duckchat::{type_code_order, Endian};
 use crate::proto::{Name, Nick};
 
 /// The largest reply a front-end writes to a request (an error or a confirmation).
@@ -28,6 +29,9 @@ const _: () = assert!(MAX_REPLY <= SCRATCH && crate::proto::text::MAX_MESSAGE <=
 pub enum Protocol {
     /// DuckChat's binary datagrams.
     DuckChat,
+    /// DuckChat from a client that writes its type codes big-endian (some public clients do):
+    /// the same protocol, answered in the client's own byte order.
+    DuckChatBig,
     /// Text lines over UDP.
     Text,
     /// Browsers: JSON over WebSocket.
@@ -52,8 +56,9 @@ pub enum Answer<'n> {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::DuckChat,
+        Protocol::DuckChatBig,
         Protocol::Text,
         Protocol::Web,
         Protocol::WebCompat,
@@ -68,9 +73,22 @@ impl Protocol {
     /// Which front-end a datagram on the shared UDP port is for.
     pub fn of_datagram(datagram: &[u8]) -> Protocol {
         if crate::proto::text::is_text(datagram) {
-            Protocol::Text
-        } else {
-            Protocol::DuckChat
+            return Protocol::Text;
+        }
+        match type_code_order(datagram) {
+            Some((_, Endian::Big)) => Protocol::DuckChatBig,
+            _ => Protocol::DuckChat,
+        }
+    }
+
+    /// The same protocol in the other byte order, for one whose requests may not show theirs
+    /// (a DuckChat LOGIN's type code is 0 either way): the core then goes by the session
+    /// there is.
+    pub fn byte_order_twin(self) -> Option<Protocol> {
+        match self {
+            Protocol::DuckChat => Some(Protocol::DuckChatBig),
+            Protocol::DuckChatBig => Some(Protocol::DuckChat),
+            Protocol::Text | Protocol::Web | Protocol::WebCompat => None,
         }
     }
 
@@ -84,7 +102,7 @@ impl Protocol {
         scratch: &'a mut [u8; SCRATCH],
     ) -> Decoded<'a> {
         match self {
-            Protocol::DuckChat => duckchat::decode(request, session),
+            Protocol::DuckChat | Protocol::DuckChatBig => duckchat::decode(request, session),
             Protocol::Text => text::decode(settings, request, session, scratch),
             Protocol::Web => web::decode(request, scratch),
             Protocol::WebCompat => web_compat::decode(request),
@@ -95,7 +113,7 @@ impl Protocol {
     /// `None` when sessions of this protocol begin with a login only.
     pub fn default_name(self, endpoint: Endpoint) -> Option<Nick> {
         match self {
-            Protocol::DuckChat => None,
+            Protocol::DuckChat | Protocol::DuckChatBig => None,
             Protocol::Text => Some(text::default_name(endpoint)),
             Protocol::Web => Some(web::default_name(endpoint)),
             Protocol::WebCompat => Some(web_compat::default_name(endpoint)),
@@ -106,7 +124,7 @@ impl Protocol {
     pub fn auto_join(self) -> Option<Name> {
         match self {
             Protocol::WebCompat => Some(Name::from(super::COMMON)),
-            Protocol::DuckChat | Protocol::Text | Protocol::Web => None,
+            Protocol::DuckChat | Protocol::DuckChatBig | Protocol::Text | Protocol::Web => None,
         }
     }
 
@@ -114,6 +132,7 @@ impl Protocol {
     pub fn encode_refusal(self, refusal: &Refusal, buf: &mut [u8]) -> Option<usize> {
         match self {
             Protocol::DuckChat => duckchat::encode_refusal(refusal, buf),
+            Protocol::DuckChatBig => big(buf, |buf| duckchat::encode_refusal(refusal, buf)),
             Protocol::Text => text::encode_refusal(refusal, buf),
             Protocol::Web => web::encode_refusal(refusal, buf),
             Protocol::WebCompat => None,
@@ -123,7 +142,7 @@ impl Protocol {
     /// The reply to a command that succeeded, if the protocol confirms it.
     pub fn encode_done(self, done: &Done, buf: &mut [u8]) -> Option<usize> {
         match self {
-            Protocol::DuckChat | Protocol::WebCompat => None,
+            Protocol::DuckChat | Protocol::DuckChatBig | Protocol::WebCompat => None,
             Protocol::Text => text::encode_done(done, buf),
             Protocol::Web => web::encode_done(done, buf),
         }
@@ -132,7 +151,7 @@ impl Protocol {
     /// The longest delivery [`Protocol::encode_chat`] writes.
     pub fn max_chat(self) -> usize {
         match self {
-            Protocol::DuckChat => duckchat::MAX_CHAT,
+            Protocol::DuckChat | Protocol::DuckChatBig => duckchat::MAX_CHAT,
             Protocol::Text => text::MAX_CHAT,
             Protocol::Web => web::MAX_CHAT,
             Protocol::WebCompat => web_compat::MAX_CHAT,
@@ -143,6 +162,9 @@ impl Protocol {
     pub fn encode_chat(self, delivery: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
         match self {
             Protocol::DuckChat => duckchat::encode_chat(delivery.channel, delivery.chat, buf),
+            Protocol::DuckChatBig => big(buf, |buf| {
+                duckchat::encode_chat(delivery.channel, delivery.chat, buf)
+            }),
             Protocol::Text => text::encode_chat(delivery.chat, buf),
             Protocol::Web => web::encode_chat(delivery, buf),
             Protocol::WebCompat => web_compat::encode_chat(delivery, buf),
@@ -159,7 +181,7 @@ impl Protocol {
         match self {
             Protocol::Text => text::encode_direct(event, buf),
             Protocol::Web => web::encode_direct(event, buf),
-            Protocol::DuckChat | Protocol::WebCompat => None,
+            Protocol::DuckChat | Protocol::DuckChatBig | Protocol::WebCompat => None,
         }
     }
 
@@ -178,14 +200,16 @@ impl Protocol {
     ) -> Option<usize> {
         match self {
             Protocol::Web => web::encode_presence(channel, user, joined, buf),
-            Protocol::DuckChat | Protocol::Text | Protocol::WebCompat => None,
+            Protocol::DuckChat | Protocol::DuckChatBig | Protocol::Text | Protocol::WebCompat => {
+                None
+            }
         }
     }
 
     /// How many names one LIST (`list`) or WHO answer carries at most.
     pub fn names_per_answer(self, list: bool) -> usize {
         match self {
-            Protocol::DuckChat => duckchat::names_per_answer(list),
+            Protocol::DuckChat | Protocol::DuckChatBig => duckchat::names_per_answer(list),
             Protocol::Web => web::NAMES_PER_ANSWER,
             Protocol::Text | Protocol::WebCompat => 1,
         }
@@ -195,7 +219,7 @@ impl Protocol {
     /// budget first); `None` for a protocol without LIST and WHO.
     pub fn answer_len(self, answer: &Answer<'_>) -> Option<usize> {
         match self {
-            Protocol::DuckChat => Some(duckchat::answer_len(answer)),
+            Protocol::DuckChat | Protocol::DuckChatBig => Some(duckchat::answer_len(answer)),
             Protocol::Web => Some(web::answer_len(answer)),
             Protocol::Text | Protocol::WebCompat => None,
         }
@@ -204,6 +228,7 @@ impl Protocol {
     pub fn encode_answer(self, answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
         match self {
             Protocol::DuckChat => duckchat::encode_answer(answer, buf),
+            Protocol::DuckChatBig => big(buf, |buf| duckchat::encode_answer(answer, buf)),
             Protocol::Web => web::encode_answer(answer, buf),
             Protocol::Text | Protocol::WebCompat => None,
         }
@@ -221,7 +246,9 @@ impl Protocol {
         out: &mut Outbox,
     ) {
         match self {
-            Protocol::DuckChat => duckchat::log_command(settings, endpoint, user, command, out),
+            Protocol::DuckChat | Protocol::DuckChatBig => {
+                duckchat::log_command(settings, endpoint, user, command, out)
+            }
             Protocol::Text | Protocol::Web | Protocol::WebCompat => {
                 text::log_command(settings, endpoint, outcome, out)
             }
@@ -231,7 +258,7 @@ impl Protocol {
     /// The verbose log line of a session that timed out.
     pub fn log_expired(self, settings: &Settings, endpoint: Endpoint, out: &mut Outbox) {
         match self {
-            Protocol::DuckChat => {
+            Protocol::DuckChat | Protocol::DuckChatBig => {
                 out.log(format_args!("{} {endpoint} user timed out", settings.local))
             }
             Protocol::Text | Protocol::Web | Protocol::WebCompat => out.log(format_args!(
@@ -240,4 +267,11 @@ impl Protocol {
             )),
         }
     }
+}
+
+/// What `encode` writes into `buf` (DuckChat, little-endian), turned big-endian.
+fn big(buf: &mut [u8], encode: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<usize> {
+    let len = encode(buf)?;
+    crate::proto::duckchat::to_big_endian(&mut buf[..len]);
+    Some(len)
 }
