@@ -1,7 +1,8 @@
 //! Parsing of what users type: durations with units, `host port` endpoints and cluster files.
 //! Each error names the offending text, so the command line can report it in one line.
 
-use crate::engine::{Member, MAX_SERVERS};
+use crate::engine::{Member, Peer, MAX_SERVERS};
+use crate::proto::duckchat::{Endian, SayLayout};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 use thiserror::Error;
@@ -38,6 +39,10 @@ pub enum ConfigError {
     Conflict(&'static str),
     #[error("--cores {0}: at most {max} shards", max = crate::runtime::MAX_SHARDS)]
     TooManyShards(usize),
+    #[error("neighbor {0} is this server's own address")]
+    NeighborIsSelf(SocketAddr),
+    #[error("--neighbor {neighbor}: unknown format '{format}' (expected user-first, channel-first, little-endian or big-endian)")]
+    NeighborFormat { neighbor: String, format: String },
 }
 
 /// `500ms`, `2s`, `1m`, `1h`, `250us`; fractions allowed (`1.5s`).
@@ -93,6 +98,29 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, ConfigError> {
         return Err(ConfigError::Address(text.to_string()));
     }
     resolve(host, parse_port(port, true)?)
+}
+
+/// `ADDR[,FORMAT]...`: a neighbor, with how it writes S2S datagrams where given
+/// (`user-first`/`channel-first`: its S2S_SAY layout; `little-endian`/`big-endian`: its type
+/// codes).
+pub fn parse_neighbor(text: &str) -> Result<Peer, ConfigError> {
+    let mut parts = text.split(',');
+    let mut peer = Peer::new(parse_address(parts.next().unwrap_or_default())?);
+    for format in parts {
+        match format.trim() {
+            "user-first" => peer.layout = Some(SayLayout::UserFirst),
+            "channel-first" => peer.layout = Some(SayLayout::ChannelFirst),
+            "little-endian" => peer.endian = Some(Endian::Little),
+            "big-endian" => peer.endian = Some(Endian::Big),
+            other => {
+                return Err(ConfigError::NeighborFormat {
+                    neighbor: text.to_string(),
+                    format: other.to_string(),
+                })
+            }
+        }
+    }
+    Ok(peer)
 }
 
 /// The course form `HOST PORT [NEIGHBOR_HOST NEIGHBOR_PORT]...`: (listen, neighbors).
@@ -165,6 +193,25 @@ pub fn parse_cluster(text: &str) -> Result<Vec<Member>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbors_with_formats() {
+        let plain = parse_neighbor("127.0.0.1:5000").unwrap();
+        assert_eq!((plain.layout, plain.endian), (None, None));
+        let both = parse_neighbor("127.0.0.1:5000,channel-first,big-endian").unwrap();
+        assert_eq!(both.addr.port(), 5000);
+        assert_eq!(
+            (both.layout, both.endian),
+            (Some(SayLayout::ChannelFirst), Some(Endian::Big))
+        );
+        assert_eq!(
+            parse_neighbor("127.0.0.1:5000,sideways")
+                .unwrap_err()
+                .to_string(),
+            "--neighbor 127.0.0.1:5000,sideways: unknown format 'sideways' (expected user-first, \
+             channel-first, little-endian or big-endian)"
+        );
+    }
 
     #[test]
     fn durations_need_units() {

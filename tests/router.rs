@@ -5,7 +5,8 @@ mod support;
 
 use std::process::Command;
 
-use support::{free_port, say_text, until_federated, Client, Reply, Router};
+use chat_router::proto::duckchat;
+use support::{free_port, say_text, until_federated, Client, Reply, Router, QUIET};
 
 /// Every (cores, io) combination the router must work with.
 const MATRIX: [(&str, &str); 4] = [("1", "mmsg"), ("2", "mmsg"), ("1", "uring"), ("2", "uring")];
@@ -261,6 +262,8 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
         &["--index", "1"],
         &["--rooms", "0"],
         &["--order", "causal"],
+        &["127.0.0.1", "4000", "127.0.0.1", "4000"],
+        &["--neighbor", "127.0.0.1:5000,sideways"],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
             .args(args)
@@ -271,6 +274,28 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("router: "), "{stderr}");
     }
+}
+
+#[test]
+fn a_neighbor_listed_twice_is_used_once_with_a_warning() {
+    let (port, neighbor) = (free_port(), free_port());
+    let n = format!("127.0.0.1:{neighbor}");
+    let router = Router::start(port, &[], &["--neighbor", &n, "--neighbor", &n]);
+    // Printed before it listens.
+    let warning = format!("router: neighbor {n} is listed twice; using it once");
+    assert!(router.output.contains(&warning), "{:?}", router.output);
+    // A user's join goes to the neighbor once.
+    let sock = std::net::UdpSocket::bind(("127.0.0.1", neighbor)).unwrap();
+    sock.set_read_timeout(Some(QUIET)).unwrap();
+    let _user = Client::connect(router.addr(), "amy");
+    let mut joins = 0;
+    let mut buf = [0u8; 256];
+    while let Ok((len, _)) = sock.recv_from(&mut buf) {
+        if duckchat::type_code(&buf[..len]) == Some(duckchat::S2S_JOIN) {
+            joins += 1;
+        }
+    }
+    assert_eq!(joins, 1, "one S2S_JOIN for Common");
 }
 
 /// What a router holds at start, read from /proc: the queue mesh stays within its budget

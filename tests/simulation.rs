@@ -711,3 +711,59 @@ fn big_endian_clients_get_big_endian_answers() {
         assert_eq!(&who[..8], &[2, 0, 0, 0, 2, 0, 0, 0]);
     }
 }
+
+#[test]
+fn each_neighbor_is_written_to_as_it_writes() {
+    for shards in SHARDS {
+        // 5000 is a channel-first, big-endian peer that the simulation plays by hand.
+        let mut sim = Sim::topology(90, shards, &[(4000, &[4001, 5000]), (4001, &[4000])]);
+        let (near, far) = (addr(50001), addr(50002));
+        sim.login(near, 4000, "near");
+        sim.login(far, 4001, "far");
+        sim.run_for(SETTLE);
+        let peer = addr(5000);
+        let mut buf = [0u8; 256];
+        let n = duckchat::Inbound::S2sJoin { channel: b"Common" }
+            .encode(&mut buf, Default::default())
+            .unwrap();
+        duckchat::to_big_endian(&mut buf[..n]);
+        sim.send_raw(peer, 4000, buf[..n].to_vec());
+        let from_peer = duckchat::S2sSay {
+            id: 7,
+            user: b"pat",
+            channel: b"Common",
+            text: b"from afar",
+        };
+        let n = from_peer
+            .encode(&mut buf, duckchat::SayLayout::ChannelFirst)
+            .unwrap();
+        duckchat::to_big_endian(&mut buf[..n]);
+        sim.send_raw(peer, 4000, buf[..n].to_vec());
+        sim.run_for(SETTLE);
+        // Read in its layout and order, and carried on in 4001's.
+        for user in [near, far] {
+            assert_eq!(sim.says(user), ["Common pat from afar"], "shards {shards}");
+        }
+        let since = sim.now;
+        say(&mut sim, 50001, 4000, "Common", "hello pat");
+        sim.run_for(SETTLE);
+        let to_peer: Vec<_> = sim
+            .server_log
+            .iter()
+            .filter(|w| w.at >= since && w.dst == peer)
+            .collect();
+        assert_eq!(to_peer.len(), 1, "shards {shards}");
+        let bytes = &to_peer[0].bytes;
+        assert_eq!(&bytes[..4], &[0, 0, 0, 10], "a big-endian S2S_SAY");
+        match duckchat::decode_inbound(bytes, duckchat::SayLayout::ChannelFirst) {
+            Ok(Inbound::S2sSay(s)) => {
+                assert_eq!(
+                    (s.channel, s.user, s.text),
+                    (&b"Common"[..], &b"near"[..], &b"hello pat"[..])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sim.says(far).last().unwrap(), "Common near hello pat");
+    }
+}

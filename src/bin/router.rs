@@ -1,7 +1,7 @@
 //! `router`: command line -> validated configuration -> runtime.
 
 use chat_router::config::{self, ConfigError};
-use chat_router::engine::{Cluster, Config, Federation, Limits, Neighbors, Order};
+use chat_router::engine::{Cluster, Config, Federation, Limits, Neighbors, Order, Peer};
 use chat_router::io::{sys, IoKind};
 use chat_router::mailbox::MailboxConfig;
 use chat_router::proto::duckchat::SayLayout;
@@ -64,8 +64,11 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
 
-    /// A neighbor server's address; repeat for each neighbor.
-    #[arg(long = "neighbor", value_name = "ADDR")]
+    /// A neighbor server's address; repeat for each neighbor. How it writes S2S datagrams is
+    /// learned from what it sends, or given after the address: `,channel-first` or
+    /// `,user-first` (its S2S_SAY layout), `,big-endian` or `,little-endian` (its type codes),
+    /// e.g. `--neighbor 127.0.0.1:5000,channel-first`.
+    #[arg(long = "neighbor", value_name = "ADDR[,FORMAT]...")]
     neighbors: Vec<String>,
 
     /// Shards (threads pinned to cores) [default: all available cores].
@@ -88,7 +91,8 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
     s2s_timeout: Duration,
 
-    /// Field order of S2S_SAY, for peers that put the channel first.
+    /// Field order of S2S_SAY for a neighbor that has not shown its own (a neighbor's is
+    /// learned from its S2S_SAYs, or set per neighbor with --neighbor).
     #[arg(long, value_enum, default_value = "user-first")]
     s2s_say_layout: Layout,
 
@@ -223,7 +227,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
     if cli.rooms == 0 || cli.rooms > text::MAX_ROOMS {
         return Err(ConfigError::Conflict("--rooms must be from 1 to 1000000"));
     }
-    let (listen, mut neighbors) = match (cli.course.is_empty(), &cli.listen) {
+    let (listen, neighbors) = match (cli.course.is_empty(), &cli.listen) {
         (false, Some(_)) => return Err(ConfigError::ListenTwice),
         (false, None) => config::parse_course_args(&cli.course)?,
         (true, listen) => (
@@ -231,8 +235,9 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
             Vec::new(),
         ),
     };
+    let mut peers: Vec<Peer> = neighbors.into_iter().map(Peer::new).collect();
     for n in &cli.neighbors {
-        neighbors.push(config::parse_address(n)?);
+        peers.push(config::parse_neighbor(n)?);
     }
     for (name, d) in [
         ("--user-timeout", cli.user_timeout),
@@ -258,18 +263,30 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         .as_ref()
         .map_or(listen, |c| c.members[c.me as usize].bind);
     let mut engine = Config::new(listen);
-    engine.federation = match (cluster, neighbors.is_empty()) {
+    engine.federation = match (cluster, peers.is_empty()) {
         (Some(cluster), _) => Federation::Group(cluster),
         (None, true) => Federation::Alone,
-        (None, false) => Federation::Tree(Neighbors {
-            addrs: neighbors,
-            refresh: cli.s2s_refresh,
-            timeout: cli.s2s_timeout,
-            say_layout: match cli.s2s_say_layout {
+        (None, false) => {
+            let mut tree = Neighbors::new(Vec::new());
+            tree.refresh = cli.s2s_refresh;
+            tree.timeout = cli.s2s_timeout;
+            tree.say_layout = match cli.s2s_say_layout {
                 Layout::UserFirst => SayLayout::UserFirst,
                 Layout::ChannelFirst => SayLayout::ChannelFirst,
-            },
-        }),
+            };
+            for peer in peers {
+                if peer.addr == listen {
+                    return Err(ConfigError::NeighborIsSelf(peer.addr));
+                }
+                if !tree.add(peer) {
+                    eprintln!(
+                        "router: neighbor {} is listed twice; using it once",
+                        peer.addr
+                    );
+                }
+            }
+            Federation::Tree(tree)
+        }
     };
     engine.rooms = cli.rooms;
     engine.limits.sessions_per_ip = cli.sessions_per_ip;

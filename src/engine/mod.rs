@@ -68,8 +68,9 @@ pub use group::{Cluster, Member, Order, MAX_SERVERS};
 pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};
 pub use sessions::SessionId;
+pub use tree::Format;
 
-use crate::proto::duckchat::{self, SayLayout};
+use crate::proto::duckchat::{self, Endian, SayLayout};
 use crate::proto::{text, Name, Text};
 use crate::rng::Rng;
 use ahash::AHashMap;
@@ -191,22 +192,63 @@ pub enum Federation {
 /// DuckChat federation: the neighbors and the soft-state timers.
 #[derive(Debug, Clone)]
 pub struct Neighbors {
-    pub addrs: Vec<SocketAddr>,
+    /// Each neighbor once.
+    peers: Vec<Peer>,
     /// How often every subscribed channel's S2S_JOIN is sent again.
     pub refresh: Duration,
     /// How long a neighbor stays subscribed to a channel without a refresh.
     pub timeout: Duration,
+    /// The S2S_SAY layout of a neighbor that has not shown its own.
     pub say_layout: SayLayout,
 }
 
-impl Neighbors {
-    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+/// A neighbor, and how it writes S2S datagrams where that is given rather than learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Where its S2S_SAY puts the user and the channel; `None`: learned from what it sends.
+    pub layout: Option<SayLayout>,
+    /// The byte order of its type codes; `None`: learned from what it sends.
+    pub endian: Option<Endian>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
         Self {
-            addrs,
+            addr,
+            layout: None,
+            endian: None,
+        }
+    }
+}
+
+impl Neighbors {
+    /// Neighbors at `addrs`, their formats learned; an address listed twice counts once.
+    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+        let mut neighbors = Self {
+            peers: Vec::new(),
             refresh: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
             say_layout: SayLayout::UserFirst,
+        };
+        for addr in addrs {
+            neighbors.add(Peer::new(addr));
         }
+        neighbors
+    }
+
+    /// Adds a neighbor; false (nothing added) when its address is listed already: one
+    /// neighbor listed twice would get every datagram twice, and its own messages back.
+    pub fn add(&mut self, peer: Peer) -> bool {
+        if self.peers.iter().any(|p| p.addr == peer.addr) {
+            return false;
+        }
+        self.peers.push(peer);
+        true
+    }
+
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
     }
 }
 
@@ -291,6 +333,12 @@ pub enum ShardMsg {
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
     ChannelRemoved(Name),
+    /// Receiving shard -> every shard: how a neighbor writes its datagrams, learned from
+    /// them; every shard then writes to it that way.
+    NeighborFormat {
+        neighbor: u16,
+        format: tree::Format,
+    },
 }
 
 impl ShardMsg {
@@ -305,7 +353,8 @@ impl ShardMsg {
             | ShardMsg::Who { .. }
             | ShardMsg::WhoNames { .. }
             | ShardMsg::ChannelAdded(_)
-            | ShardMsg::ChannelRemoved(_) => true,
+            | ShardMsg::ChannelRemoved(_)
+            | ShardMsg::NeighborFormat { .. } => true,
             ShardMsg::FromNeighbor { s2s, .. } => !matches!(s2s, S2s::Say { .. }),
             ShardMsg::Said { .. }
             | ShardMsg::Deliver { .. }
@@ -314,9 +363,10 @@ impl ShardMsg {
         }
     }
 
-    /// The channel a message is about: it decides the owner shard.
-    fn channel(&self) -> &Name {
-        match self {
+    /// The channel a message is about: it decides the owner shard (`None`: a message for
+    /// every shard, never one owner's).
+    fn channel(&self) -> Option<&Name> {
+        Some(match self {
             ShardMsg::Joined { channel, .. }
             | ShardMsg::Left { channel, .. }
             | ShardMsg::JoinRefused { channel, .. }
@@ -333,7 +383,8 @@ impl ShardMsg {
                     channel
                 }
             },
-        }
+            ShardMsg::NeighborFormat { .. } => return None,
+        })
     }
 }
 
@@ -486,8 +537,8 @@ impl Engine {
             }
         }
         if let Federation::Tree(tree) = &cfg.federation {
-            for (i, &n) in tree.addrs.iter().enumerate() {
-                servers.insert(n, Server::Neighbor(i as u16));
+            for (i, n) in tree.peers().iter().enumerate() {
+                servers.insert(n.addr, Server::Neighbor(i as u16));
             }
         }
         let reply_hash = ahash::RandomState::with_seeds(rng.next_u64(), rng.next_u64(), 1, 1);
@@ -704,6 +755,7 @@ impl Engine {
                     self.clients.directory.remove(&c);
                 }
             }
+            ShardMsg::NeighborFormat { neighbor, format } => self.set_format(neighbor, format),
         }
     }
 
@@ -718,7 +770,11 @@ impl Engine {
 
     /// Sends `msg` to the owner of its channel.
     fn send_to_owner(&mut self, msg: ShardMsg, out: &mut Outbox) {
-        let owner = self.owner(msg.channel());
+        let Some(channel) = msg.channel() else {
+            debug_assert!(false, "{msg:?} has no owner");
+            return;
+        };
+        let owner = self.owner(channel);
         self.send_to_shard(owner, msg, out);
     }
 

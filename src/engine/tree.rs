@@ -9,7 +9,7 @@ use super::timers::Timer;
 use super::{
     Chat, DropReason, Engine, IdSet, Neighbors, Origin, Outbox, S2s, ShardMsg, Stamp, Strategy,
 };
-use crate::proto::duckchat::{self, Inbound, S2sSay};
+use crate::proto::duckchat::{self, Endian, Inbound, S2sSay, SayLayout};
 use crate::proto::{Name, Text};
 use smallvec::SmallVec;
 use std::net::SocketAddr;
@@ -50,9 +50,20 @@ impl Links {
     }
 }
 
+/// How one neighbor writes its datagrams: given on the command line, or learned from what it
+/// sends (the same on every shard: the shard that learns tells the others). Everything sent
+/// to it is written its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub layout: SayLayout,
+    pub endian: Endian,
+}
+
 /// The tree's state on one shard, beyond each channel's [`Links`].
 pub(super) struct Tree {
     cfg: Neighbors,
+    /// Each neighbor's [`Format`], by its index.
+    formats: Vec<Format>,
     /// Recent S2S_SAY ids, for loop detection.
     seen: IdSet,
     expired: Vec<(Name, u16)>,
@@ -60,8 +71,17 @@ pub(super) struct Tree {
 
 impl Tree {
     pub(super) fn new(cfg: &Neighbors, recent_ids: usize, id_hash: ahash::RandomState) -> Self {
+        let formats = cfg
+            .peers()
+            .iter()
+            .map(|p| Format {
+                layout: p.layout.unwrap_or(cfg.say_layout),
+                endian: p.endian.unwrap_or_default(),
+            })
+            .collect();
         Self {
             cfg: cfg.clone(),
+            formats,
             seen: IdSet::new(recent_ids, id_hash),
             expired: Vec::new(),
         }
@@ -77,7 +97,7 @@ impl Tree {
     }
 
     fn neighbors(&self) -> u16 {
-        self.cfg.addrs.len() as u16
+        self.cfg.peers().len() as u16
     }
 }
 
@@ -345,7 +365,8 @@ impl Engine {
         }
     }
 
-    /// A neighbor's datagram, received on this shard: decoded here, decided by the owner.
+    /// A neighbor's datagram, received on this shard: its format learned, decoded here,
+    /// decided by the owner.
     pub(super) fn neighbor_datagram(
         &mut self,
         neighbor: u16,
@@ -353,10 +374,10 @@ impl Engine {
         buf: &[u8],
         out: &mut Outbox,
     ) {
-        let Some(layout) = self.tree().map(|t| t.cfg.say_layout) else {
+        let Some(format) = self.learn_format(neighbor, buf, out) else {
             return;
         };
-        let inbound = match duckchat::decode_inbound(buf, layout) {
+        let inbound = match duckchat::decode_inbound(buf, format.layout) {
             Ok(inbound) => inbound,
             Err(_) => return self.counters.decode_errors.inc(),
         };
@@ -382,23 +403,82 @@ impl Engine {
         self.send_to_owner(ShardMsg::FromNeighbor { neighbor, s2s }, out);
     }
 
+    /// How `neighbor` writes, updated from its datagram `buf` where the command line leaves
+    /// it open: the byte order of any datagram's type code, and the layout of an S2S_SAY whose
+    /// channel is one this server knows in one layout only. A change goes to every shard.
+    fn learn_format(&mut self, neighbor: u16, buf: &[u8], out: &mut Outbox) -> Option<Format> {
+        let tree = self.tree()?;
+        let peer = *tree.cfg.peers().get(usize::from(neighbor))?;
+        let known = tree.formats[usize::from(neighbor)];
+        let mut format = known;
+        let Some((kind, endian)) = duckchat::type_code_order(buf) else {
+            return Some(known);
+        };
+        if peer.endian.is_none() {
+            format.endian = endian;
+        }
+        if peer.layout.is_none() && kind == duckchat::S2S_SAY {
+            let channel_in = |layout| match duckchat::decode_inbound(buf, layout) {
+                Ok(Inbound::S2sSay(say)) => {
+                    let channel = Name::truncating(say.channel);
+                    self.clients.directory.contains(&channel)
+                }
+                _ => false,
+            };
+            match (
+                channel_in(SayLayout::UserFirst),
+                channel_in(SayLayout::ChannelFirst),
+            ) {
+                (true, false) => format.layout = SayLayout::UserFirst,
+                (false, true) => format.layout = SayLayout::ChannelFirst,
+                _ => {}
+            }
+        }
+        if format != known {
+            if self.cfg.verbose {
+                out.log(format_args!(
+                    "{} {} writes {:?} type codes and {:?} S2S_SAY",
+                    self.cfg.local, peer.addr, format.endian, format.layout
+                ));
+            }
+            self.broadcast(ShardMsg::NeighborFormat { neighbor, format }, out);
+        }
+        Some(format)
+    }
+
+    /// Another shard learned how `neighbor` writes.
+    pub(super) fn set_format(&mut self, neighbor: u16, format: Format) {
+        if let Some(known) = self
+            .tree_mut()
+            .and_then(|t| t.formats.get_mut(usize::from(neighbor)))
+        {
+            *known = format;
+        }
+    }
+
     fn neighbor_addr(&self, neighbor: u16) -> SocketAddr {
         self.tree()
-            .and_then(|t| t.cfg.addrs.get(neighbor as usize).copied())
+            .and_then(|t| t.cfg.peers().get(neighbor as usize).map(|p| p.addr))
             .unwrap_or(self.cfg.local)
     }
 
+    /// An S2S datagram to `neighbor`, written its way.
     fn send_s2s(&mut self, neighbor: u16, datagram: Inbound<'_>, out: &mut Outbox) {
         let Some(tree) = self.tree() else {
             return;
         };
-        let (dst, layout) = (tree.cfg.addrs[neighbor as usize], tree.cfg.say_layout);
+        let dst = tree.cfg.peers()[usize::from(neighbor)].addr;
+        let format = tree.formats[usize::from(neighbor)];
         if self.cfg.verbose {
             self.log_s2s(dst, "send", &datagram, out);
         }
         self.counters.s2s_out.inc();
         out.send_new(dst, duckchat::S2S_SAY_LEN, |buf| {
-            datagram.encode(buf, layout)
+            let len = datagram.encode(buf, format.layout)?;
+            if format.endian == Endian::Big {
+                duckchat::to_big_endian(&mut buf[..len]);
+            }
+            Ok::<_, duckchat::BufferTooSmall>(len)
         });
     }
 
