@@ -52,7 +52,15 @@ fn mass_expiry(c: &mut Criterion) {
     let mut group = c.benchmark_group("mass_expiry");
     group.sample_size(10);
     group.throughput(criterion::Throughput::Elements(u64::from(MEMBERS)));
-    let login = encoded(Inbound::Login { user: b"u" });
+    // Each user a name of its own: one name's logins would replace each other.
+    let logins: Vec<Vec<u8>> = (0..MEMBERS)
+        .map(|i| {
+            let name = format!("u{i}");
+            encoded(Inbound::Login {
+                user: name.as_bytes(),
+            })
+        })
+        .collect();
     let join = encoded(Inbound::Join { channel: b"room" });
     group.bench_function("one_channel_100000", |b| {
         b.iter_custom(|iters| {
@@ -63,7 +71,8 @@ fn mass_expiry(c: &mut Criterion) {
                 let mut engine = Engine::new(0, 1, Arc::new(cfg), 1, Duration::ZERO);
                 let mut out = Outbox::with_capacity(4096);
                 for i in 0..MEMBERS {
-                    engine.handle_datagram(Duration::ZERO, client(i), &login, &mut out);
+                    let login = &logins[i as usize];
+                    engine.handle_datagram(Duration::ZERO, client(i), login, &mut out);
                     engine.handle_datagram(Duration::ZERO, client(i), &join, &mut out);
                     out.clear();
                 }

@@ -79,7 +79,13 @@ fn login_flood(cores: &str, io: &str) {
     let flood = std::thread::spawn(move || {
         for i in 0..300_000u32 {
             let from = SocketAddrV4::new([127, 66, 0, 1].into(), 1024 + (i % 60_000) as u16);
-            let _ = spoofer.send(from, target, &datagram(duckchat::LOGIN, 36, b"bot"));
+            // Names of their own: one name's logins would only replace each other.
+            let name = format!("bot{i}");
+            let _ = spoofer.send(
+                from,
+                target,
+                &datagram(duckchat::LOGIN, 36, name.as_bytes()),
+            );
             let _ = spoofer.send(from, target, &datagram(duckchat::KEEP_ALIVE, 4, b""));
             if i % 512 == 511 {
                 // Paced (about 100k datagrams/s) so that it does not simply fill the socket.

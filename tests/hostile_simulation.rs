@@ -51,7 +51,15 @@ fn spoofed_logins_from_one_address_cannot_lock_others_out() {
         let mut sim = server(1, shards, |c| c.limits.sessions_per_ip = 16);
         for port in 1..=3000u16 {
             let from = SocketAddr::from(([10, 6, 6, 6], port));
-            sim.send(from, 4000, Inbound::Login { user: b"mallory" });
+            // Each a name of its own (the last login of a name logs the others out).
+            let name = format!("mallory{port}");
+            sim.send(
+                from,
+                4000,
+                Inbound::Login {
+                    user: name.as_bytes(),
+                },
+            );
             sim.send(from, 4000, Inbound::KeepAlive);
         }
         sim.run_for(SETTLE);
@@ -77,7 +85,14 @@ fn a_full_table_evicts_the_longest_silent_session() {
         sim.run_for(SETTLE);
         // Spoofed logins from 2,000 addresses, while the user keeps talking.
         for i in 0..2000 {
-            sim.send(spoofed(i), 4000, Inbound::Login { user: b"bot" });
+            let name = format!("bot{i}");
+            sim.send(
+                spoofed(i),
+                4000,
+                Inbound::Login {
+                    user: name.as_bytes(),
+                },
+            );
             // Touched more often than the table turns over: never the longest-silent.
             if i % 20 == 0 {
                 sim.run_for(Duration::from_millis(10));
@@ -299,7 +314,10 @@ fn a_mass_expiry_is_spread_over_short_steps() {
     const USERS: u32 = 20_000;
     for i in 0..USERS {
         let client = spoofed(i);
-        let login = encoded(Inbound::Login { user: b"u" });
+        let name = format!("u{i}");
+        let login = encoded(Inbound::Login {
+            user: name.as_bytes(),
+        });
         engine.handle_datagram(Duration::ZERO, client, &login, &mut out);
         let join = encoded(Inbound::Join { channel: b"big" });
         engine.handle_datagram(Duration::ZERO, client, &join, &mut out);
@@ -466,7 +484,10 @@ fn a_join_the_owner_refuses_is_undone_on_the_home_shard() {
         shards[0].handle_datagram(
             now,
             *user,
-            &encoded(Inbound::Login { user: b"u" }),
+            // Named like the channel: the claim of the name goes to shard 1 too.
+            &encoded(Inbound::Login {
+                user: name.as_bytes(),
+            }),
             &mut out,
         );
         let join = encoded(Inbound::Join {

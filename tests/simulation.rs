@@ -767,3 +767,43 @@ fn each_neighbor_is_written_to_as_it_writes() {
         assert_eq!(sim.says(far).last().unwrap(), "Common near hello pat");
     }
 }
+
+#[test]
+fn the_last_login_takes_the_name() {
+    for shards in SHARDS {
+        let mut sim = Sim::topology(95, shards, &[(4000, &[])]);
+        let (first, second, watcher) = (addr(50001), addr(50002), addr(50003));
+        sim.login(first, 4000, "amy");
+        sim.login(watcher, 4000, "wes");
+        sim.run_for(SETTLE);
+        sim.login(second, 4000, "amy");
+        sim.run_for(SETTLE);
+        sim.send(watcher, 4000, Inbound::Who { channel: b"Common" });
+        sim.run_for(SETTLE);
+        assert_eq!(
+            sim.decoded(watcher).last().unwrap(),
+            "who Common amy,wes",
+            "shards {shards}"
+        );
+        // The first login is logged out: its requests are refused, it hears nothing more.
+        say(&mut sim, 50001, 4000, "Common", "am I here?");
+        say(&mut sim, 50003, 4000, "Common", "hi amy");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(first).last().unwrap(), "error Not logged in");
+        assert!(!sim.says(first).iter().any(|s| s.ends_with("hi amy")));
+        assert_eq!(sim.says(second), ["Common wes hi amy"]);
+        let replaced: u64 = sim
+            .engines(4000)
+            .map(|e| e.counters().logins_replaced.get())
+            .sum();
+        assert_eq!(replaced, 1);
+        // The one who holds the name logging out frees it; the old session's end does not.
+        sim.send(second, 4000, Inbound::Logout);
+        sim.run_for(SETTLE);
+        sim.login(first, 4000, "amy");
+        sim.run_for(SETTLE);
+        sim.send(watcher, 4000, Inbound::Who { channel: b"Common" });
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(watcher).last().unwrap(), "who Common amy,wes");
+    }
+}

@@ -410,9 +410,11 @@ impl Engine {
         let Some(session) = id.and_then(|id| self.clients.sessions.get_mut(id)) else {
             let id = self.open(now, key, name, out)?;
             self.announce_name(id, false, out);
+            self.claim_name(id, key.1, None, Name::truncating(name.as_bytes()), out);
             return Ok(Done::Named(name));
         };
         // A second login renames; owners update their WHO lists.
+        let old = Name::truncating(session.name.as_bytes());
         session.name = name;
         let channels = session.channels.clone();
         if let Some(id) = id {
@@ -420,6 +422,7 @@ impl Engine {
                 self.member_joined_at_owner(channel, id, name, key.1, out);
             }
             self.announce_name(id, false, out);
+            self.claim_name(id, key.1, Some(old), Name::truncating(name.as_bytes()), out);
         }
         Ok(Done::Named(name))
     }
@@ -477,12 +480,21 @@ impl Engine {
         }
     }
 
+    /// A later login took the session's name: it is logged out, as if it had sent LOGOUT.
+    pub(super) fn logged_in_elsewhere(&mut self, id: SessionId, out: &mut Outbox) {
+        if self.clients.sessions.get(id).is_some() {
+            self.counters.logins_replaced.inc();
+            self.close(id, out);
+        }
+    }
+
     /// Removes the session from every channel and forgets it.
     fn close(&mut self, id: SessionId, out: &mut Outbox) {
         self.announce_name(id, true, out);
-        let Some(((endpoint, _), session)) = self.clients.sessions.remove(id) else {
+        let Some(((endpoint, protocol), session)) = self.clients.sessions.remove(id) else {
             return;
         };
+        self.release_name(id, protocol, Name::truncating(session.name.as_bytes()), out);
         self.clients.release(endpoint.ip());
         for channel in session.channels {
             self.part(id, channel, out);

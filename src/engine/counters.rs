@@ -125,6 +125,8 @@ pub struct Counters {
     pub users_expired: Counter,
     /// Sessions logged out to make room for a newcomer in a full table.
     pub sessions_evicted: Counter,
+    /// DuckChat sessions logged out because a later login took their name.
+    pub logins_replaced: Counter,
     pub neighbors_expired: Counter,
     /// Datagrams the kernel dropped at this shard's socket (its receive queue was full), read
     /// from the socket by the runtime: with `datagrams_in` it accounts for everything sent here.
@@ -156,7 +158,7 @@ impl fmt::Display for Counters {
             f,
             "in={} out={} deliveries={} decode_errors={} errors_sent={} errors_suppressed={} \
              s2s_in={} s2s_out={} duplicates={} retransmissions={} users_expired={} \
-             sessions_evicted={} neighbors_expired={} kernel_drops={}",
+             sessions_evicted={} logins_replaced={} neighbors_expired={} kernel_drops={}",
             self.datagrams_in.get(),
             self.datagrams_out.get(),
             self.deliveries.get(),
@@ -169,6 +171,7 @@ impl fmt::Display for Counters {
             self.retransmissions.get(),
             self.users_expired.get(),
             self.sessions_evicted.get(),
+            self.logins_replaced.get(),
             self.neighbors_expired.get(),
             self.kernel_drops.get(),
         )?;

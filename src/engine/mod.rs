@@ -53,6 +53,7 @@ mod endpoint;
 mod frontend;
 pub mod group;
 mod idset;
+mod logins;
 mod lossy;
 mod members;
 mod outbox;
@@ -333,6 +334,18 @@ pub enum ShardMsg {
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
     ChannelRemoved(Name),
+    /// Home -> the name's owner: a DuckChat session logged in as `name` ([`logins`]).
+    ClaimName {
+        name: Name,
+        session: SessionId,
+    },
+    /// Home -> the name's owner: the session goes by `name` no more.
+    ReleaseName {
+        name: Name,
+        session: SessionId,
+    },
+    /// Owner -> home: a later login took the session's name; it is logged out.
+    LoggedInElsewhere(SessionId),
     /// Receiving shard -> every shard: how a neighbor writes its datagrams, learned from
     /// them; every shard then writes to it that way.
     NeighborFormat {
@@ -354,7 +367,10 @@ impl ShardMsg {
             | ShardMsg::WhoNames { .. }
             | ShardMsg::ChannelAdded(_)
             | ShardMsg::ChannelRemoved(_)
-            | ShardMsg::NeighborFormat { .. } => true,
+            | ShardMsg::NeighborFormat { .. }
+            | ShardMsg::ClaimName { .. }
+            | ShardMsg::ReleaseName { .. }
+            | ShardMsg::LoggedInElsewhere(_) => true,
             ShardMsg::FromNeighbor { s2s, .. } => !matches!(s2s, S2s::Say { .. }),
             ShardMsg::Said { .. }
             | ShardMsg::Deliver { .. }
@@ -363,8 +379,8 @@ impl ShardMsg {
         }
     }
 
-    /// The channel a message is about: it decides the owner shard (`None`: a message for
-    /// every shard, never one owner's).
+    /// The channel a message is about: it decides the owner shard (`None`: a message sent to
+    /// a shard named otherwise, never to a channel's owner).
     fn channel(&self) -> Option<&Name> {
         Some(match self {
             ShardMsg::Joined { channel, .. }
@@ -383,7 +399,10 @@ impl ShardMsg {
                     channel
                 }
             },
-            ShardMsg::NeighborFormat { .. } => return None,
+            ShardMsg::NeighborFormat { .. }
+            | ShardMsg::ClaimName { .. }
+            | ShardMsg::ReleaseName { .. }
+            | ShardMsg::LoggedInElsewhere(_) => return None,
         })
     }
 }
@@ -404,6 +423,8 @@ pub struct Census {
     pub directory: usize,
     pub paced_answers: usize,
     pub group_rooms: usize,
+    /// DuckChat names this shard owns the holder of ([`logins`]).
+    pub held_names: usize,
 }
 
 impl Census {
@@ -430,6 +451,10 @@ impl Census {
             ),
             (self.paced_answers <= answers::MAX_WAITING, "paced answers"),
             (self.group_rooms <= channels, "cluster rooms"),
+            (
+                self.held_names <= limits.sessions_per_shard * usize::from(shards),
+                "held names",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, what)) => Err(format!("{what} over the limit: {self:?}")),
@@ -501,6 +526,7 @@ pub struct Engine {
     loopback: VecDeque<ShardMsg>,
     clients: clients::Clients,
     channels: channels::Channels,
+    logins: logins::Logins,
     timers: timers::Timers,
 }
 
@@ -569,6 +595,7 @@ impl Engine {
                 rooms: cfg.rooms,
             },
             channels: channels::Channels::new(shards),
+            logins: logins::Logins::default(),
             timers,
             owner_hash,
             cfg,
@@ -593,6 +620,7 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut census = self.clients.census();
         census.owned_channels = self.channels.owned_count();
+        census.held_names = self.logins.len();
         if let Strategy::Group(g) = &self.federation {
             census.group_rooms = g.room_count();
         }
@@ -756,6 +784,9 @@ impl Engine {
                 }
             }
             ShardMsg::NeighborFormat { neighbor, format } => self.set_format(neighbor, format),
+            ShardMsg::ClaimName { name, session } => self.name_claimed(name, session, out),
+            ShardMsg::ReleaseName { name, session } => self.name_released(name, session),
+            ShardMsg::LoggedInElsewhere(session) => self.logged_in_elsewhere(session, out),
         }
     }
 
