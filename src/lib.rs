@@ -10,4 +10,5 @@ pub mod pinned;
 pub mod proto;
 pub mod rng;
 pub mod runtime;
+pub mod utc;
 pub mod web;

@@ -1,10 +1,12 @@
-//! DuckChat federations run for many soft-state refresh periods with chat from every server, in
-//! the deterministic simulation (`sim/mod.rs`): every user must get every message exactly once
-//! while the periodic S2S_JOINs keep re-adding the links that loop detection cut.
+//! DuckChat federations run for many soft-state refresh periods in the deterministic simulation
+//! (`sim/mod.rs`), with chat from many servers at once (floods overlap), users leaving and
+//! joining (servers leave the tree and join it again), delay and reordering: every staying user
+//! must get every message exactly once while the periodic S2S_JOINs keep re-adding the links
+//! that loop detection cut, and a message must cross about a spanning tree's links.
 
 mod sim;
 
-use chat_router::proto::duckchat::Inbound;
+use chat_router::proto::duckchat::{self, Inbound};
 use chat_router::rng::Rng;
 use sim::{addr, Sim};
 use std::collections::HashMap;
@@ -23,7 +25,7 @@ const GRID: &[(u16, &[u16])] = &[
     (8108, &[8105, 8107]),
 ];
 
-/// What a run delivered.
+/// What a run delivered to the users who stayed.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Tally {
     sent: usize,
@@ -31,43 +33,57 @@ struct Tally {
     duplicated: usize,
 }
 
-/// One user on each server, all in Common; after `warm_up`, `count` messages at random times
-/// over `span` from random users; then a quiet second. Every user should get every message.
+/// A request from `client` to `server` at `at`.
+fn request_at(sim: &mut Sim, at: Duration, client: u16, server: u16, request: Inbound<'_>) {
+    let mut buf = [0u8; 128];
+    let len = request.encode(&mut buf, Default::default()).expect("fits");
+    sim.send_at(at, addr(client), server, buf[..len].to_vec());
+}
+
+/// A user on each server, all in Common; on every other server that user comes and goes
+/// (leaves Common and joins again every few seconds, so that its server leaves the tree and
+/// joins it again, where it has no one else), on the others it stays. Over `span`, `count`
+/// messages from staying users at uniformly random moments, so that floods overlap now and
+/// then; then a quiet second. Every staying user must get every message once.
 fn soak(sim: &mut Sim, seed: u64, count: usize, span: Duration) -> Tally {
-    let servers = sim.ports();
-    let users: Vec<(u16, u16)> = servers
+    let users: Vec<(u16, u16, bool)> = sim
+        .ports()
         .iter()
         .enumerate()
-        .map(|(i, &s)| (50_000 + i as u16, s))
+        .map(|(i, &s)| (50_000 + i as u16, s, i % 2 == 0))
         .collect();
-    for &(c, s) in &users {
+    for &(c, s, _) in &users {
         sim.login(addr(c), s, &format!("u{c}"));
     }
     sim.run_for(Duration::from_secs(1));
     let start = sim.now;
     let mut rng = Rng::new(seed);
-    // Evenly spread with jitter, so that no two floods overlap: overlapping floods can cut
-    // two links of one loop at once (see the note on issue 13), which is another matter.
-    let every = span.as_nanos() as u64 / count as u64;
-    let times: Vec<u64> = (0..count as u64)
-        .map(|n| n * every + rng.below(every / 2))
+    for &(c, s, stays) in &users {
+        let mut at = start + Duration::from_millis(rng.below(3000));
+        while !stays && at < start + span {
+            request_at(sim, at, c, s, Inbound::Leave { channel: b"Common" });
+            at += Duration::from_millis(500 + rng.below(1500));
+            request_at(sim, at, c, s, Inbound::Join { channel: b"Common" });
+            at += Duration::from_millis(1000 + rng.below(3000));
+        }
+    }
+    let speakers: Vec<(u16, u16)> = users
+        .iter()
+        .filter(|u| u.2)
+        .map(|&(c, s, _)| (c, s))
         .collect();
+    let mut times: Vec<u64> = (0..count)
+        .map(|_| rng.below(span.as_nanos() as u64))
+        .collect();
+    times.sort_unstable();
     for (n, at) in times.into_iter().enumerate() {
-        let (c, s) = users[rng.below(users.len() as u64) as usize];
+        let (c, s) = speakers[rng.below(speakers.len() as u64) as usize];
         let text = format!("m{n}");
-        let mut buf = [0u8; 128];
-        let len = Inbound::Say {
+        let say = Inbound::Say {
             channel: b"Common",
             text: text.as_bytes(),
-        }
-        .encode(&mut buf, Default::default())
-        .expect("fits");
-        sim.send_at(
-            start + Duration::from_nanos(at),
-            addr(c),
-            s,
-            buf[..len].to_vec(),
-        );
+        };
+        request_at(sim, start + Duration::from_nanos(at), c, s, say);
     }
     sim.run_for(span + Duration::from_secs(1));
 
@@ -75,7 +91,7 @@ fn soak(sim: &mut Sim, seed: u64, count: usize, span: Duration) -> Tally {
         sent: count,
         ..Tally::default()
     };
-    for &(c, _) in &users {
+    for &(c, _) in &speakers {
         let mut got: HashMap<String, usize> = HashMap::new();
         for line in sim.says(addr(c)) {
             let text = line.rsplit(' ').next().unwrap_or_default().to_string();
@@ -168,6 +184,15 @@ fn every_topology_delivers_everything_once_across_refreshes() {
                 let mut sim = federation(edges, 700 + seed, shards);
                 // 10 messages a second for 60 s: a dozen refresh periods (5 s here).
                 let tally = soak(&mut sim, seed, 600, Duration::from_secs(60));
+                // Loops are cut: a message crosses about a spanning tree's links, not every
+                // link of the graph (the grid has 12 links, its spanning trees 8).
+                let says = sim.s2s_sent(duckchat::S2S_SAY, Duration::ZERO).len();
+                let per_message = says as f64 / 600.0;
+                let tree = (edges.len() - 1) as f64;
+                assert!(
+                    per_message <= 1.1 * tree,
+                    "{name}: {per_message:.2} S2S_SAYs per message, a spanning tree has {tree}"
+                );
                 let want = Tally {
                     sent: 600,
                     lost: 0,

@@ -147,6 +147,16 @@ pub fn send_loop(shared: &Shared<'_>) -> SendReport {
                     report.measured += u64::from(shared.measured(intended));
                     if m.repeat && sock.send_to(&buf[..m.len], shared.target).is_ok() {
                         report.repeated_ids += 1;
+                        // The router answers with S2S_LEAVE and drops this neighbor from the
+                        // channel's tree; a DuckChat server's refresh would join again, and
+                        // this one does at once, so that it keeps receiving.
+                        let mut join = [0u8; duckchat::CHANNEL_REQ_LEN];
+                        let request = Inbound::S2sJoin {
+                            channel: traffic.channel_name(m.channel).as_bytes(),
+                        };
+                        if let Ok(len) = request.encode(&mut join, SayLayout::UserFirst) {
+                            let _ = sock.send_to(&join[..len], shared.target);
+                        }
                     }
                 }
                 Err(_) => report.send_errors += 1,

@@ -140,7 +140,7 @@ impl Engine {
         let subscribed = channel.links.subscribed;
         self.announce(name, user, true, out);
         if !subscribed && matches!(self.federation, Strategy::Tree(_)) {
-            self.subscribe(now, name, None, out);
+            self.subscribe(now, name, out);
         }
     }
 

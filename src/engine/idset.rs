@@ -49,8 +49,20 @@ impl IdSet {
 
     /// Remembers `id`; returns false (and changes nothing) when it was already remembered.
     pub fn insert(&mut self, id: u64) -> bool {
-        if self.find(id).is_ok() {
-            return false;
+        self.insert_slot(id).is_ok()
+    }
+
+    /// How many ids it remembers: ring slots are `0..capacity()`.
+    pub fn capacity(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Remembers `id`: `Ok` with its ring slot when it is new (a caller may keep something
+    /// about the id in a table of its own at that slot, until the id is evicted), `Err` with
+    /// the slot it has when it was remembered already (nothing changes).
+    pub fn insert_slot(&mut self, id: u64) -> Result<usize, usize> {
+        if let Ok(cell) = self.find(id) {
+            return Err(self.table[cell] as usize - 1);
         }
         if self.len == self.ring.len() {
             let oldest = self.ring[self.next];
@@ -63,11 +75,12 @@ impl IdSet {
         let Err(cell) = self.find(id) else {
             unreachable!("id was absent a moment ago")
         };
-        self.ring[self.next] = id;
-        self.table[cell] = self.next as u32 + 1;
+        let slot = self.next;
+        self.ring[slot] = id;
+        self.table[cell] = slot as u32 + 1;
         self.next = (self.next + 1) & (self.ring.len() - 1);
         self.len += 1;
-        true
+        Ok(slot)
     }
 
     /// Backward-shift deletion: keeps every probe chain unbroken without tombstones.

@@ -15,12 +15,24 @@ use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A neighbor in this channel's tree, and when it last sent S2S_JOIN for it.
+/// A neighbor in this channel's tree, when it last sent S2S_JOIN for it, and when it last
+/// brought a message first.
 #[derive(Clone, Copy)]
 struct Subscriber {
     neighbor: u16,
     last_join: Duration,
+    last_first: Option<Duration>,
 }
+
+/// How long a link that brought a message first is kept through loop detection. Two floods at
+/// once can each find a different link of one loop redundant; cutting both would split the
+/// tree. A link that has just carried one flood's first copy is part of that flood's tree, so
+/// a duplicate of the other flood on it does not cut it (it is dropped unanswered, and a cut
+/// the neighbor makes is answered with S2S_JOIN), and only links that carry duplicates alone
+/// are cut. A neighbor that sends one id twice itself is answered as the spec says. Longer than
+/// a flood takes to cross a federation on one network; short enough that a link used now and
+/// then still goes.
+const IN_USE: Duration = Duration::from_millis(50);
 
 /// A channel's place in the tree.
 #[derive(Default)]
@@ -37,8 +49,23 @@ impl Links {
             None => self.neighbors.push(Subscriber {
                 neighbor,
                 last_join: now,
+                last_first: None,
             }),
         }
+    }
+
+    /// `neighbor` brought a message first, now.
+    fn carried(&mut self, neighbor: u16, now: Duration) {
+        if let Some(s) = self.neighbors.iter_mut().find(|s| s.neighbor == neighbor) {
+            s.last_first = Some(now);
+        }
+    }
+
+    /// Whether the link to `neighbor` brought a message first within [`IN_USE`].
+    fn in_use(&self, neighbor: u16, now: Duration) -> bool {
+        self.neighbors.iter().any(|s| {
+            s.neighbor == neighbor && s.last_first.is_some_and(|t| now.saturating_sub(t) < IN_USE)
+        })
     }
 
     fn forget(&mut self, neighbor: u16) {
@@ -59,6 +86,9 @@ pub struct Format {
     pub endian: Endian,
 }
 
+/// The "neighbor" that brings a local user's message first.
+const HERE: u16 = u16::MAX;
+
 /// The tree's state on one shard, beyond each channel's [`Links`].
 pub(super) struct Tree {
     cfg: Neighbors,
@@ -66,6 +96,8 @@ pub(super) struct Tree {
     formats: Vec<Format>,
     /// Recent S2S_SAY ids, for loop detection.
     seen: IdSet,
+    /// Which neighbor brought each of them first ([`HERE`]: a local user's), by ring slot.
+    first_from: Box<[u16]>,
     expired: Vec<(Name, u16)>,
 }
 
@@ -79,10 +111,12 @@ impl Tree {
                 endian: p.endian.unwrap_or_default(),
             })
             .collect();
+        let seen = IdSet::new(recent_ids, id_hash);
         Self {
             cfg: cfg.clone(),
             formats,
-            seen: IdSet::new(recent_ids, id_hash),
+            first_from: vec![HERE; seen.capacity()].into_boxed_slice(),
+            seen,
             expired: Vec::new(),
         }
     }
@@ -120,15 +154,12 @@ impl Engine {
         self.tree().map_or(0, Tree::neighbors)
     }
 
-    /// Joins the channel's tree: S2S_JOIN to every neighbor but `from`, each recorded as
-    /// subscribed (they will all join in turn), and `from` recorded as well.
-    pub(super) fn subscribe(
-        &mut self,
-        now: Duration,
-        name: Name,
-        from: Option<u16>,
-        out: &mut Outbox,
-    ) {
+    /// Joins the channel's tree: S2S_JOIN to every neighbor, each recorded as subscribed
+    /// (they will all join in turn). That includes the neighbor whose S2S_JOIN started it, if
+    /// one did: the spec forwards a join to the others only, but a neighbor refreshing a
+    /// channel we had left would then not know us until our own refresh, and hear nothing
+    /// from us meanwhile.
+    pub(super) fn subscribe(&mut self, now: Duration, name: Name, out: &mut Outbox) {
         let neighbors = self.neighbor_count();
         let Some(channel) = self.channels.owned.get_mut(&name) else {
             return;
@@ -137,7 +168,7 @@ impl Engine {
         for n in 0..neighbors {
             channel.links.record(n, now);
         }
-        for n in (0..neighbors).filter(|&n| Some(n) != from) {
+        for n in 0..neighbors {
             self.send_s2s(
                 n,
                 Inbound::S2sJoin {
@@ -165,8 +196,13 @@ impl Engine {
         let text = Text::truncating(chat.text());
         let id = loop {
             let id = self.rng.next_u64();
-            if self.tree_mut().is_none_or(|t| t.seen.insert(id)) {
-                break id;
+            match self.tree_mut().map(|t| (t.seen.insert_slot(id), t)) {
+                None => break id,
+                Some((Ok(slot), tree)) => {
+                    tree.first_from[slot] = HERE;
+                    break id;
+                }
+                Some((Err(_), _)) => {}
             }
         };
         self.forward_say(id, name, user, text, None, out);
@@ -220,7 +256,7 @@ impl Engine {
                     return;
                 };
                 if !channel.links.subscribed {
-                    return self.subscribe(now, name, Some(from), out);
+                    return self.subscribe(now, name, out);
                 }
                 let known = channel.links.neighbors.iter().any(|s| s.neighbor == from);
                 channel.links.record(from, now);
@@ -236,10 +272,19 @@ impl Engine {
                 }
             }
             S2s::Leave { channel: name } => {
-                if let Some(channel) = self.channels.owned.get_mut(&name) {
-                    channel.links.forget(from);
-                    self.collect(name, out);
+                let Some(channel) = self.channels.owned.get_mut(&name) else {
+                    return;
+                };
+                if channel.links.subscribed && channel.links.in_use(from, now) {
+                    // The neighbor cut a link that just carried a flood here: keep it, and
+                    // ask for it back (it joins back at once).
+                    let join = Inbound::S2sJoin {
+                        channel: name.as_bytes(),
+                    };
+                    return self.send_s2s(from, join, out);
                 }
+                channel.links.forget(from);
+                self.collect(name, out);
             }
             S2s::Say {
                 id,
@@ -247,12 +292,30 @@ impl Engine {
                 user,
                 text,
             } => {
-                if !self.tree_mut().is_none_or(|t| t.seen.insert(id)) {
+                let first = match self.tree_mut().map(|t| (t.seen.insert_slot(id), t)) {
+                    Some((Ok(slot), tree)) => {
+                        tree.first_from[slot] = from;
+                        None
+                    }
+                    Some((Err(slot), tree)) => Some(tree.first_from[slot]),
+                    None => None,
+                };
+                if let Some(first) = first {
                     // A loop: cut the redundant link on both sides. The sender forgets us when
                     // our S2S_LEAVE arrives; we forget it now. Keeping it would leave a link that
                     // carries messages one way only, and a server whose every link is one-way
-                    // reaches no one.
+                    // reaches no one. A link that another flood is using now (IN_USE) stays,
+                    // unanswered: it is not redundant, only crossed by two floods.
                     self.counters.duplicates.inc();
+                    let crossed = first != from
+                        && self
+                            .channels
+                            .owned
+                            .get(&name)
+                            .is_some_and(|c| c.links.in_use(from, now));
+                    if crossed {
+                        return;
+                    }
                     let leave = Inbound::S2sLeave {
                         channel: name.as_bytes(),
                     };
@@ -279,6 +342,9 @@ impl Engine {
                         self.collect(name, out);
                     }
                     return;
+                }
+                if let Some(channel) = self.channels.owned.get_mut(&name) {
+                    channel.links.carried(from, now);
                 }
                 self.forward_say(id, name, user, text, Some(from), out);
                 let stamp = Stamp {
