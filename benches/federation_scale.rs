@@ -16,42 +16,10 @@ use chat_router::proto::duckchat::{self, Inbound};
 use chat_router::proto::Name;
 use chat_router::rng::Rng;
 use serde_json::json;
-use sim::{addr, Sim};
+use sim::{addr, random_graph, Sim};
 use std::time::Duration;
 
 const REFRESH: Duration = Duration::from_secs(5);
-
-/// An adjacency list of ports: a random tree on `n` routers plus `extra` random links.
-fn graph(n: u16, extra: usize, seed: u64) -> Vec<(u16, Vec<u16>)> {
-    let mut rng = Rng::new(seed);
-    let mut adj: Vec<Vec<u16>> = vec![Vec::new(); usize::from(n)];
-    let link = |a: u16, b: u16, adj: &mut Vec<Vec<u16>>| {
-        if a != b && !adj[usize::from(a)].contains(&b) {
-            adj[usize::from(a)].push(b);
-            adj[usize::from(b)].push(a);
-        }
-    };
-    for i in 1..n {
-        let parent = rng.below(u64::from(i)) as u16;
-        link(i, parent, &mut adj);
-    }
-    for _ in 0..extra {
-        let (a, b) = (
-            rng.below(u64::from(n)) as u16,
-            rng.below(u64::from(n)) as u16,
-        );
-        link(a, b, &mut adj);
-    }
-    let port = |i: u16| 10_000 + i;
-    (0..n)
-        .map(|i| {
-            (
-                port(i),
-                adj[usize::from(i)].iter().map(|&j| port(j)).collect(),
-            )
-        })
-        .collect()
-}
 
 fn request(sim: &mut Sim, client: u16, server: u16, request: Inbound<'_>) {
     let mut buf = [0u8; 128];
@@ -233,8 +201,16 @@ fn main() {
     }
     let mut rows = Vec::new();
     for n in [100u16, 1000] {
-        rows.push(measure("tree-like", &graph(n, usize::from(n) / 20, 1), 1));
-        rows.push(measure("random", &graph(n, usize::from(n), 2), 2));
+        rows.push(measure(
+            "tree-like",
+            &random_graph(n, usize::from(n) / 20, 1, 10_000),
+            1,
+        ));
+        rows.push(measure(
+            "random",
+            &random_graph(n, usize::from(n), 2, 10_000),
+            2,
+        ));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

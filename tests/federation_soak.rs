@@ -8,22 +8,9 @@ mod sim;
 
 use chat_router::proto::duckchat::{self, Inbound};
 use chat_router::rng::Rng;
-use sim::{addr, Sim};
+use sim::{addr, random_graph, Sim, GRID};
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// The course's 3x3 grid.
-const GRID: &[(u16, &[u16])] = &[
-    (8100, &[8101, 8103]),
-    (8101, &[8100, 8102, 8104]),
-    (8102, &[8101, 8105]),
-    (8103, &[8100, 8104, 8106]),
-    (8104, &[8101, 8103, 8105, 8107]),
-    (8105, &[8102, 8104, 8108]),
-    (8106, &[8103, 8107]),
-    (8107, &[8106, 8104, 8108]),
-    (8108, &[8105, 8107]),
-];
 
 /// What a run delivered to the users who stayed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -127,33 +114,6 @@ fn owned(edges: &[(u16, &[u16])]) -> Vec<(u16, Vec<u16>)> {
     edges.iter().map(|(p, n)| (*p, n.to_vec())).collect()
 }
 
-/// A random connected graph of `n` servers: a random tree plus `extra` random links.
-fn random_graph(n: u16, extra: usize, seed: u64) -> Vec<(u16, Vec<u16>)> {
-    let mut rng = Rng::new(seed);
-    let mut adj: Vec<Vec<u16>> = vec![Vec::new(); n as usize];
-    let link = |a: u16, b: u16, adj: &mut Vec<Vec<u16>>| {
-        if a != b && !adj[a as usize].contains(&b) {
-            adj[a as usize].push(b);
-            adj[b as usize].push(a);
-        }
-    };
-    for i in 1..n {
-        let parent = rng.below(u64::from(i)) as u16;
-        link(i, parent, &mut adj);
-    }
-    for _ in 0..extra {
-        let (a, b) = (
-            rng.below(u64::from(n)) as u16,
-            rng.below(u64::from(n)) as u16,
-        );
-        link(a, b, &mut adj);
-    }
-    let port = |i: u16| 9000 + i;
-    (0..n)
-        .map(|i| (port(i), adj[i as usize].iter().map(|&j| port(j)).collect()))
-        .collect()
-}
-
 const TRIANGLE: &[(u16, &[u16])] = &[
     (4000, &[5000, 6000]),
     (5000, &[4000, 6000]),
@@ -176,7 +136,7 @@ fn every_topology_delivers_everything_once_across_refreshes() {
         ("triangle", owned(TRIANGLE)),
         ("H", owned(CAPITAL_H)),
         ("3x3 grid", owned(GRID)),
-        ("random 20", random_graph(20, 12, 3)),
+        ("random 20", random_graph(20, 12, 3, 9000)),
     ];
     for (name, edges) in &topologies {
         for shards in [1, 3] {

@@ -314,17 +314,7 @@ fn capital_h_produces_exactly_the_three_leaves_of_the_spec() {
 
 #[test]
 fn grid_delivers_exactly_once_and_prunes_its_loops() {
-    let grid: &[(u16, &[u16])] = &[
-        (8100, &[8101, 8103]),
-        (8101, &[8100, 8102, 8104]),
-        (8102, &[8101, 8105]),
-        (8103, &[8100, 8104, 8106]),
-        (8104, &[8101, 8103, 8105, 8107]),
-        (8105, &[8102, 8104, 8108]),
-        (8106, &[8103, 8107]),
-        (8107, &[8106, 8104, 8108]),
-        (8108, &[8105, 8107]),
-    ];
+    let grid = sim::GRID;
     for shards in SHARDS {
         for seed in 0..3 {
             let mut sim = Sim::topology(30 + seed, shards, grid);

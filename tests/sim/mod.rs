@@ -22,6 +22,52 @@ pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// The course's 3x3 grid of nine servers, as an adjacency list of ports.
+pub const GRID: &[(u16, &[u16])] = &[
+    (8100, &[8101, 8103]),
+    (8101, &[8100, 8102, 8104]),
+    (8102, &[8101, 8105]),
+    (8103, &[8100, 8104, 8106]),
+    (8104, &[8101, 8103, 8105, 8107]),
+    (8105, &[8102, 8104, 8108]),
+    (8106, &[8103, 8107]),
+    (8107, &[8106, 8104, 8108]),
+    (8108, &[8105, 8107]),
+];
+
+/// A random connected graph of `n` servers on ports `first_port..`: a random tree plus
+/// `extra` random links, as an adjacency list.
+pub fn random_graph(n: u16, extra: usize, seed: u64, first_port: u16) -> Vec<(u16, Vec<u16>)> {
+    let mut rng = Rng::new(seed);
+    let mut adj: Vec<Vec<u16>> = vec![Vec::new(); usize::from(n)];
+    let link = |a: u16, b: u16, adj: &mut Vec<Vec<u16>>| {
+        if a != b && !adj[usize::from(a)].contains(&b) {
+            adj[usize::from(a)].push(b);
+            adj[usize::from(b)].push(a);
+        }
+    };
+    for i in 1..n {
+        let parent = rng.below(u64::from(i)) as u16;
+        link(i, parent, &mut adj);
+    }
+    for _ in 0..extra {
+        let (a, b) = (
+            rng.below(u64::from(n)) as u16,
+            rng.below(u64::from(n)) as u16,
+        );
+        link(a, b, &mut adj);
+    }
+    let port = |i: u16| first_port + i;
+    (0..n)
+        .map(|i| {
+            (
+                port(i),
+                adj[usize::from(i)].iter().map(|&j| port(j)).collect(),
+            )
+        })
+        .collect()
+}
+
 pub struct Network {
     pub min_delay: Duration,
     pub max_delay: Duration,
