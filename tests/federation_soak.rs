@@ -8,7 +8,7 @@ mod sim;
 
 use chat_router::proto::duckchat::{self, Inbound};
 use chat_router::rng::Rng;
-use sim::{addr, random_graph, Sim, GRID};
+use sim::{addr, random_graph, Sim, CAPITAL_H, GRID, TRIANGLE};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -113,22 +113,6 @@ fn federation(edges: &[(u16, Vec<u16>)], seed: u64, shards: u16) -> Sim {
 fn owned(edges: &[(u16, &[u16])]) -> Vec<(u16, Vec<u16>)> {
     edges.iter().map(|(p, n)| (*p, n.to_vec())).collect()
 }
-
-const TRIANGLE: &[(u16, &[u16])] = &[
-    (4000, &[5000, 6000]),
-    (5000, &[4000, 6000]),
-    (6000, &[4000, 5000]),
-];
-
-const CAPITAL_H: &[(u16, &[u16])] = &[
-    (4000, &[4001]),
-    (4001, &[4000, 4002, 4003]),
-    (4002, &[4001]),
-    (4003, &[4001, 4005]),
-    (4004, &[4005]),
-    (4005, &[4004, 4003, 4006]),
-    (4006, &[4005]),
-];
 
 #[test]
 fn every_topology_delivers_everything_once_across_refreshes() {

@@ -242,23 +242,14 @@ fn a_line_of_three_forwards_through_the_middle() {
 fn triangle_delivers_each_message_exactly_once() {
     for shards in SHARDS {
         for seed in 0..5 {
-            let mut sim = Sim::topology(
-                10 + seed,
-                shards,
-                &[
-                    (4000, &[5000, 6000]),
-                    (5000, &[4000, 6000]),
-                    (6000, &[4000, 5000]),
-                ],
-            );
+            let mut sim = Sim::topology(10 + seed, shards, sim::TRIANGLE);
             let users = [(50001, 4000), (50002, 5000), (50003, 6000)];
             for (c, s) in users {
                 sim.login(addr(c), s, &format!("u{c}"));
             }
             sim.run_for(SETTLE);
-            // One message at a time, as the course tested: concurrent senders can make the
-            // spec's duplicate->S2S_LEAVE rule cut more links than the loops need, which only
-            // the next soft-state refresh repairs.
+            // One message at a time, as the course tested (messages that overlap:
+            // tests/federation_soak.rs).
             for round in 0..5 {
                 for (c, s) in users {
                     say(&mut sim, c, s, "Common", &format!("{c}-{round}"));
@@ -277,19 +268,7 @@ fn triangle_delivers_each_message_exactly_once() {
 #[test]
 fn capital_h_produces_exactly_the_three_leaves_of_the_spec() {
     for shards in SHARDS {
-        let mut sim = Sim::topology(
-            20,
-            shards,
-            &[
-                (4000, &[4001]),
-                (4001, &[4000, 4002, 4003]),
-                (4002, &[4001]),
-                (4003, &[4001, 4005]),
-                (4004, &[4005]),
-                (4005, &[4004, 4003, 4006]),
-                (4006, &[4005]),
-            ],
-        );
+        let mut sim = Sim::topology(20, shards, sim::CAPITAL_H);
         let (a, b) = (addr(50000), addr(50005));
         sim.login(a, 4000, "a");
         sim.login(b, 4005, "b");

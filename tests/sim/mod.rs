@@ -22,7 +22,25 @@ pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// The course's 3x3 grid of nine servers, as an adjacency list of ports.
+/// The course's triangle, as an adjacency list of ports.
+pub const TRIANGLE: &[(u16, &[u16])] = &[
+    (4000, &[5000, 6000]),
+    (5000, &[4000, 6000]),
+    (6000, &[4000, 5000]),
+];
+
+/// The course's capital H of seven servers.
+pub const CAPITAL_H: &[(u16, &[u16])] = &[
+    (4000, &[4001]),
+    (4001, &[4000, 4002, 4003]),
+    (4002, &[4001]),
+    (4003, &[4001, 4005]),
+    (4004, &[4005]),
+    (4005, &[4004, 4003, 4006]),
+    (4006, &[4005]),
+];
+
+/// The course's 3x3 grid of nine servers.
 pub const GRID: &[(u16, &[u16])] = &[
     (8100, &[8101, 8103]),
     (8101, &[8100, 8102, 8104]),
