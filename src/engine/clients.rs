@@ -156,9 +156,7 @@ impl Engine {
         request: &[u8],
         out: &mut Outbox,
     ) {
-        let protocol = self.byte_order(endpoint, protocol, request);
-        let key = (endpoint, protocol);
-        let id = self.clients.sessions.find(&key);
+        let (key, id) = self.session_of(endpoint, protocol, request);
         let view = id
             .and_then(|id| self.clients.sessions.get(id))
             .map(|s| View {
@@ -213,31 +211,35 @@ impl Engine {
         }
     }
 
-    /// The protocol a request is for, where its byte order may not show (see
-    /// [`Protocol::byte_order_twin`]). A DuckChat LOGIN reads the same in both orders: a LOGIN
-    /// from an endpoint whose session is big-endian is that session's, and a session begun by
-    /// a LOGIN is moved to the big-endian protocol when the client's next request shows that
-    /// order (before it can be in any channel, so no member list names it yet).
-    fn byte_order(&mut self, endpoint: Endpoint, protocol: Protocol, request: &[u8]) -> Protocol {
-        let Some(twin) = protocol.byte_order_twin() else {
-            return protocol;
-        };
+    /// The session a request is for, and its key, where the request's byte order may not show
+    /// (see [`Protocol::byte_order_twin`]). A DuckChat LOGIN reads the same in both orders: a
+    /// LOGIN from an endpoint whose session is big-endian is that session's, and a session
+    /// begun by a LOGIN is moved to the big-endian protocol when the client's next request
+    /// shows that order (before it can be in any channel, so no member list names it yet).
+    /// One lookup when the endpoint has a session of the request's protocol.
+    fn session_of(
+        &mut self,
+        endpoint: Endpoint,
+        protocol: Protocol,
+        request: &[u8],
+    ) -> (Key, Option<SessionId>) {
+        let key = (endpoint, protocol);
         let sessions = &mut self.clients.sessions;
-        if sessions.find(&(endpoint, protocol)).is_some() {
-            return protocol;
-        }
-        let Some(id) = sessions.find(&(endpoint, twin)) else {
-            return protocol;
+        let found = sessions.find(&key);
+        let Some(twin) = protocol.byte_order_twin().filter(|_| found.is_none()) else {
+            return (key, found);
         };
-        let order_unknown = crate::proto::duckchat::type_code(request) == Some(0);
-        if order_unknown {
-            return twin;
+        let Some(id) = sessions.find(&(endpoint, twin)) else {
+            return (key, None);
+        };
+        if crate::proto::duckchat::type_code(request) == Some(0) {
+            return ((endpoint, twin), Some(id));
         }
         let fresh = sessions.get(id).is_some_and(|s| s.channels.is_empty());
-        if protocol == Protocol::DuckChatBig && fresh && sessions.rekey(id, (endpoint, protocol)) {
-            return protocol;
+        if protocol == Protocol::DuckChatBig && fresh && sessions.rekey(id, key) {
+            return (key, Some(id));
         }
-        protocol
+        (key, None)
     }
 
     /// Carries out one command of the session `id` (`None`: the endpoint has none).

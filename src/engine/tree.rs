@@ -471,7 +471,8 @@ impl Engine {
 
     /// How `neighbor` writes, updated from its datagram `buf` where the command line leaves
     /// it open: the byte order of any datagram's type code, and the layout of an S2S_SAY whose
-    /// channel is one this server knows in one layout only. A change goes to every shard.
+    /// channel this server knows in the other layout and not in the one assumed. A change goes
+    /// to every shard.
     fn learn_format(&mut self, neighbor: u16, buf: &[u8], out: &mut Outbox) -> Option<Format> {
         let tree = self.tree()?;
         let peer = *tree.cfg.peers().get(usize::from(neighbor))?;
@@ -491,13 +492,13 @@ impl Engine {
                 }
                 _ => false,
             };
-            match (
-                channel_in(SayLayout::UserFirst),
-                channel_in(SayLayout::ChannelFirst),
-            ) {
-                (true, false) => format.layout = SayLayout::UserFirst,
-                (false, true) => format.layout = SayLayout::ChannelFirst,
-                _ => {}
+            // The layout it has shown holds while its channels make sense read that way.
+            let other = match format.layout {
+                SayLayout::UserFirst => SayLayout::ChannelFirst,
+                SayLayout::ChannelFirst => SayLayout::UserFirst,
+            };
+            if !channel_in(format.layout) && channel_in(other) {
+                format.layout = other;
             }
         }
         if format != known {
