@@ -52,6 +52,10 @@ enum Command {
         drop: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Datagrams held at once; one more and it fails and exits, as the public proxy
+        /// does ("Too many queued messages!").
+        #[arg(long, value_name = "N", default_value_t = loadgen::proxy::PUBLIC_MAX_IN_FLIGHT)]
+        max_in_flight: usize,
     },
     /// Play text clients across a cluster, send numbered messages and check what arrives:
     /// loss, duplicates, FIFO and total-order violations, latency. Exits 1 on any violation.
@@ -347,23 +351,43 @@ fn read_cluster(file: &Path) -> Result<Vec<Member>, String> {
     parse_cluster(&text).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-fn proxy(cluster: &Path, delay: Duration, drop: f64, seed: u64) -> Result<(), String> {
+fn proxy(
+    cluster: &Path,
+    delay: Duration,
+    drop: f64,
+    seed: u64,
+    max_in_flight: usize,
+) -> Result<(), String> {
     if !(0.0..=1.0).contains(&drop) {
         return Err(format!("--drop {drop} is not a share from 0 to 1"));
     }
+    if max_in_flight == 0 {
+        return Err("--max-in-flight must be above zero".into());
+    }
     let members = read_cluster(cluster)?;
     let proxied = members.iter().filter(|m| m.forward != m.bind).count();
-    let _proxy = Proxy::start(ProxyConfig {
+    let proxy = Proxy::start(ProxyConfig {
         members,
         delay,
         drop,
         seed,
+        max_in_flight,
     })
     .map_err(|e| format!("cannot bind the forwarding addresses: {e}"))?;
-    println!("proxy: on {proxied} forwarding address(es), delay up to {delay:?}, drop {drop}");
-    loop {
-        std::thread::park(); // until the process is interrupted
+    println!(
+        "proxy: on {proxied} forwarding address(es), delay up to {delay:?}, drop {drop}, \
+         at most {max_in_flight} datagrams held"
+    );
+    // Until the process is interrupted, or the servers overrun it.
+    while !proxy.failed() {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let stats = proxy.stop();
+    Err(format!(
+        "Too many queued messages! More than {max_in_flight} datagrams were held at once, \
+         where the public proxy exits ({} forwarded)",
+        stats.forwarded
+    ))
 }
 
 fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
@@ -426,7 +450,8 @@ fn main() -> ExitCode {
             delay,
             drop,
             seed,
-        }) => proxy(&cluster, delay, drop, seed),
+            max_in_flight,
+        }) => proxy(&cluster, delay, drop, seed, max_in_flight),
         Some(Command::Ordering(opts)) => check_ordering(opts),
         Some(Command::Mailbox(opts)) => mailbox(opts),
         None => run(cli.run),

@@ -5,6 +5,10 @@
 //! sends it to the destination's bind address **from the sender's forwarding address**, so
 //! the receiving server knows who sent it.
 //!
+//! The public proxy holds at most 1,000 datagrams at once and exits ("Too many queued
+//! messages!") when a server sends more; so does this one by default (`max_in_flight`): it
+//! stops forwarding and reports the failure, so that a test sees what the public proxy would do.
+//!
 //! One thread, one epoll over the sockets and a heap of datagrams due; every datagram costs one
 //! allocation, which is nothing at the rates a cluster of chat servers sees.
 
@@ -22,8 +26,8 @@ use std::time::{Duration, Instant};
 
 /// The public proxy truncates longer datagrams; so do we, so that a server that sends more is caught.
 pub const MAX_DATAGRAM: usize = 999;
-/// Datagrams held at once; beyond this new ones are dropped and counted.
-const MAX_HELD: usize = 100_000;
+/// The public proxy's limit on datagrams held at once.
+pub const PUBLIC_MAX_IN_FLIGHT: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -33,6 +37,8 @@ pub struct ProxyConfig {
     /// Probability that a datagram is dropped.
     pub drop: f64,
     pub seed: u64,
+    /// Datagrams held at once; one more and the proxy fails, as the public one exits.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +49,16 @@ pub struct ProxyStats {
     /// From an address that is no server's bind address, or for which there is no proxied
     /// forwarding address to send from.
     pub unroutable: u64,
-    /// Dropped because [`MAX_HELD`] datagrams were waiting.
-    pub overflow: u64,
+    /// The most datagrams held at once.
+    pub most_in_flight: usize,
+    /// A datagram arrived with `max_in_flight` held: the public proxy exits here ("Too many
+    /// queued messages!"); this one stopped forwarding.
+    pub failed: bool,
 }
 
 pub struct Proxy {
     stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<ProxyStats>>,
 }
 
@@ -77,14 +87,21 @@ impl Proxy {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let (flag, failure) = (stop.clone(), failed.clone());
         let thread = std::thread::Builder::new()
             .name("proxy".into())
-            .spawn(move || forward(cfg, sockets, poll, &flag))?;
+            .spawn(move || forward(cfg, sockets, poll, &flag, &failure))?;
         Ok(Proxy {
             stop,
+            failed,
             thread: Some(thread),
         })
+    }
+
+    /// Whether it has failed as the public proxy would have (too many datagrams held).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     /// Stops forwarding (what is still held is dropped) and returns the counts.
@@ -112,6 +129,7 @@ fn forward(
     sockets: Vec<Option<UdpSocket>>,
     mut poll: Poll,
     stop: &AtomicBool,
+    failed: &AtomicBool,
 ) -> ProxyStats {
     let mut stats = ProxyStats::default();
     let mut rng = Rng::new(cfg.seed);
@@ -147,9 +165,11 @@ fn forward(
                     stats.dropped += 1;
                     continue;
                 }
-                if bodies.len() >= MAX_HELD {
-                    stats.overflow += 1;
-                    continue;
+                if bodies.len() >= cfg.max_in_flight {
+                    // The public proxy exits: nothing held or coming is forwarded any more.
+                    stats.failed = true;
+                    failed.store(true, Ordering::SeqCst);
+                    return stats;
                 }
                 if n > MAX_DATAGRAM {
                     stats.truncated += 1;
@@ -165,6 +185,7 @@ fn forward(
                         dst: cfg.members[to].bind,
                     },
                 );
+                stats.most_in_flight = stats.most_in_flight.max(bodies.len());
             }
         }
         let now = Instant::now();
@@ -216,6 +237,7 @@ mod tests {
             delay: Duration::from_millis(5),
             drop: 0.0,
             seed: 1,
+            max_in_flight: PUBLIC_MAX_IN_FLIGHT,
         })
         .unwrap();
         // The stranger first: the proxy reads one socket in order, so it has counted the
@@ -237,5 +259,40 @@ mod tests {
         assert_eq!(stats.forwarded, 2);
         assert_eq!(stats.truncated, 1);
         assert_eq!(stats.unroutable, 1);
+        assert!(!stats.failed);
+    }
+
+    #[test]
+    fn holding_more_than_its_limit_fails_as_the_public_proxy_exits() {
+        let a = StdSocket::bind("127.0.0.1:0").unwrap();
+        let b = StdSocket::bind("127.0.0.1:0").unwrap();
+        let members = vec![
+            Member {
+                forward: free(),
+                bind: a.local_addr().unwrap(),
+            },
+            Member {
+                forward: free(),
+                bind: b.local_addr().unwrap(),
+            },
+        ];
+        let proxy = Proxy::start(ProxyConfig {
+            members: members.clone(),
+            delay: Duration::from_secs(10),
+            drop: 0.0,
+            seed: 1,
+            max_in_flight: 10,
+        })
+        .unwrap();
+        for _ in 0..11 {
+            a.send_to(b"held", members[1].forward).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !proxy.failed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = proxy.stop();
+        assert!(stats.failed, "{stats:?}");
+        assert_eq!((stats.most_in_flight, stats.forwarded), (10, 0));
     }
 }

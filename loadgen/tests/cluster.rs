@@ -4,7 +4,7 @@
 
 use chat_router::engine::Member;
 use loadgen::ordering::{self, OrderingArgs, OrderingResult};
-use loadgen::proxy::{Proxy, ProxyConfig, ProxyStats};
+use loadgen::proxy::{Proxy, ProxyConfig, ProxyStats, PUBLIC_MAX_IN_FLIGHT};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -66,12 +66,25 @@ impl Cluster {
     /// `n` routers in `order`, every forwarding address held by a proxy that delays each
     /// datagram up to `delay` and drops a `drop` share.
     fn start(n: usize, order: &str, delay: Duration, drop: f64) -> Cluster {
+        Self::start_holding(n, order, delay, drop, PUBLIC_MAX_IN_FLIGHT)
+    }
+
+    /// As [`Cluster::start`], with a proxy that holds up to `max_in_flight` datagrams.
+    fn start_holding(
+        n: usize,
+        order: &str,
+        delay: Duration,
+        drop: f64,
+        max_in_flight: usize,
+    ) -> Cluster {
         let mut cluster = Self::without_proxy(n, order);
         let proxy = Proxy::start(ProxyConfig {
             members: cluster.members.clone(),
             delay,
             drop,
             seed: 5,
+            // As the public proxy by default: a cluster that overruns it fails the test.
+            max_in_flight,
         })
         .expect("proxy binds the forwarding addresses");
         cluster.proxy = Some(proxy);
@@ -166,8 +179,14 @@ impl Cluster {
         }
     }
 
+    /// The proxy's counts, once stopped; it must not have failed as the public one would.
     fn proxy_stats(&mut self) -> ProxyStats {
-        self.proxy.take().map(Proxy::stop).unwrap_or_default()
+        let stats = self.proxy.take().map(Proxy::stop).unwrap_or_default();
+        assert!(
+            !stats.failed,
+            "the public proxy would have exited: {stats:?}"
+        );
+        stats
     }
 
     fn check(&self, clients: usize, rooms: u32, messages: u64, len: usize) -> OrderingResult {
@@ -193,16 +212,21 @@ fn three_servers_in_every_mode_behind_a_reordering_proxy() {
         let mut cluster = Cluster::start(3, order, Duration::from_millis(15), 0.0);
         let result = cluster.check(30, 3, 10, 40);
         cluster.assert_clean(order, &result, order == "total");
+        cluster.proxy_stats();
     }
 }
 
 #[test]
 fn ten_servers_and_250_clients_in_total_order() {
-    let mut cluster = Cluster::start(10, "total", Duration::from_millis(10), 0.0);
+    // Ten servers still put up to about 2,500 datagrams at once through the proxy (about 69 per
+    // message), where the public proxy exits at 1,000: issue 14 is to cut the datagrams per
+    // message. Until then this run gets a proxy that holds 5,000.
+    let mut cluster = Cluster::start_holding(10, "total", Duration::from_millis(10), 0.0, 5_000);
     let result = cluster.check(250, 10, 4, 40);
     // Rooms of 20 and 30 members (250 clients over 10 servers and 10 rooms).
     assert_eq!(result.report.expected, 4 * (5 * 30 * 30 + 5 * 20 * 20));
     cluster.assert_clean("total", &result, true);
+    cluster.proxy_stats();
 }
 
 #[test]
