@@ -111,6 +111,7 @@ mod tests {
                 user: Name::from("u"),
                 text: Text::from("hi"),
             },
+            session: crate::engine::SessionId::for_tests(1),
         }
     }
 

@@ -364,3 +364,49 @@ fn duckchat_and_text_users_share_a_room_across_a_cluster() {
         .collect();
     assert_eq!(order, text_order, "the DuckChat user sees the same order");
 }
+
+#[test]
+fn a_message_the_window_refuses_is_answered_with_an_error() {
+    for order in [Order::Unordered, Order::Total] {
+        let mut sim = Sim::cluster(12, 2, 3, order);
+        let (s1, s2) = (CLUSTER_PORT + 1, CLUSTER_PORT + 2);
+        let tina = 40001;
+        line(&mut sim, tina, s1, "/join 1");
+        sim.run_for(SETTLE);
+        sim.clear_inboxes();
+        // Server 2 goes: nothing it should acknowledge is acknowledged, and the window fills.
+        sim.crash(s2);
+        for n in 0..400 {
+            line(&mut sim, tina, s1, &format!("m{n}"));
+        }
+        sim.run_for(SETTLE);
+        let refused =
+            "-ERR Message not sent to room #1: a server of the cluster is behind; try again";
+        let errors = sim
+            .lines(addr(tina))
+            .iter()
+            .filter(|l| *l == refused)
+            .count();
+        let counted: u64 = sim
+            .engines(s1)
+            .map(|e| {
+                e.counters()
+                    .drops(chat_router::engine::DropReason::ReplicationBacklog)
+            })
+            .sum();
+        assert!(errors > 0, "{order:?}: the window filled");
+        assert_eq!(
+            errors as u64, counted,
+            "{order:?}: each refusal told and counted"
+        );
+        // What was not refused was sent, and the sender saw its own messages.
+        let delivered = sim
+            .lines(addr(tina))
+            .iter()
+            .filter(|l| l.starts_with('<'))
+            .count();
+        if order == Order::Unordered {
+            assert_eq!(delivered + errors, 400, "{order:?}");
+        }
+    }
+}

@@ -189,13 +189,14 @@ impl Engine {
         }
     }
 
-    /// A local user's message, on the channel's owner: handed to the federation, which
-    /// delivers it here when its order allows.
+    /// A local user's message (from `session`), on the channel's owner: handed to the
+    /// federation, which delivers it here when its order allows.
     pub(super) fn local_say(
         &mut self,
         now: std::time::Duration,
         name: Name,
         chat: Chat,
+        session: super::SessionId,
         out: &mut Outbox,
     ) {
         match self.federation {
@@ -207,7 +208,7 @@ impl Engine {
                 self.fan_out(name, &chat, stamp, out)
             }
             Strategy::Tree(_) => self.tree_say(name, chat, out),
-            Strategy::Group(_) => self.group_say(now, name, chat, out),
+            Strategy::Group(_) => self.group_say(now, name, chat, session, out),
         }
     }
 

@@ -286,7 +286,12 @@ impl Engine {
                 self.require_member(id, &channel)?;
                 if let Some(session) = self.clients.sessions.get(id) {
                     let chat = Chat::new(session.name.as_bytes(), text);
-                    self.send_to_owner(ShardMsg::Said { channel, chat }, out);
+                    let said = ShardMsg::Said {
+                        channel,
+                        chat,
+                        session: id,
+                    };
+                    self.send_to_owner(said, out);
                 }
                 Ok(Done::Nothing)
             }
@@ -623,6 +628,24 @@ impl Engine {
             .encode_refusal(&Refusal::ServerChannelLimit(channel), &mut buf)
         {
             self.send_reply(now, key.0, &buf[..len], true, out);
+        }
+    }
+
+    /// The owner did not send the session's message in `channel` (the cluster is a whole
+    /// window behind): the user is told, so that it may say it again.
+    pub(super) fn say_refused(
+        &mut self,
+        now: Duration,
+        channel: Name,
+        id: SessionId,
+        out: &mut Outbox,
+    ) {
+        let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
+            return;
+        };
+        let mut buf = [0u8; frontend::MAX_REPLY];
+        if let Some(len) = protocol.encode_refusal(&Refusal::Backlog(channel), &mut buf) {
+            self.send_reply(now, endpoint, &buf[..len], true, out);
         }
     }
 

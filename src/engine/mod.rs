@@ -292,10 +292,17 @@ pub enum ShardMsg {
         channel: Name,
         session: SessionId,
     },
-    /// Home -> owner: a local user said something.
+    /// Home -> owner: a local user (`session`) said something.
     Said {
         channel: Name,
         chat: Chat,
+        session: SessionId,
+    },
+    /// Owner -> home: the session's message was not sent (a cluster server is a whole window
+    /// behind); the home shard tells the client.
+    SayRefused {
+        channel: Name,
+        session: SessionId,
     },
     /// Home -> owner: the members of this channel, for this session's WHO.
     Who {
@@ -363,6 +370,7 @@ impl ShardMsg {
             ShardMsg::Joined { .. }
             | ShardMsg::Left { .. }
             | ShardMsg::JoinRefused { .. }
+            | ShardMsg::SayRefused { .. }
             | ShardMsg::Who { .. }
             | ShardMsg::WhoNames { .. }
             | ShardMsg::ChannelAdded(_)
@@ -386,6 +394,7 @@ impl ShardMsg {
             ShardMsg::Joined { channel, .. }
             | ShardMsg::Left { channel, .. }
             | ShardMsg::JoinRefused { channel, .. }
+            | ShardMsg::SayRefused { channel, .. }
             | ShardMsg::Said { channel, .. }
             | ShardMsg::Who { channel, .. }
             | ShardMsg::WhoNames { channel, .. }
@@ -757,7 +766,14 @@ impl Engine {
             ShardMsg::JoinRefused { channel, session } => {
                 self.join_refused(now, channel, session, out)
             }
-            ShardMsg::Said { channel, chat } => self.local_say(now, channel, chat, out),
+            ShardMsg::Said {
+                channel,
+                chat,
+                session,
+            } => self.local_say(now, channel, chat, session, out),
+            ShardMsg::SayRefused { channel, session } => {
+                self.say_refused(now, channel, session, out)
+            }
             ShardMsg::Who { channel, session } => self.who_names(channel, session, out),
             ShardMsg::WhoNames {
                 channel,

@@ -81,6 +81,9 @@ pub enum Refusal {
     BadUserName,
     /// The endpoint's address holds as many sessions as one address may.
     TooManySessions,
+    /// A message in this channel was not sent: a server of the cluster has not acknowledged
+    /// a whole window (it is down or far behind).
+    Backlog(Name),
     /// This server runs no mailbox: no direct messages.
     NoMailbox,
     /// A direct message the mailbox cannot carry (empty, too long, not UTF-8, a NUL or newline).

@@ -62,6 +62,7 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::ServerChannelLimit(_) => (b"Too many channels on this server", b""),
         Refusal::BadChannelName => (b"Channel names must be printable UTF-8", b""),
         Refusal::BadUserName => (b"User names must be printable UTF-8", b""),
+        Refusal::Backlog(c) => (b"Not sent, a server is behind: ", c.as_bytes()),
         // DuckChat has no direct messages: it never asks for one.
         Refusal::NoMailbox | Refusal::BadDirectText | Refusal::NoSuchUser => {
             (b"*Unknown command", b"")

@@ -149,6 +149,12 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::BadChannelName => line(buf, format_args!("-ERR No such room")),
         Refusal::TooManyChannels => line(buf, format_args!("-ERR Too many rooms")),
         Refusal::UnknownCommand => line(buf, format_args!("-ERR Unknown command")),
+        Refusal::Backlog(room) => line(
+            buf,
+            format_args!(
+                "-ERR Message not sent to room #{room}: a server of the cluster is behind; try again"
+            ),
+        ),
         Refusal::NoMailbox => line(
             buf,
             format_args!("-ERR Direct messages are off on this server"),

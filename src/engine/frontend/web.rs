@@ -162,6 +162,10 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::BadChannelName => write!(message, "channel names must be printable UTF-8"),
         Refusal::BadUserName => write!(message, "nicks must be printable UTF-8"),
         Refusal::TooManySessions => write!(message, "too many sessions from your address"),
+        Refusal::Backlog(c) => write!(
+            message,
+            "message not sent to {c}: a server of the cluster is behind; try again"
+        ),
         Refusal::NoMailbox => write!(message, "direct messages are off on this server"),
         Refusal::BadDirectText => write!(
             message,

@@ -19,7 +19,9 @@ mod total;
 
 pub use total::MAX_SERVERS;
 
-use super::{Chat, DropReason, Engine, Lossy, Origin, Outbox, ShardMsg, Stamp, Strategy};
+use super::{
+    Chat, DropReason, Engine, Lossy, Origin, Outbox, SessionId, ShardMsg, Stamp, Strategy,
+};
 use crate::proto::group::{self, Body, Datagram};
 use crate::proto::{text, Name};
 use ahash::AHashMap;
@@ -76,6 +78,8 @@ struct Room {
     links: Vec<Link>,
     /// This server's messages in the room so far (ids are (server, counter)).
     counter: u64,
+    /// Local messages refused because a server was a whole window behind.
+    refused: u64,
     total: Option<TotalOrder>,
 }
 
@@ -178,6 +182,7 @@ impl Engine {
             let room = Room {
                 links: (0..servers).map(|_| Link::default()).collect(),
                 counter: 0,
+                refused: 0,
                 total: (group.order == Order::Total).then(|| TotalOrder::new(group.me, servers)),
             };
             group.rooms.insert(name, room);
@@ -237,18 +242,39 @@ impl Engine {
 
     /// A local user's message, on the room's owner: numbered, sent to every other server, and
     /// ordered here like everyone else's.
-    pub(super) fn group_say(&mut self, now: Duration, room: Name, chat: Chat, out: &mut Outbox) {
+    pub(super) fn group_say(
+        &mut self,
+        now: Duration,
+        room: Name,
+        chat: Chat,
+        session: SessionId,
+        out: &mut Outbox,
+    ) {
         let chunk = group::max_text(room.as_bytes(), chat.user()).max(1);
         let fragments = chat.text().len().div_ceil(chunk).max(1);
         let Some(r) = self.group_room(room) else {
             return;
         };
         if r.links.iter().any(|l| l.out.room() < fragments) {
-            // A server has been unreachable for a whole window: refuse rather than grow.
+            // A server has been unreachable for a whole window: refuse rather than grow, and
+            // tell the sender, who would otherwise never know.
+            r.refused += 1;
+            let refused = r.refused;
             self.counters.dropped(DropReason::ReplicationBacklog);
+            let home = session.home;
+            self.send_to_shard(
+                home,
+                ShardMsg::SayRefused {
+                    channel: room,
+                    session,
+                },
+                out,
+            );
             return self.log_event(
                 out,
-                format_args!("Drops a message to chat room #{room}: a server is not acknowledging"),
+                format_args!(
+                    "Refuses a message to chat room #{room} ({refused} so far): a server is not acknowledging"
+                ),
             );
         }
         r.counter += 1;
