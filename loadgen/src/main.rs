@@ -5,7 +5,7 @@ use chat_router::engine::Member;
 use chat_router::io::IoKind;
 use clap::{Parser, Subcommand};
 use loadgen::hostile::Mix;
-use loadgen::ordering::{OrderingArgs, OrderingRecord};
+use loadgen::ordering::{OrderingArgs, OrderingRecord, ProxyUse};
 use loadgen::plan::Membership;
 use loadgen::plot::{svg, Series};
 use loadgen::proxy::{Proxy, ProxyConfig};
@@ -124,6 +124,14 @@ struct OrderingOpts {
     /// Write the run's JSON and percentile files into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Run the proxy here, on the cluster's forwarding addresses (instead of `loadgen
+    /// proxy`), delaying each datagram up to this, and report the datagrams between servers
+    /// per message.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    proxy_delay: Option<Duration>,
+    /// With --proxy-delay: the share of datagrams it drops (0 to 1).
+    #[arg(long, default_value_t = 0.0, requires = "proxy_delay")]
+    proxy_drop: f64,
 }
 
 #[derive(clap::Args)]
@@ -397,11 +405,29 @@ fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
     if opts.clients == 0 || opts.rooms == 0 || opts.messages == 0 || opts.interval.is_zero() {
         return Err("--clients, --rooms, --messages and --interval must be above zero".into());
     }
+    let members = read_cluster(&opts.cluster)?;
+    let proxy = match opts.proxy_delay {
+        Some(delay) => {
+            if !(0.0..=1.0).contains(&opts.proxy_drop) {
+                return Err(format!(
+                    "--proxy-drop {} is not a share from 0 to 1",
+                    opts.proxy_drop
+                ));
+            }
+            let proxy = Proxy::start(ProxyConfig {
+                members: members.clone(),
+                delay,
+                drop: opts.proxy_drop,
+                seed: 1,
+                max_in_flight: loadgen::proxy::PUBLIC_MAX_IN_FLIGHT,
+            })
+            .map_err(|e| format!("cannot bind the cluster's forwarding addresses: {e}"))?;
+            Some((proxy, delay))
+        }
+        None => None,
+    };
     let args = OrderingArgs {
-        servers: read_cluster(&opts.cluster)?
-            .iter()
-            .map(|m| m.bind)
-            .collect(),
+        servers: members.iter().map(|m| m.bind).collect(),
         clients: opts.clients,
         rooms: opts.rooms,
         messages: opts.messages,
@@ -413,8 +439,16 @@ fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
     let (order, out) = (opts.order.as_str(), opts.out.as_deref());
     let result = loadgen::ordering::run(&args).map_err(|e| e.to_string())?;
     print!("{}", result.table(order == "total"));
+    let proxy_use = proxy.map(|(proxy, delay)| {
+        let stats = proxy.stop();
+        ProxyUse::new(delay, opts.proxy_drop, &stats, result.report.sent)
+    });
+    if let Some(p) = &proxy_use {
+        print!("{}", p.line());
+    }
     if let Some(dir) = out {
-        let record = OrderingRecord::new(&args, order, &result);
+        let mut record = OrderingRecord::new(&args, order, &result);
+        record.proxy = proxy_use;
         let path = record.write(dir, &result).map_err(|e| e.to_string())?;
         println!("wrote {}", path.display());
     }

@@ -337,6 +337,49 @@ pub struct OrderingRecord {
     pub latency: crate::latency::Percentiles,
     /// `[value_ns, count]` per non-empty bucket.
     pub histogram: Vec<(u64, u64)>,
+    /// The proxy between the servers, when the run had its own (`--proxy-delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUse>,
+}
+
+/// What went through the proxy between the servers during an ordering run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProxyUse {
+    pub delay_ms: f64,
+    pub drop: f64,
+    /// Datagrams between servers forwarded, and per message sent.
+    pub forwarded: u64,
+    pub per_message: f64,
+    pub most_in_flight: usize,
+    /// Held more than the public proxy's limit, where that one exits.
+    pub failed: bool,
+}
+
+impl ProxyUse {
+    pub fn new(delay: Duration, drop: f64, stats: &crate::proxy::ProxyStats, sent: u64) -> Self {
+        Self {
+            delay_ms: delay.as_secs_f64() * 1e3,
+            drop,
+            forwarded: stats.forwarded,
+            per_message: stats.forwarded as f64 / sent.max(1) as f64,
+            most_in_flight: stats.most_in_flight,
+            failed: stats.failed,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "between servers    {} datagrams ({:.1} per message), at most {} held at once{}\n",
+            self.forwarded,
+            self.per_message,
+            self.most_in_flight,
+            if self.failed {
+                " (over the public proxy's limit: it would have exited)"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 impl OrderingRecord {
@@ -376,6 +419,7 @@ impl OrderingRecord {
             deliveries_per_s: result.deliveries_per_sec(),
             latency: result.latency.percentiles(),
             histogram: result.latency.buckets(),
+            proxy: None,
         }
     }
 
