@@ -277,41 +277,23 @@ fn the_proxy_and_ordering_commands_work_from_the_command_line() {
         "{line}"
     );
 
-    let dir = std::env::temp_dir().join(format!("chat-router-ordering-{}", std::process::id()));
-    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "ordering",
+    let (stdout, record) = ordering_run(
+        &cluster,
+        &[
             "--order",
             "fifo",
             "--clients",
             "12",
             "--rooms",
             "2",
-        ])
-        .args(["--messages", "5", "--interval", "10ms", "--cluster"])
-        .arg(&cluster.file)
-        .arg("--out")
-        .arg(&dir)
-        .output()
-        .expect("run loadgen ordering");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&run.stderr)
+            "--messages",
+            "5",
+        ],
     );
     assert!(stdout.contains("verdict            clean"), "{stdout}");
-    let json = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("a JSON result");
-    let record: loadgen::ordering::OrderingRecord =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(record.clean);
     assert_eq!((record.servers, record.sent), (3, 60));
     assert_eq!(record.delivered, record.expected);
-    let _ = std::fs::remove_dir_all(&dir);
 
     let bad = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["ordering", "--cluster", "/nonexistent/cluster.txt"])
@@ -329,46 +311,22 @@ fn the_proxy_and_ordering_commands_work_from_the_command_line() {
 #[test]
 fn the_ordering_command_runs_its_own_proxy_and_counts_datagrams_per_message() {
     let cluster = Cluster::without_proxy(3, "total");
-    let dir =
-        std::env::temp_dir().join(format!("chat-router-ordering-proxy-{}", std::process::id()));
-    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "ordering",
+    let (stdout, record) = ordering_run(
+        &cluster,
+        &[
             "--order",
             "total",
             "--clients",
             "12",
             "--rooms",
             "2",
-        ])
-        .args([
             "--messages",
             "5",
-            "--interval",
-            "10ms",
             "--proxy-delay",
             "5ms",
-        ])
-        .arg("--cluster")
-        .arg(&cluster.file)
-        .arg("--out")
-        .arg(&dir)
-        .output()
-        .expect("run loadgen ordering");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
     );
     assert!(stdout.contains("between servers"), "{stdout}");
-    let json = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("a JSON result");
-    let record: loadgen::ordering::OrderingRecord =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let proxy = record.proxy.expect("the proxy's counts");
     // Total order across three servers: each message goes to two peers, with proposals and
     // agreements; far more than one datagram per message, far fewer than a thousand.
@@ -378,5 +336,37 @@ fn the_ordering_command_runs_its_own_proxy_and_counts_datagrams_per_message() {
     );
     assert!(!proxy.failed && proxy.most_in_flight > 0, "{proxy:?}");
     assert_eq!(record.delivered, record.expected);
+}
+
+/// `loadgen ordering ARGS --interval 10ms` against the cluster, which must succeed: what it
+/// printed, and the record it wrote.
+fn ordering_run(cluster: &Cluster, args: &[&str]) -> (String, loadgen::ordering::OrderingRecord) {
+    let dir = std::env::temp_dir().join(format!(
+        "chat-router-ordering-{}-{}",
+        std::process::id(),
+        cluster.members[0].bind.port()
+    ));
+    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("ordering")
+        .args(args)
+        .args(["--interval", "10ms", "--cluster"])
+        .arg(&cluster.file)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .expect("run loadgen ordering");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON result");
+    let record = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    (stdout, record)
 }
