@@ -217,29 +217,35 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn forwards_from_the_senders_forwarding_address_and_cuts_long_datagrams() {
+    /// Two servers' sockets, their cluster members, and a proxy on their forwarding addresses.
+    fn two_servers(
+        delay: Duration,
+        max_in_flight: usize,
+    ) -> (StdSocket, StdSocket, Vec<Member>, Proxy) {
         let a = StdSocket::bind("127.0.0.1:0").unwrap();
         let b = StdSocket::bind("127.0.0.1:0").unwrap();
         b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let members = vec![
-            Member {
+        let members: Vec<Member> = [&a, &b]
+            .iter()
+            .map(|s| Member {
                 forward: free(),
-                bind: a.local_addr().unwrap(),
-            },
-            Member {
-                forward: free(),
-                bind: b.local_addr().unwrap(),
-            },
-        ];
+                bind: s.local_addr().unwrap(),
+            })
+            .collect();
         let proxy = Proxy::start(ProxyConfig {
             members: members.clone(),
-            delay: Duration::from_millis(5),
+            delay,
             drop: 0.0,
             seed: 1,
-            max_in_flight: PUBLIC_MAX_IN_FLIGHT,
+            max_in_flight,
         })
         .unwrap();
+        (a, b, members, proxy)
+    }
+
+    #[test]
+    fn forwards_from_the_senders_forwarding_address_and_cuts_long_datagrams() {
+        let (a, b, members, proxy) = two_servers(Duration::from_millis(5), PUBLIC_MAX_IN_FLIGHT);
         // The stranger first: the proxy reads one socket in order, so it has counted the
         // stranger by the time anything of a's arrives at b.
         let stranger = StdSocket::bind("127.0.0.1:0").unwrap();
@@ -264,26 +270,7 @@ mod tests {
 
     #[test]
     fn holding_more_than_its_limit_fails_as_the_public_proxy_exits() {
-        let a = StdSocket::bind("127.0.0.1:0").unwrap();
-        let b = StdSocket::bind("127.0.0.1:0").unwrap();
-        let members = vec![
-            Member {
-                forward: free(),
-                bind: a.local_addr().unwrap(),
-            },
-            Member {
-                forward: free(),
-                bind: b.local_addr().unwrap(),
-            },
-        ];
-        let proxy = Proxy::start(ProxyConfig {
-            members: members.clone(),
-            delay: Duration::from_secs(10),
-            drop: 0.0,
-            seed: 1,
-            max_in_flight: 10,
-        })
-        .unwrap();
+        let (a, _b, members, proxy) = two_servers(Duration::from_secs(10), 10);
         for _ in 0..11 {
             a.send_to(b"held", members[1].forward).unwrap();
         }
