@@ -39,6 +39,10 @@ pub enum ConfigError {
     Conflict(&'static str),
     #[error("--cores {0}: at most {max} shards", max = crate::runtime::MAX_SHARDS)]
     TooManyShards(usize),
+    #[error("cannot read cluster key file {file}: {why}")]
+    KeyFile { file: String, why: String },
+    #[error("cluster key file {0} is empty: put a secret of at least 16 bytes in it")]
+    KeyTooShort(String),
     #[error("neighbor {0} is this server's own address")]
     NeighborIsSelf(SocketAddr),
     #[error("--neighbor {neighbor}: unknown format '{format}' (expected user-first, channel-first, little-endian or big-endian)")]

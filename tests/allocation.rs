@@ -250,11 +250,9 @@ impl Cluster {
         let servers = (0..3)
             .map(|me| {
                 let mut cfg = Config::new(members[me].bind);
-                cfg.federation = Federation::Group(Members {
-                    members: members.clone(),
-                    me: me as u16,
-                    order: Order::Total,
-                });
+                let mut cluster = Members::new(members.clone(), me as u16, Order::Total);
+                cluster.incarnation = 1 + me as u64;
+                cfg.federation = Federation::Group(cluster);
                 let mut server = Server::new();
                 let cfg = Arc::new(cfg);
                 server.shards = (0..SHARDS)
@@ -263,17 +261,28 @@ impl Cluster {
                 server
             })
             .collect();
-        Self {
+        let mut cluster = Self {
             servers,
             wire: VecDeque::with_capacity(4096),
             spare: Vec::new(),
             crossings: 0,
+        };
+        // The servers find one another (each probes the others at start-up).
+        for to in 0..3 {
+            cluster.settle(to);
         }
+        cluster.carry();
+        cluster
     }
 
     /// A client's datagram to server `to`, then everything the servers send each other.
     fn datagram(&mut self, to: usize, src: SocketAddr, bytes: &[u8]) {
         self.handle(to, src, bytes);
+        self.carry();
+    }
+
+    /// Everything the servers send each other, until they go quiet.
+    fn carry(&mut self) {
         for _ in 0..100_000 {
             let Some((src, dst, bytes)) = self.wire.pop_front() else {
                 return;
@@ -293,6 +302,13 @@ impl Cluster {
         let server = &mut self.servers[to];
         let home = (src.port() % SHARDS) as usize;
         server.shards[home].handle_datagram(server.now, src, bytes, &mut server.out);
+        self.settle(to);
+    }
+
+    /// Sends what server `to` produced, handles what its shards sent each other, and runs its
+    /// due timers (the cluster sends its frames at the end of each step), until it is done.
+    fn settle(&mut self, to: usize) {
+        let server = &mut self.servers[to];
         loop {
             for s in server.out.sends() {
                 if s.dst.port() > CLUSTER_PORT && s.dst.port() <= CLUSTER_PORT + 3 {
@@ -307,20 +323,26 @@ impl Cluster {
             }
             server.queue.extend(server.out.take_msgs());
             server.out.clear();
-            let Some((dst, msg)) = server.queue.pop_front() else {
+            if let Some((dst, msg)) = server.queue.pop_front() {
+                server.shards[dst as usize].handle_message(server.now, msg, &mut server.out);
+                continue;
+            }
+            let now = server.now;
+            let Some(due) = server.shards.iter_mut().find(|s| s.next_timeout() <= now) else {
                 break;
             };
-            server.shards[dst as usize].handle_message(server.now, msg, &mut server.out);
+            due.handle_timeout(now, &mut server.out);
         }
     }
 }
 
 /// The cluster path allocates once per datagram from another server that arrives on a shard
-/// other than its room's owner: the shared copy (`Arc<[u8]>`) that carries it there, so the
-/// receiving shard never waits for the owner. Nothing else: datagrams kept for retransmission
-/// reuse the buffers of acknowledged ones, and only a reordered datagram is copied to be held.
-/// (With three servers in total order, one client line makes 2 data datagrams from its
-/// origin, 2 proposals back, 2 agreements out, and an acknowledgement for each.)
+/// other than 0 (which runs the cluster): the shared copy (`Arc<[u8]>`) that carries it there,
+/// so the receiving shard never waits. Nothing else: datagrams kept for retransmission reuse
+/// the buffers of acknowledged ones, frames kept for passing on fill a ring reserved once, and
+/// only a reordered datagram is copied to be held. (With three servers in total order, one
+/// client line makes 2 data datagrams from its origin, 2 proposals back, 2 agreements out;
+/// acknowledgements ride on them or follow.)
 #[test]
 fn the_cluster_path_allocates_only_to_cross_shards() {
     let mut cluster = Cluster::new();

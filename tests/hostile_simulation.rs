@@ -436,11 +436,7 @@ fn a_cluster_server_never_answers_another_servers_bind_address() {
         })
         .collect();
     let mut cfg = Config::new(members[0].bind);
-    cfg.federation = Federation::Group(Cluster {
-        members: members.clone(),
-        me: 0,
-        order: Order::Total,
-    });
+    cfg.federation = Federation::Group(Cluster::new(members.clone(), 0, Order::Total));
     let mut engine = Engine::new(0, 1, std::sync::Arc::new(cfg), 1, Duration::ZERO);
     let mut out = Outbox::with_capacity(64);
     for from in [

@@ -5,6 +5,7 @@ use chat_router::engine::{Cluster, Config, Federation, Limits, Neighbors, Order,
 use chat_router::io::{sys, IoKind};
 use chat_router::mailbox::MailboxConfig;
 use chat_router::proto::duckchat::SayLayout;
+use chat_router::proto::group::Key;
 use chat_router::proto::text;
 use chat_router::runtime::{self, RuntimeConfig};
 use chat_router::web::WebConfig;
@@ -112,6 +113,15 @@ struct Cli {
     #[arg(short = 'o', long, value_enum, default_value = "unordered")]
     order: OrderArg,
 
+    /// A file holding a secret shared by every server of the cluster: each datagram between
+    /// them then carries a MAC, and forged or altered ones are dropped [default: none].
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+
+    /// A cluster server silent for this long is excluded; the others go on without it.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    peer_timeout: Duration,
+
     /// Text-protocol rooms are numbered 1 to R.
     #[arg(long, value_name = "R", default_value_t = 10)]
     rooms: u32,
@@ -189,6 +199,29 @@ fn cluster_args(cli: &mut Cli) -> Result<Option<(PathBuf, usize)>, ConfigError> 
     }
 }
 
+/// The shared secret of `--cluster-key FILE` (surrounding whitespace ignored).
+fn load_key(file: &Path) -> Result<Key, ConfigError> {
+    let name = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|e| ConfigError::KeyFile {
+        file: name.clone(),
+        why: e.to_string(),
+    })?;
+    let secret = bytes.trim_ascii();
+    if secret.len() < 16 {
+        return Err(ConfigError::KeyTooShort(name));
+    }
+    Ok(Key::derive(secret))
+}
+
+/// This run's incarnation: microseconds since the epoch (a restart gets a larger one), with
+/// random low bits (so that a forger cannot guess it from the start time).
+fn incarnation() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    (micros << 12 | sys::random_u64() & 0xfff).max(1)
+}
+
 fn load_cluster(file: &Path, index: usize, order: OrderArg) -> Result<Cluster, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError::ClusterFile {
         file: file.display().to_string(),
@@ -201,15 +234,14 @@ fn load_cluster(file: &Path, index: usize, order: OrderArg) -> Result<Cluster, C
             servers: members.len(),
         });
     }
-    Ok(Cluster {
-        members,
-        me: (index - 1) as u16,
-        order: match order {
-            OrderArg::Unordered => Order::Unordered,
-            OrderArg::Fifo => Order::Fifo,
-            OrderArg::Total => Order::Total,
-        },
-    })
+    let order = match order {
+        OrderArg::Unordered => Order::Unordered,
+        OrderArg::Fifo => Order::Fifo,
+        OrderArg::Total => Order::Total,
+    };
+    let mut cluster = Cluster::new(members, (index - 1) as u16, order);
+    cluster.incarnation = incarnation();
+    Ok(cluster)
 }
 
 fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
@@ -220,7 +252,10 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
                     "a cluster server takes its address from the cluster file: drop HOST PORT, --listen and --neighbor",
                 ));
             }
-            Some(load_cluster(&file, index, cli.order)?)
+            let mut cluster = load_cluster(&file, index, cli.order)?;
+            cluster.key = cli.cluster_key.as_deref().map(load_key).transpose()?;
+            cluster.peer_timeout = cli.peer_timeout;
+            Some(cluster)
         }
         None => None,
     };
@@ -244,6 +279,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         ("--s2s-refresh", cli.s2s_refresh),
         ("--s2s-timeout", cli.s2s_timeout),
         ("--ws-idle", cli.ws_idle),
+        ("--peer-timeout", cli.peer_timeout),
     ] {
         if d.is_zero() {
             return Err(ConfigError::Zero(name));

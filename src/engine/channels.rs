@@ -193,7 +193,6 @@ impl Engine {
     /// federation, which delivers it here when its order allows.
     pub(super) fn local_say(
         &mut self,
-        now: std::time::Duration,
         name: Name,
         chat: Chat,
         session: super::SessionId,
@@ -208,7 +207,7 @@ impl Engine {
                 self.fan_out(name, &chat, stamp, out)
             }
             Strategy::Tree(_) => self.tree_say(name, chat, out),
-            Strategy::Group(_) => self.group_say(now, name, chat, session, out),
+            Strategy::Group(_) => self.group_say(name, chat, session, out),
         }
     }
 

@@ -65,10 +65,15 @@ pub enum DropReason {
     AnswerCut,
     /// A direct message refused (answered "busy") because the mailbox's queue was full.
     MailboxBusy,
+    /// A cluster datagram without the right MAC (with a shared key).
+    Forged,
+    /// A cluster datagram of an incarnation not admitted, or addressed to an earlier run of
+    /// this server (answered at a bounded rate when a handshake may follow).
+    Stale,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::NotNeighbor,
         DropReason::QueueFull,
         DropReason::SendFailed,
@@ -85,6 +90,8 @@ impl DropReason {
         DropReason::BadName,
         DropReason::AnswerCut,
         DropReason::MailboxBusy,
+        DropReason::Forged,
+        DropReason::Stale,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +112,8 @@ impl DropReason {
             DropReason::BadName => "bad_name",
             DropReason::AnswerCut => "answer_cut",
             DropReason::MailboxBusy => "mailbox_busy",
+            DropReason::Forged => "forged",
+            DropReason::Stale => "stale",
         }
     }
 }
@@ -128,6 +137,9 @@ pub struct Counters {
     /// DuckChat sessions logged out because a later login took their name.
     pub logins_replaced: Counter,
     pub neighbors_expired: Counter,
+    /// Cluster servers excluded (silent, restarted, or excluded by another), and times this
+    /// server was excluded and started afresh.
+    pub peers_excluded: Counter,
     /// Datagrams the kernel dropped at this shard's socket (its receive queue was full), read
     /// from the socket by the runtime: with `datagrams_in` it accounts for everything sent here.
     pub kernel_drops: Counter,
@@ -158,7 +170,8 @@ impl fmt::Display for Counters {
             f,
             "in={} out={} deliveries={} decode_errors={} errors_sent={} errors_suppressed={} \
              s2s_in={} s2s_out={} duplicates={} retransmissions={} users_expired={} \
-             sessions_evicted={} logins_replaced={} neighbors_expired={} kernel_drops={}",
+             sessions_evicted={} logins_replaced={} neighbors_expired={} peers_excluded={} \
+             kernel_drops={}",
             self.datagrams_in.get(),
             self.datagrams_out.get(),
             self.deliveries.get(),
@@ -173,6 +186,7 @@ impl fmt::Display for Counters {
             self.sessions_evicted.get(),
             self.logins_replaced.get(),
             self.neighbors_expired.get(),
+            self.peers_excluded.get(),
             self.kernel_drops.get(),
         )?;
         write!(f, " drops:")?;

@@ -320,9 +320,8 @@ pub enum ShardMsg {
         neighbor: u16,
         s2s: S2s,
     },
-    /// Receiving shard -> owner: a datagram from another server of the cluster.
+    /// Receiving shard -> shard 0: a datagram from another server of the cluster.
     FromPeer {
-        room: Name,
         peer: u16,
         datagram: Arc<[u8]>,
     },
@@ -401,14 +400,14 @@ impl ShardMsg {
             | ShardMsg::Deliver { channel, .. }
             | ShardMsg::Presence { channel, .. }
             | ShardMsg::ChannelAdded(channel)
-            | ShardMsg::ChannelRemoved(channel)
-            | ShardMsg::FromPeer { room: channel, .. } => channel,
+            | ShardMsg::ChannelRemoved(channel) => channel,
             ShardMsg::FromNeighbor { s2s, .. } => match s2s {
                 S2s::Join { channel } | S2s::Leave { channel } | S2s::Say { channel, .. } => {
                     channel
                 }
             },
             ShardMsg::NeighborFormat { .. }
+            | ShardMsg::FromPeer { .. }
             | ShardMsg::ClaimName { .. }
             | ShardMsg::ReleaseName { .. }
             | ShardMsg::LoggedInElsewhere(_) => return None,
@@ -432,6 +431,8 @@ pub struct Census {
     pub directory: usize,
     pub paced_answers: usize,
     pub group_rooms: usize,
+    /// Early datagrams the cluster's streams hold.
+    pub group_held: usize,
     /// DuckChat names this shard owns the holder of ([`logins`]).
     pub held_names: usize,
 }
@@ -460,6 +461,10 @@ impl Census {
             ),
             (self.paced_answers <= answers::MAX_WAITING, "paced answers"),
             (self.group_rooms <= channels, "cluster rooms"),
+            (
+                self.group_held <= group::MAX_HELD_DATAGRAMS,
+                "cluster datagrams held",
+            ),
             (
                 self.held_names <= limits.sessions_per_shard * usize::from(shards),
                 "held names",
@@ -587,7 +592,7 @@ impl Engine {
                 timers.set(Timer::Refresh, now + tree.refresh_period());
                 Strategy::Tree(tree)
             }
-            Federation::Group(cluster) => Strategy::Group(group::Group::new(cluster)),
+            Federation::Group(cluster) => Strategy::Group(group::Group::new(cluster, shard, now)),
         };
         let mut engine = Self {
             shard,
@@ -632,6 +637,7 @@ impl Engine {
         census.held_names = self.logins.len();
         if let Strategy::Group(g) = &self.federation {
             census.group_rooms = g.room_count();
+            census.group_held = g.held_datagrams();
         }
         census
     }
@@ -646,8 +652,11 @@ impl Engine {
         })
     }
 
-    /// The shard that owns `channel`.
+    /// The shard that owns `channel`: in a cluster, shard 0 owns every room ([`group`]).
     pub fn owner(&self, channel: &Name) -> u16 {
+        if self.cfg.cluster().is_some() {
+            return 0;
+        }
         (self.owner_hash.hash_one(channel) % self.shards as u64) as u16
     }
 
@@ -770,7 +779,7 @@ impl Engine {
                 channel,
                 chat,
                 session,
-            } => self.local_say(now, channel, chat, session, out),
+            } => self.local_say(channel, chat, session, out),
             ShardMsg::SayRefused { channel, session } => {
                 self.say_refused(now, channel, session, out)
             }
@@ -781,11 +790,7 @@ impl Engine {
                 names,
             } => self.answer_who(now, session, channel, names, 0, out),
             ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
-            ShardMsg::FromPeer {
-                room,
-                peer,
-                datagram,
-            } => self.peer_message(now, peer, room, &datagram, out),
+            ShardMsg::FromPeer { peer, datagram } => self.peer_message(now, peer, &datagram, out),
             ShardMsg::Deliver {
                 channel,
                 chat,

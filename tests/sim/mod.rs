@@ -191,11 +191,9 @@ impl Sim {
             .collect();
         for me in 0..servers {
             let mut cfg = Self::config(CLUSTER_PORT + me + 1, &[]);
-            cfg.federation = Federation::Group(Cluster {
-                members: members.clone(),
-                me,
-                order,
-            });
+            let mut cluster = Cluster::new(members.clone(), me, order);
+            cluster.incarnation = 1000 * u64::from(me + 1);
+            cfg.federation = Federation::Group(cluster);
             sim.add_server(cfg);
         }
         sim
