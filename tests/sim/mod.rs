@@ -182,6 +182,17 @@ impl Sim {
     /// A cluster of `servers` group-federated servers on ports `CLUSTER_PORT + 1..`, with
     /// forwarding address = bind address (the simulated network delays and reorders itself).
     pub fn cluster(seed: u64, shards: u16, servers: u16, order: Order) -> Self {
+        Self::cluster_with(seed, shards, servers, order, |_| {})
+    }
+
+    /// As [`Sim::cluster`], each server's cluster settings changed by `tweak` first.
+    pub fn cluster_with(
+        seed: u64,
+        shards: u16,
+        servers: u16,
+        order: Order,
+        tweak: impl Fn(&mut Cluster),
+    ) -> Self {
         let mut sim = Self::new(seed, shards);
         let members: Vec<Member> = (1..=servers)
             .map(|i| Member {
@@ -193,6 +204,7 @@ impl Sim {
             let mut cfg = Self::config(CLUSTER_PORT + me + 1, &[]);
             let mut cluster = Cluster::new(members.clone(), me, order);
             cluster.incarnation = 1000 * u64::from(me + 1);
+            tweak(&mut cluster);
             cfg.federation = Federation::Group(cluster);
             sim.add_server(cfg);
         }
@@ -213,9 +225,13 @@ impl Sim {
         self.servers.remove(&addr(port));
     }
 
-    /// Starts a crashed server again with empty state.
+    /// Starts a crashed server again with empty state (a cluster server as a new incarnation,
+    /// as a real one takes its incarnation from the clock).
     pub fn restart(&mut self, port: u16) {
-        let cfg = (*self.configs[&addr(port)]).clone();
+        let mut cfg = (*self.configs[&addr(port)]).clone();
+        if let Federation::Group(cluster) = &mut cfg.federation {
+            cluster.incarnation += 1_000_000;
+        }
         self.add_server(cfg);
     }
 

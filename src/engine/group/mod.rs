@@ -400,7 +400,8 @@ impl Engine {
                     }
                 }
             }
-            stream::Arrival::Held => link.ack_due = Some(now),
+            // Early: nothing new to acknowledge (the sender learns of a loss by its timeout).
+            stream::Arrival::Held => {}
             stream::Arrival::Duplicate => {
                 link.ack_due = Some(now);
                 self.counters.duplicates.inc();

@@ -29,7 +29,7 @@ const INITIAL_RTO: Duration = Duration::from_millis(300);
 const MIN_RTO: Duration = Duration::from_millis(40);
 const MAX_RTO: Duration = Duration::from_secs(1);
 /// How long a receiver waits for a datagram of its own to carry an acknowledgement.
-pub const ACK_DELAY: Duration = Duration::from_millis(5);
+pub const ACK_DELAY: Duration = Duration::from_millis(10);
 
 struct Sent {
     seq: u64,
