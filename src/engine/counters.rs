@@ -70,10 +70,13 @@ pub enum DropReason {
     /// A cluster datagram of an incarnation not admitted, or addressed to an earlier run of
     /// this server (answered at a bounded rate when a handshake may follow).
     Stale,
+    /// A cluster server's frame no longer kept for passing on (its retention budget was full):
+    /// if that server crashes, a survivor may miss a message others delivered.
+    Retention,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::NotNeighbor,
         DropReason::QueueFull,
         DropReason::SendFailed,
@@ -92,6 +95,7 @@ impl DropReason {
         DropReason::MailboxBusy,
         DropReason::Forged,
         DropReason::Stale,
+        DropReason::Retention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +118,7 @@ impl DropReason {
             DropReason::MailboxBusy => "mailbox_busy",
             DropReason::Forged => "forged",
             DropReason::Stale => "stale",
+            DropReason::Retention => "retention",
         }
     }
 }

@@ -473,7 +473,8 @@ impl Engine {
         if !g.relay.is_next(origin, mseq) {
             return self.counters.duplicates.inc();
         }
-        g.relay.handled(origin, mseq, &m);
+        let dropped = g.relay.handled(origin, mseq, &m);
+        self.counters.dropped_many(DropReason::Retention, dropped);
         match m {
             Multicast::Msg {
                 room,

@@ -34,8 +34,6 @@ pub struct Relay {
     /// `have` moved since it was last announced.
     changed: bool,
     scratch: Vec<u8>,
-    /// Frames dropped from retention because an origin's budget was full.
-    pub overflowed: u64,
 }
 
 impl Relay {
@@ -47,7 +45,6 @@ impl Relay {
             retained: (0..servers).map(|_| Retained::default()).collect(),
             changed: false,
             scratch: Vec::with_capacity(MAX_FRAMES),
-            overflowed: 0,
         }
     }
 
@@ -59,7 +56,8 @@ impl Relay {
     }
 
     /// Frame `mseq` of `origin` was handled here: kept until every other server has it.
-    pub fn handled(&mut self, origin: u16, mseq: u64, m: &Multicast<'_>) {
+    /// Returns how many older frames of that origin went to make room.
+    pub fn handled(&mut self, origin: u16, mseq: u64, m: &Multicast<'_>) -> u64 {
         debug_assert!(self.is_next(origin, mseq));
         self.have[usize::from(origin)] = mseq;
         self.changed = true;
@@ -69,22 +67,24 @@ impl Relay {
             MAX_FRAMES,
             &Frame::Multicast { mseq, m: *m },
         ) {
-            return;
+            return 0;
         }
         let r = &mut self.retained[usize::from(origin)];
         if r.bytes.capacity() == 0 {
             r.bytes.reserve_exact(RETAIN_BYTES);
             r.index.reserve_exact(RETAIN_FRAMES);
         }
+        let mut dropped = 0;
         while r.bytes.len() + self.scratch.len() > RETAIN_BYTES || r.index.len() >= RETAIN_FRAMES {
             let Some((_, len)) = r.index.pop_front() else {
                 break;
             };
             r.bytes.drain(..len);
-            self.overflowed += 1;
+            dropped += 1;
         }
         r.index.push_back((mseq, self.scratch.len()));
         r.bytes.extend(&self.scratch);
+        dropped
     }
 
     /// This server's own frame `mseq` went out.
@@ -211,6 +211,7 @@ mod tests {
     fn retention_is_bounded_per_origin() {
         let mut r = Relay::new(2);
         let text = [b'x'; 500];
+        let mut dropped = 0;
         for mseq in 1..=2000 {
             let m = Multicast::Msg {
                 room: b"1",
@@ -219,10 +220,11 @@ mod tests {
                 user: b"u",
                 text: &text,
             };
-            r.handled(1, mseq, &m);
+            dropped += r.handled(1, mseq, &m);
         }
         assert!(r.retained[1].bytes.len() <= RETAIN_BYTES);
-        assert!(r.overflowed > 0);
+        assert_eq!(dropped, 2000 - r.kept(1) as u64);
+        assert!(dropped > 0);
         assert_eq!(r.announcement().len(), 1);
         assert!(r.announcement().is_empty(), "once per change");
     }
