@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Total order at the assignment's hardest setting and beyond, for one or more router binaries
-# side by side in one run: 10 routers (one shard each), 250 text clients over 10 rooms, loadgen
+# Total order at the assignment's hardest setting and beyond, for one or more servers side by
+# side in one run: 10 of them, 250 text clients over 10 rooms, loadgen
 # ordering's own proxy delaying each server-to-server datagram up to 5 ms (and holding 1,000 at
 # most, as the public proxy). For each binary and rate it prints loadgen's table (deliveries,
 # violations, latency, datagrams between servers per message) and the routers' CPU time.
 #
-#   results/cluster-speed.sh [ROUTER...]      default: target/release/router
-#   RATES="1000 2000" SECONDS_EACH=10 results/cluster-speed.sh old/router target/release/router
+#   results/cluster-speed.sh [SERVER...]
+#   RATES="1000 2000" SECONDS_EACH=10 results/cluster-speed.sh "old/router --cores 1" ./chatserver
+#
+# A SERVER is a command that takes the original chatserver's arguments (`-o total FILE INDEX`);
+# the default is "target/release/router --cores 1".
 #
 # Run from the repository root on an idle machine; JSON records go to results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p loadgen -p chat-router
 routers=("$@")
-[ ${#routers[@]} -eq 0 ] && routers=(target/release/router)
+[ ${#routers[@]} -eq 0 ] && routers=("target/release/router --cores 1")
 rates=${RATES:-1000}
 seconds=${SECONDS_EACH:-10}
 dir=$(mktemp -d)
@@ -33,7 +36,8 @@ for rate in $rates; do
     for router in "${routers[@]}"; do
         echo "== $router, total order, $rate msgs/s for ${seconds}s"
         for i in $(seq 1 10); do
-            "$router" --cores 1 --order total --cluster "$dir/servers.txt" --index "$i" > /dev/null &
+            # shellcheck disable=SC2086 # a command with its options
+            $router -o total "$dir/servers.txt" "$i" > /dev/null &
             pids+=($!)
         done
         sleep 1
