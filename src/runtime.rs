@@ -150,12 +150,19 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         println!("router: mailbox on {}", mailbox.local);
     }
     let _ = std::io::stdout().flush();
-    wait_for_stop(
+    let signal = wait_for_stop(
         &signals,
         cfg.stats_every,
         &router.counters,
         router.shared.epoch,
     );
+    let name = if signal == libc::SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    };
+    println!("router: stopping on {name}; each shard's counters follow");
+    let _ = std::io::stdout().flush();
     let web = router.shared.bridge.clone();
     let mailbox = router.mailbox.as_ref().map(|m| m.counters.clone());
     for (shard, c) in router.stop().iter().enumerate() {
@@ -371,20 +378,21 @@ fn claim(addr: SocketAddr) -> Result<(), RuntimeError> {
     }
 }
 
+/// Prints the stats lines until one of `signals` arrives; returns it.
 fn wait_for_stop(
     signals: &[libc::c_int],
     every: Option<Duration>,
     counters: &[Arc<Counters>],
     epoch: Instant,
-) {
+) -> libc::c_int {
     let period = every.unwrap_or(Duration::from_secs(3600));
     let mut last = (epoch.elapsed(), Totals::of(counters));
     let mut next = last.0 + period;
     loop {
         // sigtimedwait can return early (EINTR), so the period is kept by deadline.
         let left = next.saturating_sub(epoch.elapsed());
-        if sys::wait_signal(signals, left).is_some() {
-            return;
+        if let Some(signal) = sys::wait_signal(signals, left) {
+            return signal;
         }
         if epoch.elapsed() < next {
             continue;
@@ -395,7 +403,8 @@ fn wait_for_stop(
             let secs = (now.0 - last.0).as_secs_f64().max(1e-9);
             let rate = |a: u64, b: u64| (a - b) as f64 / secs;
             println!(
-                "stats: in={} ({:.0}/s) out={} ({:.0}/s) deliveries={} ({:.0}/s) drops={} kernel_drops={} decode_errors={}",
+                "{} stats: in={} ({:.0}/s) out={} ({:.0}/s) deliveries={} ({:.0}/s) drops={} kernel_drops={} decode_errors={}",
+                sys::local_time_of_day(),
                 now.1.datagrams_in,
                 rate(now.1.datagrams_in, last.1.datagrams_in),
                 now.1.datagrams_out,

@@ -442,6 +442,62 @@ fn stats_every_reports_traffic_and_sigterm_prints_the_counters() {
         shards.iter().all(|l| l.contains("deliveries=")),
         "{shards:?}"
     );
+    assert!(
+        output
+            .iter()
+            .any(|l| l.starts_with("router: stopping on SIGTERM")),
+        "{output:?}"
+    );
+    // A stats line starts with the time of day.
+    let stats = output
+        .iter()
+        .find(|l| l.contains("stats: "))
+        .expect("a stats line");
+    let time = stats.split(' ').next().unwrap_or_default();
+    assert!(time.len() == 15 && time.as_bytes()[2] == b':', "{stats}");
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
+        .arg("--version")
+        .output()
+        .expect("run router --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `router 0.1.0 (1479a05)` in a git checkout, `(unknown commit)` outside one.
+    assert!(
+        out.status.success() && text.starts_with("router 0.1.0 ("),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with(')'), "{text}");
+}
+
+#[test]
+fn a_cluster_started_without_its_proxy_says_which_server_it_cannot_reach() {
+    // Server 2's forwarding address differs from its bind address and nobody holds it.
+    let (me, other_fwd, other_bind) = (free_port(), free_port(), free_port());
+    let file = std::env::temp_dir().join(format!("no-proxy-{}-{me}.txt", std::process::id()));
+    std::fs::write(
+        &file,
+        format!("127.0.0.1:{me}\n127.0.0.1:{other_fwd},127.0.0.1:{other_bind}\n"),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "--cluster",
+        &file.display().to_string(),
+        "--index",
+        "1",
+        "--peer-timeout",
+        "300ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut router = Router::launch(&args, me);
+    let line = router.wait_for_line("Excludes S02", support::WAIT);
+    let _ = std::fs::remove_file(&file);
+    assert!(line.contains(&format!("127.0.0.1:{other_fwd}")), "{line}");
+    assert!(line.contains("is the proxy running?"), "{line}");
 }
 
 /// A one-line cluster file on a free port; returns its path and the port.

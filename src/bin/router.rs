@@ -55,7 +55,7 @@ enum OrderArg {
 /// Cluster: `router --cluster FILE --index I [--order total] [-v]`, or as the original
 /// `chatserver [-o total] [-v] FILE I` (used when FILE is an existing file).
 #[derive(Debug, Parser)]
-#[command(name = "router", version)]
+#[command(name = "router", version = env!("CHAT_ROUTER_VERSION"))]
 struct Cli {
     /// HOST PORT of this server, then HOST PORT of each neighbor (hosts may be names).
     #[arg(value_name = "HOST PORT")]

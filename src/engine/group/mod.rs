@@ -119,6 +119,8 @@ pub(super) struct Group {
     /// Only shard 0 runs the cluster; the others hand it what they receive.
     active: bool,
     forward: Vec<SocketAddr>,
+    /// Per server: its forwarding address is not its bind address (a proxy should hold it).
+    proxied: Vec<bool>,
     me: u16,
     order: Order,
     incarnation: u64,
@@ -156,6 +158,11 @@ impl Group {
         Self {
             active: shard == 0,
             forward: cluster.members.iter().map(|m| m.forward).collect(),
+            proxied: cluster
+                .members
+                .iter()
+                .map(|m| m.forward != m.bind)
+                .collect(),
             me: cluster.me,
             order: cluster.order,
             incarnation: cluster.incarnation,
@@ -1039,9 +1046,13 @@ impl Engine {
             let Some(g) = group_of(&self.federation) else {
                 return;
             };
+            let proxy = match g.proxied[usize::from(peer)] {
+                true => "; its forwarding address is not its bind address: is the proxy running?",
+                false => "",
+            };
             let why = match g.links[usize::from(peer)].state {
-                State::Unknown => format!("not heard from within {:?}", g.peer_timeout),
-                _ => format!("silent for more than {:?}", g.peer_timeout),
+                State::Unknown => format!("not heard from within {:?}{proxy}", g.peer_timeout),
+                _ => format!("silent for more than {:?}{proxy}", g.peer_timeout),
             };
             self.group_exclude(now, peer, &why, out);
         }
