@@ -6,6 +6,7 @@ pub mod fuzz;
 pub mod io;
 pub mod mailbox;
 pub mod mesh;
+pub mod metrics;
 pub mod pinned;
 pub mod proto;
 pub mod rng;

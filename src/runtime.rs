@@ -12,6 +12,7 @@ use crate::io::{self, sys, Backend, IoKind, Transmit};
 use crate::mailbox::link::{Link, Port};
 use crate::mailbox::{self, MailboxConfig, MailboxServer};
 use crate::mesh::Outgoing;
+use crate::metrics::{self, MetricsServer, Sources};
 use crate::pinned::{Pinned, Start};
 use crate::web::bridge::{Bridge, StreamEvent};
 use crate::web::{self, WebConfig, WebServer};
@@ -58,6 +59,8 @@ pub struct RuntimeConfig {
     pub web: Option<WebConfig>,
     /// Direct messages with a durable mailbox (`--mailbox`), on their own thread.
     pub mailbox: Option<MailboxConfig>,
+    /// Prometheus metrics at `http://ADDR/metrics` (`--metrics`), on their own thread.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -88,6 +91,11 @@ pub enum RuntimeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every shard shares.
@@ -113,6 +121,17 @@ struct Waker {
 impl Shared {
     fn queue(&self, from: usize, to: usize) -> &ArrayQueue<ShardMsg> {
         &self.queues[from * self.shards + to]
+    }
+
+    /// Per shard: the messages from all shards waiting in its queues.
+    fn inbox_depths(&self) -> Vec<usize> {
+        (0..self.shards)
+            .map(|to| {
+                (0..self.shards)
+                    .map(|from| self.queue(from, to).len())
+                    .sum()
+            })
+            .collect()
     }
 
     /// Tells every shard to stop, and wakes the sleeping ones.
@@ -148,6 +167,9 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     }
     if let Some(mailbox) = &router.mailbox {
         println!("router: mailbox on {}", mailbox.local);
+    }
+    if let Some(metrics) = &router.metrics {
+        println!("router: metrics on http://{}/metrics", metrics.local);
     }
     let _ = std::io::stdout().flush();
     let signal = wait_for_stop(
@@ -191,6 +213,8 @@ pub struct Running {
     pub web: Option<WebServer>,
     /// The mailbox server, with `--mailbox`.
     pub mailbox: Option<MailboxServer>,
+    /// The metrics endpoint, with `--metrics`.
+    pub metrics: Option<MetricsServer>,
     shared: Arc<Shared>,
     threads: Pinned,
 }
@@ -213,6 +237,9 @@ impl Running {
     }
 
     fn halt(&mut self) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.stop();
+        }
         if let Some(web) = &mut self.web {
             web.stop();
         }
@@ -346,6 +373,24 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         },
         _ => None,
     };
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let inboxes = shared.clone();
+            let sources = Sources {
+                counters: counters.clone(),
+                inboxes: Arc::new(move || inboxes.inbox_depths()),
+            };
+            match metrics::start(addr, sources) {
+                Ok(server) => Some(server),
+                Err(source) => {
+                    shared.halt();
+                    threads.join();
+                    return Err(RuntimeError::Metrics { addr, source });
+                }
+            }
+        }
+        None => None,
+    };
     Ok(Running {
         local: engine_cfg.local,
         backend: io_kind.name(),
@@ -353,6 +398,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         counters,
         web,
         mailbox,
+        metrics,
         shared,
         threads,
     })
@@ -473,7 +519,9 @@ fn shard_loop(
                 // the directory entry for a channel whose creation the sender has already seen
                 // acknowledged) is handled first. Empty queues cost a few loads.
                 drain_inbox(me, now, &mut engine, &mut out, shared);
-                engine.handle_datagram(now, src, bytes, &mut out)
+                let started = Instant::now();
+                engine.handle_datagram(now, src, bytes, &mut out);
+                counters.handling.record(started.elapsed());
             });
             counters.dropped_many(DropReason::NoBuffer, received.no_buffer);
             work += received.datagrams;

@@ -611,3 +611,74 @@ fn a_grid_of_routers_carries_every_message_once_across_refreshes() {
         );
     }
 }
+
+/// One scrape of `http://addr/metrics` over a plain TCP connection.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    tcp.set_read_timeout(Some(support::WAIT)).unwrap();
+    write!(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).expect("a response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample named exactly `series` (name and labels), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_serve_the_counters_gauges_and_handling_times_to_prometheus() {
+    let metrics = format!("127.0.0.1:{}", support::free_tcp_port());
+    let mut router = Router::start(
+        free_port(),
+        &[],
+        &[
+            "--cores",
+            "1",
+            "--user-timeout",
+            "4s",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    router.wait_for_line("metrics on", support::WAIT);
+    let amy = Client::connect(router.addr(), "amy");
+    amy.say("Common", "counted");
+    amy.wait_for(|r| matches!(r, Reply::Say { .. }));
+    // The gauges follow the shard's sweep (a quarter of the user timeout).
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let text = loop {
+        let text = scrape(&metrics);
+        if sample(&text, "chat_router_sessions{shard=\"0\"}") == Some(1.0) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        sample(&text, "chat_router_deliveries_total{shard=\"0\"}") >= Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, "chat_router_datagrams_in_total{shard=\"0\"}") >= Some(3.0));
+    let reasons = text
+        .lines()
+        .filter(|l| l.starts_with("chat_router_drops_total{"))
+        .count();
+    assert_eq!(
+        reasons,
+        chat_router::engine::DropReason::ALL.len(),
+        "{text}"
+    );
+    assert!(text.contains("chat_router_kernel_drops_total{shard=\"0\"}"));
+    assert!(text.contains("# TYPE chat_router_handling_seconds histogram"));
+    assert!(sample(&text, "chat_router_handling_seconds_count{shard=\"0\"}") >= Some(3.0));
+    assert!(sample(&text, "chat_router_inbox_depth{shard=\"0\"}").is_some());
+}

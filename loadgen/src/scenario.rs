@@ -294,6 +294,7 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
         cores: args.cores,
         io: args.io,
         stats_every: None,
+        metrics: None,
         web: (args.browsers > 0).then(|| WebConfig {
             listen: localhost,
             origins: Vec::new(),

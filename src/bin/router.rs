@@ -139,6 +139,10 @@ struct Cli {
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     ws_origins: Vec<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/metrics.md) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
     /// Serve the mailbox (direct messages, stored until delivered) on this TCP address.
     #[arg(long, value_name = "ADDR")]
     mailbox: Option<String>,
@@ -369,6 +373,11 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         stats_every: cli.stats_every,
         web,
         mailbox,
+        metrics: cli
+            .metrics
+            .as_deref()
+            .map(config::parse_address)
+            .transpose()?,
     })
 }
 

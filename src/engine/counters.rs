@@ -27,6 +27,41 @@ impl Counter {
     }
 }
 
+/// A histogram of durations with fixed buckets, written by one thread (like [`Counter`]) and
+/// read by any: bucket i counts durations up to 250 ns x 2^i, the last one everything longer.
+#[derive(Default, Debug)]
+pub struct Histogram {
+    buckets: [Counter; Histogram::BUCKETS],
+    sum_ns: Counter,
+}
+
+impl Histogram {
+    pub const BUCKETS: usize = 16;
+    const FIRST_NS: u64 = 250;
+
+    pub fn record(&self, d: std::time::Duration) {
+        let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let i = (0..Self::BUCKETS - 1)
+            .find(|&i| ns <= Self::FIRST_NS << i)
+            .unwrap_or(Self::BUCKETS - 1);
+        self.buckets[i].inc();
+        self.sum_ns.add(ns);
+    }
+
+    /// The upper bound of each bucket but the last (which has none), in seconds.
+    pub fn bounds() -> impl Iterator<Item = f64> {
+        (0..Self::BUCKETS - 1).map(|i| (Self::FIRST_NS << i) as f64 / 1e9)
+    }
+
+    /// Counts per bucket, and the sum of all durations in nanoseconds.
+    pub fn snapshot(&self) -> ([u64; Histogram::BUCKETS], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].get()),
+            self.sum_ns.get(),
+        )
+    }
+}
+
 /// Why a datagram or a message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -148,6 +183,12 @@ pub struct Counters {
     /// Datagrams the kernel dropped at this shard's socket (its receive queue was full), read
     /// from the socket by the runtime: with `datagrams_in` it accounts for everything sent here.
     pub kernel_drops: Counter,
+    /// Sessions this shard is home to (a gauge, set as the shard sweeps, about once a second).
+    pub sessions: Counter,
+    /// Channels this shard owns (a gauge, likewise).
+    pub channels: Counter,
+    /// How long the engine took to handle each datagram (measured by the runtime).
+    pub handling: Histogram,
     drops: [Counter; DropReason::ALL.len()],
 }
 
@@ -199,5 +240,27 @@ impl fmt::Display for Counters {
             write!(f, " {}={}", why.name(), self.drops(why))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_by_powers_of_two_from_250_ns() {
+        let h = Histogram::default();
+        h.record(Duration::from_nanos(100));
+        h.record(Duration::from_nanos(250));
+        h.record(Duration::from_nanos(251));
+        h.record(Duration::from_secs(1));
+        let (buckets, sum) = h.snapshot();
+        assert_eq!(&buckets[..3], &[2, 1, 0]);
+        assert_eq!(buckets[Histogram::BUCKETS - 1], 1);
+        assert_eq!(sum, 100 + 250 + 251 + 1_000_000_000);
+        let bounds: Vec<f64> = Histogram::bounds().collect();
+        assert_eq!(bounds.len(), Histogram::BUCKETS - 1);
+        assert_eq!(bounds[2], 1e-6);
     }
 }

@@ -62,7 +62,7 @@ mod timers;
 mod tree;
 
 pub use chat::{Chat, Origin, Stamp};
-pub use counters::{Counter, Counters, DropReason};
+pub use counters::{Counter, Counters, DropReason, Histogram};
 pub use endpoint::Endpoint;
 pub use frontend::Protocol;
 pub use group::{Cluster, Member, Order, MAX_SERVERS};
@@ -750,6 +750,12 @@ impl Engine {
                         false => Self::sweep_period(&self.cfg),
                     };
                     self.timers.set(Timer::Sweep, now + period);
+                    self.counters
+                        .sessions
+                        .set(self.clients.sessions.len() as u64);
+                    self.counters
+                        .channels
+                        .set(self.channels.owned_count() as u64);
                 }
                 Timer::Pace => self.pace_answers(now, out),
                 Timer::NeighborExpiry | Timer::Refresh => self.tree_timeout(timer, now, out),
