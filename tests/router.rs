@@ -682,3 +682,28 @@ fn metrics_serve_the_counters_gauges_and_handling_times_to_prometheus() {
     assert!(sample(&text, "chat_router_handling_seconds_count{shard=\"0\"}") >= Some(3.0));
     assert!(sample(&text, "chat_router_inbox_depth{shard=\"0\"}").is_some());
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_options() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(args)
+            .output()
+            .expect("run router");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).expect("text")
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["--completions", shell]);
+        assert!(
+            script.contains("metrics") && script.contains("cluster-key"),
+            "{shell}"
+        );
+    }
+    let man = run(&["--man"]);
+    assert!(man.contains(".TH router 1"), "{man}");
+    assert!(
+        man.contains("peer\\-timeout"),
+        "every option is in the manual"
+    );
+}

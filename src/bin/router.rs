@@ -9,7 +9,7 @@ use chat_router::proto::group::Key;
 use chat_router::proto::text;
 use chat_router::runtime::{self, RuntimeConfig};
 use chat_router::web::WebConfig;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,6 +60,15 @@ struct Cli {
     /// HOST PORT of this server, then HOST PORT of each neighbor (hosts may be names).
     #[arg(value_name = "HOST PORT")]
     course: Vec<String>,
+
+    /// Print a completion script for this shell and exit (for example
+    /// `router --completions bash > /etc/bash_completion.d/router`).
+    #[arg(long, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
+
+    /// Print the manual page (roff) and exit: `router --man | man -l -`.
+    #[arg(long)]
+    man: bool,
 
     /// Address to listen on [default: 127.0.0.1:4000].
     #[arg(long, value_name = "ADDR")]
@@ -399,6 +408,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(shell) = cli.completions {
+        let mut cmd = Cli::command();
+        clap_complete::generate(shell, &mut cmd, "router", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if cli.man {
+        return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("router: cannot write the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cfg = match validate(cli) {
         Ok(cfg) => cfg,
         Err(e) => {
