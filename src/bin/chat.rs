@@ -1,0 +1,278 @@
+//! `chat`: a terminal client for people. `chat HOST PORT NAME` speaks DuckChat with the course
+//! client's commands; `chat --text HOST PORT [NICK]` speaks the text protocol's rooms.
+//!
+//! One thread reads the keyboard and sends; another prints what the server sends and keeps
+//! the session alive (a DuckChat KEEP_ALIVE after a minute without sending, as the protocol
+//! asks). Each line the server sends is printed as one line, so the client can be scripted.
+
+use chat_router::config;
+use chat_router::proto::duckchat::{self, Inbound, Outbound, SayLayout};
+use clap::Parser;
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest name the protocol carries (its 32-byte fields end in a NUL).
+const MAX_NAME: usize = 31;
+/// The longest text of one SAY.
+const MAX_SAY: usize = 63;
+/// A DuckChat client that has sent nothing for this long sends a KEEP_ALIVE.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+/// A chat client. DuckChat: `chat HOST PORT NAME` logs in as NAME and joins Common; then
+/// `/join C`, `/leave C`, `/switch C` (the channel your lines go to), `/list`, `/who C` and
+/// `/exit`; any other line is said on the current channel. Text rooms: `chat --text HOST PORT
+/// [NICK]`, then `/join N`, `/part`, `/nick NAME`, `/msg NICK text`, chat lines, `/exit`.
+#[derive(Debug, Parser)]
+#[command(name = "chat", version = env!("CHAT_ROUTER_VERSION"))]
+struct Cli {
+    /// The server's host (a name or an address).
+    host: String,
+    /// The server's UDP port.
+    port: String,
+    /// DuckChat: the name to log in as. Text: a nickname to set (optional).
+    name: Option<String>,
+    /// Speak the text protocol (rooms 1 to 10, `+OK`/`-ERR` answers) instead of DuckChat.
+    #[arg(long)]
+    text: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!(
+                "chat: {} (see chat --help)",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let server = config::parse_course_args(&[cli.host.clone(), cli.port.clone()])
+        .map_err(|e| e.to_string())?
+        .0;
+    let socket = UdpSocket::bind(if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .and_then(|s| s.connect(server).map(|()| s))
+    .map_err(|e| format!("cannot reach {server}: {e}"))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let link = Arc::new(Link {
+        socket,
+        started: Instant::now(),
+        last_sent: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let printer = {
+        let link = link.clone();
+        let text = cli.text;
+        std::thread::spawn(move || link.print_incoming(text))
+    };
+    let result = if cli.text {
+        text_session(&link, cli.name.as_deref())
+    } else {
+        let name = cli.name.as_deref().ok_or("give a NAME to log in as")?;
+        duckchat_session(&link, name, server)
+    };
+    link.done.store(true, Ordering::Relaxed);
+    let _ = printer.join();
+    result
+}
+
+/// The socket, and when something was last sent (for keep-alives).
+struct Link {
+    socket: UdpSocket,
+    started: Instant,
+    last_sent: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Link {
+    fn send(&self, bytes: &[u8]) -> Result<(), String> {
+        self.last_sent
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.socket
+            .send(bytes)
+            .map(|_| ())
+            .map_err(|e| format!("cannot send: {e}"))
+    }
+
+    fn request(&self, req: Inbound<'_>) -> Result<(), String> {
+        let mut buf = [0u8; 128];
+        let n = req
+            .encode(&mut buf, SayLayout::UserFirst)
+            .map_err(|_| "request too long".to_string())?;
+        self.send(&buf[..n])
+    }
+
+    /// Prints what arrives until the session ends; in DuckChat, keeps the session alive.
+    fn print_incoming(&self, text: bool) {
+        let mut buf = [0u8; 65536];
+        let stdout = std::io::stdout();
+        while !self.done.load(Ordering::Relaxed) {
+            if !text {
+                let idle = self.started.elapsed().as_millis() as u64
+                    - self.last_sent.load(Ordering::Relaxed);
+                if idle >= KEEP_ALIVE.as_millis() as u64 {
+                    let _ = self.request(Inbound::KeepAlive);
+                }
+            }
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue; // a timeout (or the server's port closed for now: keep listening)
+            };
+            let mut out = stdout.lock();
+            let _ = if text {
+                writeln!(out, "{}", String::from_utf8_lossy(&buf[..n]))
+            } else {
+                print_duckchat(&mut out, &buf[..n])
+            };
+            let _ = out.flush();
+        }
+    }
+}
+
+fn print_duckchat(out: &mut impl Write, datagram: &[u8]) -> std::io::Result<()> {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match duckchat::decode_outbound(datagram) {
+        Ok(Outbound::Say {
+            channel,
+            user,
+            text,
+        }) => writeln!(
+            out,
+            "[{}][{}]: {}",
+            lossy(channel),
+            lossy(user),
+            lossy(text)
+        ),
+        Ok(Outbound::List(names)) => {
+            writeln!(out, "Existing channels:")?;
+            for name in names.iter() {
+                writeln!(out, " {}", lossy(name))?;
+            }
+            Ok(())
+        }
+        Ok(Outbound::Who { channel, users }) => {
+            writeln!(out, "Users on channel {}:", lossy(channel))?;
+            for user in users.iter() {
+                writeln!(out, " {}", lossy(user))?;
+            }
+            Ok(())
+        }
+        Ok(Outbound::Error { message }) => writeln!(out, "Error: {}", lossy(message)),
+        Err(_) => writeln!(out, "(a datagram this client cannot read)"),
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn duckchat_session(link: &Link, name: &str, server: SocketAddr) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("a name is 1 to {MAX_NAME} bytes"));
+    }
+    link.request(Inbound::Login {
+        user: name.as_bytes(),
+    })?;
+    let mut joined = BTreeSet::from(["Common".to_string()]);
+    let mut active = Some("Common".to_string());
+    link.request(Inbound::Join { channel: b"Common" })?;
+    eprintln!("chat: logged in to {server} as {name}, in Common (/exit to leave)");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let (command, arg) = match line.strip_prefix('/') {
+            Some(rest) => rest.split_once(' ').unwrap_or((rest, "")),
+            None => ("", ""),
+        };
+        let arg = cut(arg.trim(), MAX_NAME);
+        match (line.starts_with('/'), command) {
+            (false, _) => match &active {
+                Some(channel) => link.request(Inbound::Say {
+                    channel: channel.as_bytes(),
+                    text: cut(&line, MAX_SAY).as_bytes(),
+                })?,
+                None => eprintln!("chat: you are in no channel: /join one"),
+            },
+            (true, "exit") => break,
+            (true, "join") if !arg.is_empty() => {
+                link.request(Inbound::Join {
+                    channel: arg.as_bytes(),
+                })?;
+                joined.insert(arg.to_string());
+                active = Some(arg.to_string());
+            }
+            (true, "leave") if !arg.is_empty() => {
+                link.request(Inbound::Leave {
+                    channel: arg.as_bytes(),
+                })?;
+                joined.remove(arg);
+                if active.as_deref() == Some(arg) {
+                    active = None;
+                }
+            }
+            (true, "switch") if !arg.is_empty() => {
+                if joined.contains(arg) {
+                    active = Some(arg.to_string());
+                } else {
+                    eprintln!("chat: you have not joined {arg}");
+                }
+            }
+            (true, "list") => link.request(Inbound::List)?,
+            (true, "who") if !arg.is_empty() => link.request(Inbound::Who {
+                channel: arg.as_bytes(),
+            })?,
+            (true, "join" | "leave" | "switch" | "who") => {
+                eprintln!("chat: /{command} needs a channel")
+            }
+            (true, _) => eprintln!("chat: unknown command /{command}"),
+        }
+    }
+    link.request(Inbound::Logout)
+}
+
+fn text_session(link: &Link, nick: Option<&str>) -> Result<(), String> {
+    if let Some(nick) = nick {
+        link.send(format!("/nick {nick}").as_bytes())?;
+    }
+    eprintln!("chat: text rooms: /join N, /part, /nick NAME, chat lines, /exit");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line == "/exit" {
+            break;
+        }
+        if !line.is_empty() {
+            link.send(line.as_bytes())?;
+        }
+    }
+    link.send(b"/quit")
+}
