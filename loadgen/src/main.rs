@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Print result files side by side, with each figure's change from the first.
     Compare {
-        #[arg(required = true, num_args = 1..)]
+        /// Load-run JSON files (`results/*.json`; other kinds of result are skipped with a note).
+        #[arg(required = true, num_args = 1.., value_name = "FILES")]
         files: Vec<PathBuf>,
     },
     /// Sit on a cluster's forwarding addresses and delay (so reorder) and drop the datagrams
@@ -50,6 +51,7 @@ enum Command {
         /// Share of datagrams dropped (0 to 1).
         #[arg(long, default_value_t = 0.0)]
         drop: f64,
+        /// Seed of the delays and drops (the same seed, the same choices).
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Datagrams held at once; one more and it fails and exits, as the public proxy
@@ -66,8 +68,10 @@ enum Command {
     Mailbox(MailboxOpts),
     /// Draw the latency percentile curves of result files into an SVG.
     Plot {
-        #[arg(required = true, num_args = 1..)]
+        /// Load-run JSON files (`results/*.json`; other kinds of result are skipped with a note).
+        #[arg(required = true, num_args = 1.., value_name = "FILES")]
         files: Vec<PathBuf>,
+        /// The SVG file to write.
         #[arg(short, long, default_value = "latency.svg")]
         output: PathBuf,
     },
@@ -315,12 +319,45 @@ fn run(opts: RunOpts) -> Result<(), String> {
     Ok(())
 }
 
+/// The load runs among `files`. Other results kept in `results/` (ordering, mailbox,
+/// federation-scale runs) are skipped with a note; a file that is no result at all is an error.
 fn read_all(files: &[PathBuf]) -> Result<Vec<(String, RunRecord)>, String> {
-    files
-        .iter()
-        .map(|f| Ok((f.display().to_string(), RunRecord::read(f)?)))
-        .collect::<Result<Vec<_>, loadgen::LoadError>>()
-        .map_err(|e| e.to_string())
+    let mut runs = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        match RunRecord::read(f) {
+            Ok(record) => runs.push((name, record)),
+            Err(e) => match other_result_kind(f) {
+                Some(kind) => eprintln!("loadgen: skipping {name}: {kind}, not a load run"),
+                None => return Err(e.to_string()),
+            },
+        }
+    }
+    if runs.is_empty() {
+        return Err(format!(
+            "none of the {} file(s) is a load run (`loadgen --out DIR` writes them)",
+            files.len()
+        ));
+    }
+    Ok(runs)
+}
+
+/// What kind of result a JSON file in `results/` is, when it is not a load run.
+fn other_result_kind(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let kind = if let Some(scenario) = value.get("scenario").and_then(|s| s.as_str()) {
+        scenario.to_string()
+    } else if value.get("acknowledged").is_some() {
+        "mailbox".to_string()
+    } else {
+        value.get("kind")?.as_str()?.to_string()
+    };
+    let article = match kind.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    };
+    Some(format!("{article} {kind} result"))
 }
 
 fn compare(files: &[PathBuf]) -> Result<(), String> {
