@@ -253,6 +253,8 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
         &["127.0.0.1", "notaport"],
         &["--user-timeout", "5"],
         &["--cores", "0"],
+        &["--cores", "-1"],
+        &["--user-timeout", "-5s"],
         &["--cores", "999"],
         &["--bogus"],
         &["--io", "carrier-pigeon"],

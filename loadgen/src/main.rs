@@ -46,17 +46,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         cluster: PathBuf,
         /// Each datagram waits a random time from zero to this.
-        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        #[arg(long, default_value = "10ms", value_parser = parse_duration, allow_hyphen_values = true)]
         delay: Duration,
         /// Share of datagrams dropped (0 to 1).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         drop: f64,
         /// Seed of the delays and drops (the same seed, the same choices).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         seed: u64,
         /// Datagrams held at once; one more and it fails and exits, as the public proxy
         /// does ("Too many queued messages!").
-        #[arg(long, value_name = "N", default_value_t = loadgen::proxy::PUBLIC_MAX_IN_FLIGHT)]
+        #[arg(long, value_name = "N", default_value_t = loadgen::proxy::PUBLIC_MAX_IN_FLIGHT, allow_negative_numbers = true)]
         max_in_flight: usize,
     },
     /// Play text clients across a cluster, send numbered messages and check what arrives:
@@ -83,18 +83,18 @@ struct MailboxOpts {
     #[arg(long, value_name = "ADDR")]
     target: SocketAddr,
     /// Concurrent senders, each a registered user sending one request per connection.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     senders: usize,
     /// Recipients; every other one is connected during the run, the rest only after it.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
     recipients: usize,
     /// SENDs per second in all, or `max`: each sender as fast as its answers come.
-    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    #[arg(long, default_value = "max", value_parser = parse_rate, allow_negative_numbers = true)]
     rate: Rate,
     /// How long the senders send.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Duration,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Write the run's JSON into this directory.
     #[arg(long, value_name = "DIR")]
@@ -109,21 +109,21 @@ struct OrderingOpts {
     /// The ordering the servers run (total order is checked only for `total`).
     #[arg(long, default_value = "total", value_parser = ["unordered", "fifo", "total"])]
     order: String,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, allow_negative_numbers = true)]
     clients: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     rooms: u32,
     /// Messages each client sends.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
     messages: u64,
     /// Between two messages of one client.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, allow_hyphen_values = true)]
     interval: Duration,
     /// Bytes per message (up to 1000).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     len: usize,
     /// The longest wait for stragglers once all is sent.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     drain: Duration,
     /// Write the run's JSON and percentile files into this directory.
     #[arg(long, value_name = "DIR")]
@@ -131,10 +131,15 @@ struct OrderingOpts {
     /// Run the proxy here, on the cluster's forwarding addresses (instead of `loadgen
     /// proxy`), delaying each datagram up to this, and report the datagrams between servers
     /// per message.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     proxy_delay: Option<Duration>,
     /// With --proxy-delay: the share of datagrams it drops (0 to 1).
-    #[arg(long, default_value_t = 0.0, requires = "proxy_delay")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        requires = "proxy_delay",
+        allow_negative_numbers = true
+    )]
     proxy_drop: f64,
 }
 
@@ -143,38 +148,48 @@ struct RunOpts {
     #[arg(long, value_enum, default_value = "fanout")]
     scenario: Scenario,
     /// Simulated clients, each with its own UDP socket.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
     clients: usize,
     /// Members per channel (every client is in one channel).
-    #[arg(long, default_value_t = 10, conflicts_with = "zipf")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        conflicts_with = "zipf",
+        allow_negative_numbers = true
+    )]
     members: usize,
     /// Skewed channel sizes: clients pick one of --channels channels with Zipf exponent S.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     zipf: Option<f64>,
     /// Channels for --zipf (default: clients / 10).
-    #[arg(long, requires = "zipf")]
+    #[arg(long, requires = "zipf", allow_negative_numbers = true)]
     channels: Option<usize>,
     /// Messages per second on an open-loop schedule, or `max` for as fast as possible.
-    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    #[arg(long, default_value = "max", value_parser = parse_rate, allow_negative_numbers = true)]
     rate: Rate,
     /// Measured time, after the warm-up (`10s`, `500ms`, `1m`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Duration,
     /// Time sent but not measured, before the measured time.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration, allow_hyphen_values = true)]
     warmup: Duration,
     /// Receiving threads (each owns a share of the client sockets).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     receivers: usize,
     /// Shards of the embedded router, and threads of the reflector.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     cores: usize,
     /// I/O backend of the embedded router and of the reflector.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoKind,
     /// The last N of --clients are browsers: WebSocket clients speaking the router's JSON
     /// protocol in the same channels (the embedded router serves WebSocket for them).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     browsers: usize,
     /// An external router's --ws address, for --browsers.
     #[arg(long, value_name = "ADDR", requires = "target")]
@@ -183,19 +198,19 @@ struct RunOpts {
     #[arg(long)]
     target: Option<SocketAddr>,
     /// The external router's pid, to read its shards' CPU time.
-    #[arg(long, requires = "target")]
+    #[arg(long, requires = "target", allow_negative_numbers = true)]
     target_pid: Option<u32>,
     /// Neighbor servers loadgen plays in the `federation` scenario.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     neighbors: usize,
     /// Logins, joins, leaves and logouts per second in the `churn` scenario.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, allow_negative_numbers = true)]
     churn_rate: f64,
     /// Clients that churn (besides --clients, which chat).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     churn_clients: usize,
     /// Forged datagrams per second in the `hostile` scenario.
-    #[arg(long, default_value_t = 20_000.0)]
+    #[arg(long, default_value_t = 20_000.0, allow_negative_numbers = true)]
     hostile_rate: f64,
     /// Weights of random, mutated and valid-but-abusive forged datagrams (`hostile`).
     #[arg(long, value_name = "R,M,A", default_value = "1,1,2", value_parser = Mix::parse)]
@@ -206,7 +221,7 @@ struct RunOpts {
     /// Write the run's JSON and percentile files into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// No progress lines.
     #[arg(long, short)]

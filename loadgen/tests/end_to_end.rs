@@ -172,6 +172,8 @@ fn bad_arguments_and_bad_files_give_one_line() {
     std::fs::write(&not_json, "not json").unwrap();
     for args in [
         vec!["--rate", "fast"],
+        vec!["--rate", "-100"],
+        vec!["--cores", "-1"],
         vec!["--clients", "0"],
         vec!["--duration", "soon"],
         vec!["--zipf", "-1"],

@@ -82,7 +82,7 @@ struct Cli {
     neighbors: Vec<String>,
 
     /// Shards (threads pinned to cores) [default: all available cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     cores: Option<usize>,
 
     /// I/O backend: auto uses io_uring when the kernel allows it.
@@ -90,15 +90,15 @@ struct Cli {
     io: IoKind,
 
     /// Users silent for longer than this are logged out.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration, allow_hyphen_values = true)]
     user_timeout: Duration,
 
     /// How often S2S_JOIN is re-sent for every subscribed channel.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
     s2s_refresh: Duration,
 
     /// A neighbor that has not refreshed a channel for this long leaves its tree.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration, allow_hyphen_values = true)]
     s2s_timeout: Duration,
 
     /// Field order of S2S_SAY for a neighbor that has not shown its own (a neighbor's is
@@ -115,7 +115,7 @@ struct Cli {
     cluster: Option<PathBuf>,
 
     /// This server's line in the cluster file, counting from 1.
-    #[arg(long, value_name = "I")]
+    #[arg(long, value_name = "I", allow_negative_numbers = true)]
     index: Option<usize>,
 
     /// Ordering of messages in the cluster.
@@ -128,15 +128,20 @@ struct Cli {
     cluster_key: Option<PathBuf>,
 
     /// A cluster server silent for this long is excluded; the others go on without it.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration, allow_hyphen_values = true)]
     peer_timeout: Duration,
 
     /// Text-protocol rooms are numbered 1 to R.
-    #[arg(long, value_name = "R", default_value_t = 10)]
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
     rooms: u32,
 
     /// Print a one-line summary this often [default: never].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true)]
     stats_every: Option<Duration>,
 
     /// Serve browsers on this TCP address: the chat page at / and WebSocket at /ws.
@@ -172,19 +177,19 @@ struct Cli {
     mailbox_commit: Commit,
 
     /// A browser that sends nothing, not even a pong to the pings, for this long is closed.
-    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration, allow_hyphen_values = true)]
     ws_idle: Duration,
 
     /// Sessions one IP address may hold on each shard (both protocols together).
-    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_ip)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_ip, allow_negative_numbers = true)]
     sessions_per_ip: usize,
 
     /// Sessions of each protocol a shard holds; when full, the longest-silent one makes room.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_shard)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_shard, allow_negative_numbers = true)]
     sessions_per_shard: usize,
 
     /// Channels the server knows at most (from local JOINs and neighbors' S2S_JOINs).
-    #[arg(long, value_name = "N", default_value_t = Limits::default().channels)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().channels, allow_negative_numbers = true)]
     max_channels: usize,
 }
 
