@@ -194,6 +194,31 @@ pub fn parse_cluster(text: &str) -> Result<Vec<Member>, ConfigError> {
     Ok(members)
 }
 
+/// The command line of `program`, parsed: `--help` and `--version` are printed (exit 0); an
+/// error becomes one line naming the problem (exit 2), the usage one `--help` away. Shared by
+/// the binaries so that they all fail the same way.
+pub fn parse_command_line<T: clap::Parser>(program: &str) -> Result<T, std::process::ExitCode> {
+    T::try_parse().map_err(|e| {
+        if !e.use_stderr() {
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        // clap's message up to its usage: the problem, with what it names on later lines.
+        let text = e.to_string();
+        let words: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+            .map(str::trim)
+            .collect();
+        let line = words.join(" ");
+        eprintln!(
+            "{program}: {} (see {program} --help)",
+            line.trim_start_matches("error: ")
+        );
+        std::process::ExitCode::from(2)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

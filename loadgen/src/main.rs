@@ -1,6 +1,6 @@
 //! `loadgen`: run a scenario (the default) or compare result files.
 
-use chat_router::config::{parse_cluster, parse_duration};
+use chat_router::config::{self, parse_cluster, parse_duration};
 use chat_router::engine::Member;
 use chat_router::io::IoKind;
 use clap::{Parser, Subcommand};
@@ -94,6 +94,7 @@ struct MailboxOpts {
     /// How long the senders send.
     #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     duration: Duration,
+    /// Seed of the recipients' and texts' random choices.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Write the run's JSON into this directory.
@@ -109,8 +110,10 @@ struct OrderingOpts {
     /// The ordering the servers run (total order is checked only for `total`).
     #[arg(long, default_value = "total", value_parser = ["unordered", "fifo", "total"])]
     order: String,
+    /// Text clients, spread over the servers in turn.
     #[arg(long, default_value_t = 250, allow_negative_numbers = true)]
     clients: usize,
+    /// Rooms the clients are spread over (1 to R); every room gets clients on every server.
     #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     rooms: u32,
     /// Messages each client sends.
@@ -145,6 +148,7 @@ struct OrderingOpts {
 
 #[derive(clap::Args)]
 struct RunOpts {
+    /// What the simulated clients do (each value is described below).
     #[arg(long, value_enum, default_value = "fanout")]
     scenario: Scenario,
     /// Simulated clients, each with its own UDP socket.
@@ -221,6 +225,7 @@ struct RunOpts {
     /// Write the run's JSON and percentile files into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Seed of every random choice (channels, rates, forged bytes): the same seed, the same run.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// No progress lines.
@@ -518,21 +523,9 @@ fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match config::parse_command_line::<Cli>("loadgen") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!(
-                "loadgen: {} (see loadgen --help)",
-                line.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let outcome = match cli.command {
         Some(Command::Compare { files }) => compare(&files),

@@ -396,22 +396,9 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match config::parse_command_line::<Cli>("router") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print(); // --help, --version
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line: clap's first line names the problem; the usage is one --help away.
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!(
-                "router: {} (see router --help)",
-                line.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Some(shell) = cli.completions {
         let mut cmd = Cli::command();
