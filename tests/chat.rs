@@ -148,3 +148,29 @@ fn text_mode_talks_in_rooms() {
     ann.leaves();
     ben.leaves();
 }
+
+#[test]
+fn no_server_yet_is_said_once_and_the_client_carries_on() {
+    // As when a person starts the client before the server: UDP sends go on.
+    let port = free_port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["127.0.0.1", &port, "early"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chat");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for line in ["hello?", "anyone?", "/list"] {
+            writeln!(stdin, "{line}").unwrap();
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .expect("chat exits at the end of its input");
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.matches("no server answering").count() <= 1, "{err}");
+    assert!(!err.contains("cannot send"), "{err}");
+}

@@ -74,6 +74,8 @@ fn run(cli: Cli) -> Result<(), String> {
         started: Instant::now(),
         last_sent: AtomicU64::new(0),
         done: AtomicBool::new(false),
+        server,
+        refused: AtomicBool::new(false),
     });
     let printer = {
         let link = link.clone();
@@ -97,16 +99,27 @@ struct Link {
     started: Instant,
     last_sent: AtomicU64,
     done: AtomicBool,
+    server: SocketAddr,
+    /// The "no server" note was printed.
+    refused: AtomicBool,
 }
 
 impl Link {
     fn send(&self, bytes: &[u8]) -> Result<(), String> {
         self.last_sent
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.socket
-            .send(bytes)
-            .map(|_| ())
-            .map_err(|e| format!("cannot send: {e}"))
+        match self.socket.send(bytes) {
+            Ok(_) => Ok(()),
+            // The kernel's report that nothing listened when an earlier datagram arrived (the
+            // server not started yet, or restarting): UDP goes on; say so, once.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    eprintln!("chat: no server answering at {} (yet)", self.server);
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot send: {e}")),
+        }
     }
 
     fn request(&self, req: Inbound<'_>) -> Result<(), String> {
