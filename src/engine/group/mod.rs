@@ -277,11 +277,12 @@ impl Engine {
     /// its header is read here; shard 0 handles it (another shard sends it a shared copy).
     pub(super) fn peer_datagram(&mut self, now: Duration, peer: u16, buf: &[u8], out: &mut Outbox) {
         self.counters.s2s_in.inc();
-        if group::decode(buf).is_err() {
-            return self.counters.decode_errors.inc();
-        }
         if self.shard == 0 {
             return self.peer_message(now, peer, buf, out);
+        }
+        // Only a datagram that decodes is worth a shared copy for shard 0.
+        if group::decode(buf).is_err() {
+            return self.counters.decode_errors.inc();
         }
         let msg = ShardMsg::FromPeer {
             peer,
@@ -293,7 +294,7 @@ impl Engine {
     /// On shard 0: a datagram from server `peer`.
     pub(super) fn peer_message(&mut self, now: Duration, peer: u16, buf: &[u8], out: &mut Outbox) {
         let Ok(d) = group::decode(buf) else {
-            return; // the receiving shard decoded it already
+            return self.counters.decode_errors.inc();
         };
         let Some(g) = group_of_mut(&mut self.federation) else {
             return;
