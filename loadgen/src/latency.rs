@@ -123,9 +123,42 @@ impl Latency {
     }
 }
 
+/// A latency for people: three significant figures in the unit that suits it (`41.2 us`,
+/// `37.4 ms`, `2.31 s`). Results keep microseconds; only what is printed is converted.
+pub fn human(us: f64) -> String {
+    let (value, unit) = if us >= 1e6 {
+        (us / 1e6, "s")
+    } else if us >= 1e3 {
+        (us / 1e3, "ms")
+    } else {
+        (us, "us")
+    };
+    // Rounding may carry into the next unit's range (999.96 us prints as 1000 us): harmless.
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.decimals$} {unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_latencies_pick_their_unit() {
+        assert_eq!(human(0.5), "0.50 us");
+        assert_eq!(human(41.23), "41.2 us");
+        assert_eq!(human(412.3), "412 us");
+        assert_eq!(human(1_234.0), "1.23 ms");
+        assert_eq!(human(37_407.0), "37.4 ms");
+        assert_eq!(human(232_521.7), "233 ms");
+        assert_eq!(human(2_310_000.0), "2.31 s");
+        assert_eq!(human(0.0), "0.00 us");
+    }
 
     #[test]
     fn percentiles_of_a_known_distribution() {

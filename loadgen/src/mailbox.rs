@@ -6,7 +6,7 @@
 //! SEND's intended time to its answer, the latency to the push for online recipients, loss and
 //! duplicates, and how fast the stored backlog is delivered.
 
-use crate::latency::{Latency, Percentiles};
+use crate::latency::{human, Latency, Percentiles};
 use crate::LoadError;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -29,6 +29,12 @@ pub struct MailboxArgs {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxRecord {
+    pub format: u32,
+    /// `mailbox`.
+    pub scenario: String,
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub started: String,
+    pub source: crate::report::Source,
     pub senders: usize,
     pub recipients: usize,
     pub rate: Option<f64>,
@@ -54,8 +60,7 @@ pub struct MailboxRecord {
 
 impl MailboxRecord {
     pub fn table(&self) -> String {
-        let p =
-            |l: &Percentiles| format!("p50 {:.1} ms, p99 {:.1} ms", l.p50_us / 1e3, l.p99_us / 1e3);
+        let p = |l: &Percentiles| format!("p50 {}, p99 {}", human(l.p50_us), human(l.p99_us));
         format!(
             "mailbox: {} senders, {} recipients (half online), {}\n\
              acknowledged SENDs     {} ({:.0}/s), refused {}, failed {}\n\
@@ -206,6 +211,11 @@ fn parse_stamp(text: &[u8]) -> Option<(u32, u64, u64)> {
 
 pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
     let setup = |what: String| LoadError::Setup(what);
+    let started_utc = crate::report::utc(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
     // Names unique to this run, so that runs against one router do not meet.
     let run_id = format!(
         "{:x}",
@@ -376,6 +386,10 @@ pub fn run(args: &MailboxArgs) -> Result<MailboxRecord, LoadError> {
     let acknowledged = acked.load(Ordering::Relaxed);
     let ack_latency = ack_latency.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(MailboxRecord {
+        format: 1,
+        scenario: "mailbox".into(),
+        started: started_utc,
+        source: crate::report::Source::here(),
         senders: args.senders,
         recipients: args.recipients,
         rate: args.rate,

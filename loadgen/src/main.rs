@@ -2,7 +2,7 @@
 
 use chat_router::config::{self, parse_cluster, parse_duration};
 use chat_router::engine::Member;
-use chat_router::io::IoKind;
+use chat_router::io::{sys, IoKind};
 use clap::{Parser, Subcommand};
 use loadgen::hostile::Mix;
 use loadgen::ordering::{OrderingArgs, OrderingRecord, ProxyUse};
@@ -74,6 +74,9 @@ enum Command {
         /// The SVG file to write.
         #[arg(short, long, default_value = "latency.svg")]
         output: PathBuf,
+        /// The plot's title [default: "Latency by percentile: " and the runs' scenarios].
+        #[arg(long)]
+        title: Option<String>,
     },
 }
 
@@ -264,10 +267,7 @@ fn mailbox(opts: MailboxOpts) -> Result<(), String> {
     print!("{}", record.table());
     if let Some(dir) = opts.out {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let stamp = loadgen::report::utc(secs).replace(['-', ':'], "");
+        let stamp = record.started.replace(['-', ':'], "");
         let rate = opts.rate.0.map_or("max".into(), |r| format!("{r:.0}"));
         let path = dir.join(format!("{stamp}-mailbox-{}s-{rate}.json", opts.senders));
         let json = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
@@ -385,26 +385,40 @@ fn compare(files: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-fn plot(files: &[PathBuf], output: &Path) -> Result<(), String> {
+fn plot(files: &[PathBuf], output: &Path, title: Option<String>) -> Result<(), String> {
+    let runs = read_all(files)?;
+    let title = title.unwrap_or_else(|| {
+        let mut scenarios: Vec<&str> = Vec::new();
+        for (_, r) in &runs {
+            if !scenarios.contains(&r.scenario.as_str()) {
+                scenarios.push(&r.scenario);
+            }
+        }
+        format!("Latency by percentile: {}", scenarios.join(", "))
+    });
     let mut series = Vec::new();
-    for (_, record) in read_all(files)? {
+    for (_, record) in runs {
         // The stem without its timestamp: scenario, clients, rate, backend.
         let stem = record.stem();
         let label = stem.split_once('-').map_or(stem.as_str(), |(_, rest)| rest);
+        let commit = record.source.short().unwrap_or_else(|| "unknown".into());
+        let detail = format!("commit {commit}, started {}", record.started);
         series.push(Series {
             label: format!("{label} {}", record.measured_name()),
+            detail: detail.clone(),
             latency: record.result.latency_histogram(),
             companion: false,
         });
         if let Some(c) = &record.ceiling {
             series.push(Series {
                 label: format!("{label} ceiling"),
+                detail,
                 latency: c.latency_histogram(),
                 companion: true,
             });
         }
     }
-    std::fs::write(output, svg(&series))
+    std::fs::write(output, svg(&title, &series))
         .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
     println!("wrote {}", output.display());
     Ok(())
@@ -434,6 +448,10 @@ fn proxy(
     }
     let members = read_cluster(cluster)?;
     let proxied = members.iter().filter(|m| m.forward != m.bind).count();
+    // Blocked before the forwarding thread starts, so that it inherits the mask and the
+    // signals wait for this thread.
+    let signals = [libc::SIGINT, libc::SIGTERM];
+    sys::block_signals(&signals).map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
     let proxy = Proxy::start(ProxyConfig {
         members,
         delay,
@@ -441,21 +459,36 @@ fn proxy(
         seed,
         max_in_flight,
     })
-    .map_err(|e| format!("cannot bind the forwarding addresses: {e}"))?;
+    .map_err(|e| format!("cannot bind {e}"))?;
     println!(
         "proxy: on {proxied} forwarding address(es), delay up to {delay:?}, drop {drop}, \
          at most {max_in_flight} datagrams held"
     );
-    // Until the process is interrupted, or the servers overrun it.
-    while !proxy.failed() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Until a signal, or the servers overrun it.
+    let signal = loop {
+        if proxy.failed() {
+            break None;
+        }
+        if let Some(signal) = sys::wait_signal(&signals, Duration::from_millis(50)) {
+            break Some(signal);
+        }
+    };
     let stats = proxy.stop();
-    Err(format!(
-        "Too many queued messages! More than {max_in_flight} datagrams were held at once, \
-         where the public proxy exits ({} forwarded)",
-        stats.forwarded
-    ))
+    match signal {
+        Some(signal) => {
+            let name = if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            println!("proxy: stopping on {name}: {stats}");
+            Ok(())
+        }
+        None => Err(format!(
+            "Too many queued messages! More than {max_in_flight} datagrams were held at once, \
+             where the public proxy exits ({stats})"
+        )),
+    }
 }
 
 fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
@@ -481,7 +514,7 @@ fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
                 seed: 1,
                 max_in_flight: loadgen::proxy::PUBLIC_MAX_IN_FLIGHT,
             })
-            .map_err(|e| format!("cannot bind the cluster's forwarding addresses: {e}"))?;
+            .map_err(|e| format!("cannot bind {e}"))?;
             // Servers started before this proxy have not reached one another yet; they look
             // for each other every 100 ms or less. Measure the cluster, not its start.
             std::thread::sleep(PROXY_SETTLE);
@@ -529,7 +562,11 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Compare { files }) => compare(&files),
-        Some(Command::Plot { files, output }) => plot(&files, &output),
+        Some(Command::Plot {
+            files,
+            output,
+            title,
+        }) => plot(&files, &output, title),
         Some(Command::Proxy {
             cluster,
             delay,

@@ -6,7 +6,7 @@
 //!
 //! One thread does it all over one epoll: a cluster of chat servers is slow next to loadgen.
 
-use crate::latency::Latency;
+use crate::latency::{human, Latency};
 use crate::LoadError;
 use chat_router::check::{self, Checker, Report};
 use chat_router::rng::Rng;
@@ -62,7 +62,7 @@ impl OrderingResult {
              foreign            {}\n\
              fifo violations    {}\n\
              total violations   {}{}\n\
-             latency us         p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
+             latency            p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n\
              client drops       {} (kernel, at the clients' sockets)\n\
              verdict            {}\n",
             r.sent,
@@ -76,11 +76,11 @@ impl OrderingResult {
             r.fifo_violations,
             r.total_violations,
             if total { "" } else { " (not required)" },
-            p.p50_us,
-            p.p90_us,
-            p.p99_us,
-            p.p999_us,
-            p.max_us,
+            human(p.p50_us),
+            human(p.p90_us),
+            human(p.p99_us),
+            human(p.p999_us),
+            human(p.max_us),
             self.client_socket_drops,
             if r.clean(total) {
                 "clean"
@@ -387,7 +387,6 @@ impl OrderingRecord {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let source = crate::machine::commit(&std::env::current_dir().unwrap_or_default());
         let r = &result.report;
         Self {
             format: 1,
@@ -400,10 +399,7 @@ impl OrderingRecord {
             messages_per_client: args.messages,
             interval_ms: args.interval.as_secs_f64() * 1e3,
             message_bytes: args.len,
-            source: crate::report::Source {
-                commit: source.as_ref().map(|s| s.0.clone()),
-                dirty: source.map(|s| s.1),
-            },
+            source: crate::report::Source::here(),
             machine_cores: crate::machine::cores(),
             kernel: crate::machine::kernel(),
             sent: r.sent,

@@ -3,7 +3,7 @@
 //! the end of the schedule, wait for the deliveries still in flight, and sum up.
 
 use crate::clients::Sockets;
-use crate::latency::{Latency, Percentiles};
+use crate::latency::{human, Latency, Percentiles};
 use crate::machine;
 use crate::plan::Plan;
 use crate::tracker::Tally;
@@ -211,11 +211,14 @@ fn drain(shared: &Shared<'_>, expected: u64) {
     }
 }
 
-/// The live line: elapsed, sent, delivered, and the p99 of the last second.
+/// The live line, once a second: elapsed time, send and delivery rates over the last second,
+/// and that second's p99 latency.
 struct Progress<'a> {
     label: &'a str,
     next: Instant,
     interval: Latency,
+    /// Sent and delivered at the last line, and when.
+    last: (u64, u64, Instant),
     terminal: bool,
     quiet: bool,
 }
@@ -226,6 +229,7 @@ impl<'a> Progress<'a> {
             label,
             next: Instant::now() + Duration::from_secs(1),
             interval: Latency::new(),
+            last: (0, 0, Instant::now()),
             terminal: std::io::stderr().is_terminal(),
             quiet,
         }
@@ -240,22 +244,29 @@ impl<'a> Progress<'a> {
         }
         self.next += Duration::from_secs(1);
         let p99 = if self.interval.count() > 0 {
-            format!("{:.0} us", self.interval.quantile_us(0.99))
+            human(self.interval.quantile_us(0.99))
         } else {
-            "-".into()
+            "none delivered".into()
         };
-        let line = format!(
-            "{}: {:5.1}s sent {} delivered {} p99 {}",
-            self.label,
-            shared.epoch.elapsed().as_secs_f64(),
+        let (sent, delivered) = (
             shared.sent.load(Ordering::Relaxed),
             shared.delivered.load(Ordering::Relaxed),
-            p99
         );
+        let now = Instant::now();
+        let secs = now.duration_since(self.last.2).as_secs_f64().max(1e-3);
+        let per_s = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+        let line = format!(
+            "{}: {:5.1}s  sent {:.0}/s  delivered {:.0}/s  last-second p99 {p99}",
+            self.label,
+            shared.epoch.elapsed().as_secs_f64(),
+            per_s(sent, self.last.0),
+            per_s(delivered, self.last.1),
+        );
+        self.last = (sent, delivered, now);
         self.interval.reset();
         let mut err = std::io::stderr().lock();
         let _ = if self.terminal {
-            write!(err, "\r{line:<78}")
+            write!(err, "\r{line:<80}")
         } else {
             writeln!(err, "{line}")
         };

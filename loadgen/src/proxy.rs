@@ -41,6 +41,17 @@ pub struct ProxyConfig {
     pub max_in_flight: usize,
 }
 
+impl std::fmt::Display for ProxyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forwarded {}, dropped {} (--drop), truncated {} (over {MAX_DATAGRAM} bytes), \
+             unroutable {}, at most {} held at once",
+            self.forwarded, self.dropped, self.truncated, self.unroutable, self.most_in_flight
+        )
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyStats {
     pub forwarded: u64,
@@ -77,7 +88,10 @@ impl Proxy {
             sockets.push(if m.forward == m.bind {
                 None
             } else {
-                Some(UdpSocket::bind(m.forward)?)
+                let named = |e: std::io::Error| {
+                    std::io::Error::new(e.kind(), format!("forwarding address {}: {e}", m.forward))
+                };
+                Some(UdpSocket::bind(m.forward).map_err(named)?)
             });
         }
         let poll = Poll::new()?;

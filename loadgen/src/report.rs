@@ -2,6 +2,7 @@
 //! results with its full histogram. Written as one JSON file per run (plus HdrHistogram
 //! percentile text), read back by `compare` and `plot`, and printed as a table.
 
+use crate::latency::human;
 use crate::phase::PhaseResult;
 use crate::LoadError;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,28 @@ pub struct Params {
 pub struct Source {
     pub commit: Option<String>,
     pub dirty: Option<bool>,
+}
+
+impl Source {
+    /// The commit of the working directory loadgen runs in, and whether it had changes.
+    pub fn here() -> Source {
+        let found = crate::machine::commit(&std::env::current_dir().unwrap_or_default());
+        Source {
+            commit: found.as_ref().map(|s| s.0.clone()),
+            dirty: found.map(|s| s.1),
+        }
+    }
+
+    /// The commit's first ten characters, `+dirty` when the tree had changes.
+    pub fn short(&self) -> Option<String> {
+        let commit: String = self.commit.as_ref()?.chars().take(10).collect();
+        let dirty = if self.dirty == Some(true) {
+            "+dirty"
+        } else {
+            ""
+        };
+        Some(format!("{commit}{dirty}"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,17 +198,22 @@ impl RunRecord {
         if let Some(ratio) = self.ceiling_ratio() {
             let _ = writeln!(s, "router / ceiling deliveries: {ratio:.3}");
         }
+        if self.params.rate.is_none() {
+            s.push_str(SATURATED);
+        }
         s
     }
 }
+
+/// What a reader of a `--rate max` table must know before quoting its latencies.
+pub const SATURATED: &str = "note: at --rate max loadgen sends as fast as ~256 messages in \
+flight allow, so the router runs saturated\n      and these latencies are time spent queueing \
+there, not its latency at a load: use --rate N for that.\n";
 
 type Row = (&'static str, fn(&PhaseResult) -> String);
 
 /// The rows of the table and of `compare`.
 pub fn rows() -> Vec<Row> {
-    fn us(v: f64) -> String {
-        format!("{v:.1}")
-    }
     vec![
         ("offered msgs/s", |p| {
             p.offered_rate.map_or("max".into(), |r| format!("{r:.0}"))
@@ -210,11 +238,11 @@ pub fn rows() -> Vec<Row> {
             format!("{} / {}", n(p.router_drops), n(p.router_kernel_drops))
         }),
         ("forged datagrams", |p| p.hostile_sent.to_string()),
-        ("p50 us", |p| us(p.latency.p50_us)),
-        ("p90 us", |p| us(p.latency.p90_us)),
-        ("p99 us", |p| us(p.latency.p99_us)),
-        ("p99.9 us", |p| us(p.latency.p999_us)),
-        ("max us", |p| us(p.latency.max_us)),
+        ("latency p50", |p| human(p.latency.p50_us)),
+        ("latency p90", |p| human(p.latency.p90_us)),
+        ("latency p99", |p| human(p.latency.p99_us)),
+        ("latency p99.9", |p| human(p.latency.p999_us)),
+        ("latency max", |p| human(p.latency.max_us)),
         ("cpu ns/delivery", |p| {
             p.cpu_ns_per_delivery
                 .map_or("-".into(), |v| format!("{v:.0}"))

@@ -223,8 +223,6 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
         _ => None,
     };
 
-    let dir = std::env::current_dir().unwrap_or_default();
-    let source = machine::commit(&dir);
     Ok(RunRecord {
         format: FORMAT,
         scenario: args.scenario.name().into(),
@@ -252,10 +250,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             hostile_mix: (args.scenario == Scenario::Hostile).then(|| args.hostile_mix.to_string()),
             browsers: args.browsers.min(args.clients),
         },
-        source: Source {
-            commit: source.as_ref().map(|s| s.0.clone()),
-            dirty: source.map(|s| s.1),
-        },
+        source: Source::here(),
         machine: Machine {
             cores: machine::cores(),
             kernel: machine::kernel(),

@@ -31,8 +31,9 @@ const PROGRESS_EVERY: u64 = 1_000_000_000;
 /// of the load at its input and the figure would say more about the overload than the router.
 pub const MAX_IN_FLIGHT: f64 = 256.0;
 /// A window that has not moved for this long has lost deliveries; they are written off so
-/// that the sender goes on.
-const STALL_NS: u64 = 10_000_000;
+/// that the sender goes on. Long enough that a router descheduled on a busy machine is not
+/// taken for loss (writing off what is merely late overfills the router's socket).
+const STALL_NS: u64 = 100_000_000;
 
 /// What all threads of one phase share.
 pub struct Shared<'a> {

@@ -289,7 +289,7 @@ fn the_proxy_and_ordering_commands_work_from_the_command_line() {
         .spawn()
         .expect("start loadgen proxy");
     let stdout = proxy.stdout.take().unwrap();
-    let _proxy = Reaped(proxy);
+    let mut proxy = Reaped(proxy);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -321,6 +321,55 @@ fn the_proxy_and_ordering_commands_work_from_the_command_line() {
     assert!(record.clean);
     assert_eq!((record.servers, record.sent), (3, 60));
     assert_eq!(record.delivered, record.expected);
+
+    // A second proxy on the same addresses names the one it cannot have.
+    let second = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["proxy", "--cluster"])
+        .arg(&cluster.file)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot bind forwarding address 127.") && err.contains("in use"),
+        "{err}"
+    );
+
+    // SIGINT stops it with what it did.
+    let kill = Command::new("kill")
+        .args(["-INT", &proxy.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let last = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|l| l.starts_with("proxy: stopping"))
+        .expect("the proxy's last line");
+    assert!(
+        last.starts_with("proxy: stopping on SIGINT: forwarded "),
+        "{last}"
+    );
+    let forwarded: u64 = last["proxy: stopping on SIGINT: forwarded ".len()..]
+        .split(',')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(
+        forwarded >= 60,
+        "every message crossed it at least once: {last}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = proxy.0.try_wait().expect("the proxy's status") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
 
     let bad = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["ordering", "--cluster", "/nonexistent/cluster.txt"])
