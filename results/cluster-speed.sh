@@ -43,7 +43,7 @@ for rate in $rates; do
         sleep 1
         target/release/loadgen ordering --cluster "$dir/servers.txt" --order total \
             --clients 250 --rooms 10 --messages "$messages" --interval "${interval_us}us" \
-            --drain 10s --proxy-delay 5ms --out results || true
+            --drain 10s --proxy-delay 5ms --label "$router" --out results || true
         cpu=0
         for p in "${pids[@]}"; do
             read -r -a stat < "/proc/$p/stat"

@@ -6,6 +6,7 @@
 //! tester's form), so any received line can be traced to its sender. Every receiver is taken to
 //! be in its room for the whole run, so it must receive every message sent to the room.
 
+use crate::proto::text::NOT_SENT;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
@@ -69,6 +70,10 @@ pub struct Report {
     pub foreign: u64,
     /// Messages that arrived cut short or altered.
     pub corrupt: u64,
+    /// Messages the cluster refused (its sender was answered `-ERR Message not sent...`) and
+    /// that reached no one: not expected anywhere, so not lost. A refusal matched by no
+    /// undelivered message of that sender counts as foreign.
+    pub refused: u64,
 }
 
 impl Report {
@@ -92,6 +97,8 @@ pub struct Checker {
     sent: HashMap<u32, HashMap<(u32, u64), usize>>,
     /// What each client received, in order: (sender, seq, length).
     received: HashMap<u32, Vec<(u32, u64, usize)>>,
+    /// Refusals each client was answered with.
+    refusals: HashMap<u32, u64>,
     foreign: u64,
     corrupt: u64,
 }
@@ -114,6 +121,10 @@ impl Checker {
 
     /// The next line `receiver` got.
     pub fn received(&mut self, receiver: u32, line: &[u8]) {
+        if line.starts_with(NOT_SENT.as_bytes()) {
+            *self.refusals.entry(receiver).or_default() += 1;
+            return;
+        }
         match (parse_delivery(line), self.rooms.get(&receiver)) {
             (Some(d), Some(&mine)) if d.room == mine && d.intact => {
                 self.received
@@ -176,6 +187,25 @@ impl Checker {
                 r.delivered += sequence.len() as u64;
                 r.lost += (sent.len() - sequence.len()) as u64;
                 sequences.push(sequence);
+            }
+            // A refused message reaches no member: each sender's refusals excuse as many of
+            // its messages that no member received (it was expected, and counted lost, at
+            // every member).
+            let reached: HashSet<(u32, u64)> = sequences.iter().flatten().copied().collect();
+            let mut unreached: HashMap<u32, u64> = HashMap::new();
+            for &(sender, seq) in sent.keys() {
+                if !reached.contains(&(sender, seq)) {
+                    *unreached.entry(sender).or_default() += 1;
+                }
+            }
+            for client in clients {
+                let refusals = self.refusals.get(client).copied().unwrap_or(0);
+                let excused = refusals.min(unreached.get(client).copied().unwrap_or(0));
+                r.refused += excused;
+                r.foreign += refusals - excused;
+                let members = clients.len() as u64;
+                r.expected -= excused * members;
+                r.lost -= excused * members;
             }
             let Some(reference) = sequences.iter().min_by_key(|s| std::cmp::Reverse(s.len()))
             else {
@@ -284,6 +314,43 @@ mod tests {
         assert_eq!(r.corrupt, 2);
         assert_eq!(r.expected, 12);
         assert!(!r.clean(false));
+    }
+
+    #[test]
+    fn a_refused_message_is_not_lost_but_a_partial_delivery_is() {
+        let refusal = format!("{NOT_SENT}5: a server of the cluster is behind; try again");
+        let mut c = Checker::default();
+        c.member(1, 5);
+        c.member(2, 5);
+        for seq in 1..=3 {
+            c.sent(1, seq, 30);
+        }
+        // 1.2 was refused and reached no one; 1.3 reached only client 1, and client 1 says
+        // it was refused too: that refusal excuses nothing.
+        c.received(1, refusal.as_bytes());
+        c.received(1, refusal.as_bytes());
+        for l in [line(1, 1, 5), line(3, 1, 5)] {
+            c.received(1, &l);
+        }
+        c.received(2, &line(1, 1, 5));
+        let r = c.report();
+        assert_eq!(r.refused, 1, "{r:?}");
+        assert_eq!((r.expected, r.delivered, r.lost), (4, 3, 1), "{r:?}");
+        assert_eq!(r.foreign, 1, "the refusal nothing matches");
+        assert!(!r.clean(false));
+
+        // Refused alone: clean.
+        let mut c = Checker::default();
+        c.member(1, 5);
+        c.member(2, 5);
+        c.sent(1, 1, 30);
+        c.sent(1, 2, 30);
+        c.received(1, refusal.as_bytes());
+        c.received(1, &line(2, 1, 5));
+        c.received(2, &line(2, 1, 5));
+        let r = c.report();
+        assert_eq!((r.refused, r.expected, r.lost), (1, 2, 0), "{r:?}");
+        assert!(r.clean(true), "{r:?}");
     }
 
     #[test]

@@ -501,7 +501,7 @@ fn shard_loop(
     let mut outgoing = Outgoing::new(shared.shards);
     let mut port = Port::default();
     let counters = engine.counters().clone();
-    let mut kernel_drops = 0u32;
+    let mut kernel_drops = (0u32, Duration::ZERO);
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.epoch.elapsed();
         let mut work = drain_inbox(me, now, &mut engine, &mut out, shared);
@@ -528,7 +528,10 @@ fn shard_loop(
         }
         if now >= engine.next_timeout() {
             engine.handle_timeout(now, &mut out);
-            copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
+            if now >= kernel_drops.1 + KERNEL_DROPS_EVERY {
+                copy_kernel_drops(socket_fd, &mut kernel_drops.0, &counters);
+                kernel_drops.1 = now;
+            }
         }
         work += flush(
             me,
@@ -544,12 +547,15 @@ fn shard_loop(
             sleep(me, &engine, &mut backend, waiting, &port, shared);
         }
     }
-    copy_kernel_drops(socket_fd, &mut kernel_drops, &counters);
+    copy_kernel_drops(socket_fd, &mut kernel_drops.0, &counters);
 }
 
-/// Adds what the kernel dropped at the socket since the `last` reading to the shard's counters
-/// (on timer events, a few times a second, and once more at the end); the kernel's count is
-/// 32 bits and wraps.
+/// How often a shard reads its socket's drop count (a getsockopt), at most: on a timer event
+/// this long after the last reading, and once more when it stops.
+const KERNEL_DROPS_EVERY: Duration = Duration::from_millis(100);
+
+/// Adds what the kernel dropped at the socket since the `last` reading to the shard's counters;
+/// the kernel's count is 32 bits and wraps.
 fn copy_kernel_drops(fd: RawFd, last: &mut u32, counters: &Counters) {
     if let Ok(now) = sys::socket_drops(fd) {
         counters
@@ -739,6 +745,8 @@ fn sleep(
         let until_timer = engine.next_timeout().saturating_sub(shared.epoch.elapsed());
         let longest = if waiting { RETRY_SLEEP } else { MAX_SLEEP };
         backend.wait(until_timer.min(longest));
+    }
+    if backend.take_woken() {
         waker.eventfd.clear();
     }
     waker.sleeping.store(false, Ordering::SeqCst);

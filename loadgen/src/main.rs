@@ -134,6 +134,10 @@ struct OrderingOpts {
     /// Write the run's JSON and percentile files into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// What the servers under test are (a build, another implementation), kept in the record:
+    /// the record's commit is loadgen's own checkout.
+    #[arg(long, value_name = "TEXT")]
+    label: Option<String>,
     /// Run the proxy here, on the cluster's forwarding addresses (instead of `loadgen
     /// proxy`), delaying each datagram up to this, and report the datagrams between servers
     /// per message.
@@ -545,6 +549,7 @@ fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
     if let Some(dir) = out {
         let mut record = OrderingRecord::new(&args, order, &result);
         record.proxy = proxy_use;
+        record.label = opts.label;
         let path = record.write(dir, &result).map_err(|e| e.to_string())?;
         println!("wrote {}", path.display());
     }

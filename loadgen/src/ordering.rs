@@ -55,6 +55,7 @@ impl OrderingResult {
         let p = self.latency.percentiles();
         format!(
             "messages sent      {}\n\
+             refused            {} (answered -ERR: sent to no one, the sender told)\n\
              deliveries         {} of {} ({:.0}/s)\n\
              lost               {}\n\
              duplicates         {}\n\
@@ -66,6 +67,7 @@ impl OrderingResult {
              client drops       {} (kernel, at the clients' sockets)\n\
              verdict            {}\n",
             r.sent,
+            r.refused,
             r.delivered,
             r.expected,
             self.deliveries_per_sec(),
@@ -324,6 +326,9 @@ pub struct OrderingRecord {
     pub machine_cores: usize,
     pub kernel: String,
     pub sent: u64,
+    /// Messages the cluster refused with `-ERR` (reached no one; not expected).
+    #[serde(default)]
+    pub refused: u64,
     pub expected: u64,
     pub delivered: u64,
     pub lost: u64,
@@ -340,6 +345,9 @@ pub struct OrderingRecord {
     /// The proxy between the servers, when the run had its own (`--proxy-delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyUse>,
+    /// What the servers under test were (`--label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// What went through the proxy between the servers during an ordering run.
@@ -409,6 +417,8 @@ impl OrderingRecord {
             duplicates: r.duplicates,
             corrupt: r.corrupt,
             foreign: r.foreign,
+            refused: r.refused,
+            label: None,
             fifo_violations: r.fifo_violations,
             total_violations: r.total_violations,
             clean: r.clean(order == "total"),

@@ -19,6 +19,8 @@ pub struct Mmsg {
     send_names: Box<[libc::sockaddr_storage]>,
     send_iovs: Box<[libc::iovec]>,
     send_hdrs: Box<[libc::mmsghdr]>,
+    /// The wake-up eventfd was readable at a wait since [`Mmsg::take_woken`] was last asked.
+    woken: bool,
 }
 
 fn zeroed_slice<T>(n: usize) -> Box<[T]> {
@@ -38,6 +40,7 @@ impl Mmsg {
             send_names: zeroed_slice(SEND_BATCH),
             send_iovs: zeroed_slice(SEND_BATCH),
             send_hdrs: zeroed_slice(SEND_BATCH),
+            woken: false,
         }
     }
 
@@ -139,7 +142,7 @@ impl Mmsg {
         }
     }
 
-    fn poll(&self, events: libc::c_short, timeout: Duration) {
+    fn poll(&mut self, events: libc::c_short, timeout: Duration) {
         let mut fds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -155,6 +158,12 @@ impl Mmsg {
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `fds` is a live array of two pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        self.woken |= fds[1].revents & libc::POLLIN != 0;
+    }
+
+    /// Whether the wake-up eventfd was readable at the last wait (then it must be cleared).
+    pub fn take_woken(&mut self) -> bool {
+        std::mem::take(&mut self.woken)
     }
 
     /// Sleeps until a datagram or a wake-up arrives, or `timeout` passes.

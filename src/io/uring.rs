@@ -109,6 +109,8 @@ pub struct Uring {
     wake_armed: bool,
     /// Completions that arrived while a send batch was being waited for.
     pending: VecDeque<(u64, i32, u32)>,
+    /// The wake-up eventfd fired since [`Uring::take_woken`] was last asked.
+    woken: bool,
     slots: Box<[SendSlot]>,
 }
 
@@ -142,6 +144,7 @@ impl Uring {
             recv_armed: false,
             wake_armed: false,
             pending: VecDeque::with_capacity(RING_BUFS as usize),
+            woken: false,
             slots,
         };
         uring.arm()?;
@@ -228,7 +231,12 @@ impl Uring {
                 self.bufs.provide(bid);
                 received.datagrams += 1;
             }
-            WAKE if !cqueue::more(flags) => self.wake_armed = false,
+            WAKE => {
+                self.woken = true;
+                if !cqueue::more(flags) {
+                    self.wake_armed = false;
+                }
+            }
             _ => {}
         }
     }
@@ -289,6 +297,11 @@ impl Uring {
                 }
             }
         }
+    }
+
+    /// Whether the wake-up eventfd fired since the last call (then it must be cleared).
+    pub fn take_woken(&mut self) -> bool {
+        std::mem::take(&mut self.woken)
     }
 
     /// Sleeps until a completion (datagram or wake-up) arrives, or `timeout` passes.

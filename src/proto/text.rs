@@ -72,6 +72,9 @@ pub fn parse(datagram: &[u8]) -> Line<'_> {
 
 /// The first word of a direct message as this server writes it: `+MSG <nick> text`.
 pub const DIRECT: &[u8] = b"+MSG";
+/// How the reply to a chat line that a cluster refused begins (the room number follows): the
+/// message went to no one, and its sender knows.
+pub const NOT_SENT: &str = "-ERR Message not sent to room #";
 
 /// The recipient and the text of `/msg NICK text`: the nick is the first word (a nick with a
 /// space in it cannot be written here); `None` when either is missing.

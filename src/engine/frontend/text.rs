@@ -152,7 +152,8 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::Backlog(room) => line(
             buf,
             format_args!(
-                "-ERR Message not sent to room #{room}: a server of the cluster is behind; try again"
+                "{}{room}: a server of the cluster is behind; try again",
+                text::NOT_SENT
             ),
         ),
         Refusal::NoMailbox => line(
