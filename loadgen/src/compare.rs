@@ -85,7 +85,7 @@ pub fn compare(runs: &[(String, RunRecord)]) -> String {
         (
             "backend / cores",
             runs.iter()
-                .map(|(_, r)| format!("{} / {}", r.machine.backend, r.params.cores))
+                .map(|(_, r)| format!("{} / {}", r.backend(), r.params.cores))
                 .collect(),
         ),
     ];

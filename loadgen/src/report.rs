@@ -129,15 +129,21 @@ impl RunRecord {
             .chars()
             .filter(|c| *c != '-' && *c != ':')
             .collect();
-        let backend = match self.machine.backend.as_str() {
+        format!(
+            "{time}-{}-{}c-{rate}-{}",
+            self.scenario,
+            self.params.clients,
+            self.backend()
+        )
+    }
+
+    /// The I/O backend by the name `--io` gives it (`uring`, `mmsg`), or `external`.
+    pub fn backend(&self) -> String {
+        match self.machine.backend.as_str() {
             "io_uring" => "uring".to_string(),
             "recvmmsg/sendmmsg" => "mmsg".to_string(),
             other => other.replace('/', "+"),
-        };
-        format!(
-            "{time}-{}-{}c-{rate}-{backend}",
-            self.scenario, self.params.clients
-        )
+        }
     }
 
     /// Writes `DIR/STEM.json` and `DIR/STEM.hgrm` (and `.ceiling.hgrm`); returns the JSON path.
