@@ -428,9 +428,6 @@ fn plot(files: &[PathBuf], output: &Path, title: Option<String>) -> Result<(), S
     Ok(())
 }
 
-/// How long `ordering --proxy-delay` lets the servers find one another through its proxy.
-const PROXY_SETTLE: Duration = Duration::from_millis(500);
-
 fn read_cluster(file: &Path) -> Result<Vec<Member>, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read cluster file {}: {e}", file.display()))?;
@@ -519,9 +516,6 @@ fn check_ordering(opts: OrderingOpts) -> Result<(), String> {
                 max_in_flight: loadgen::proxy::PUBLIC_MAX_IN_FLIGHT,
             })
             .map_err(|e| format!("cannot bind {e}"))?;
-            // Servers started before this proxy have not reached one another yet; they look
-            // for each other every 100 ms or less. Measure the cluster, not its start.
-            std::thread::sleep(PROXY_SETTLE);
             Some((proxy, delay))
         }
         None => None,

@@ -1,6 +1,7 @@
 //! The `ordering` scenario: many text clients spread over the servers of a cluster and over its
-//! rooms (every room has members on every server), each joining one room, then sending numbered
-//! messages on an open-loop schedule. What every client receives goes to the ordering checker
+//! rooms (every room has members on every server), each joining one room, then, once the cluster
+//! carries a message from every server to every room's members, sending numbered messages on an
+//! open-loop schedule. What every client receives goes to the ordering checker
 //! (`chat_router::check`): lost, duplicated, corrupted messages, FIFO and total-order
 //! violations; the latency of every delivery is measured from the message's intended send time.
 //!
@@ -96,6 +97,8 @@ impl OrderingResult {
 struct Client {
     socket: UdpSocket,
     server: SocketAddr,
+    /// The index of `server`.
+    home: usize,
     room: u32,
     joined: bool,
 }
@@ -122,6 +125,7 @@ pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
         clients.push(Client {
             socket,
             server: args.servers[c % n],
+            home: c % n,
             room: (c / n) as u32 % args.rooms + 1,
             joined: false,
         });
@@ -132,6 +136,7 @@ pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
         buf: vec![0u8; 65_536],
     };
     join(&mut clients, &mut net, args.seed)?;
+    settle(&clients, &mut net)?;
 
     let mut checker = Checker::default();
     for (c, client) in clients.iter().enumerate() {
@@ -231,6 +236,9 @@ impl Tally {
         schedule: &Schedule,
     ) -> Result<(), LoadError> {
         net.receive(clients, wait, |c, bytes, at| {
+            if is_probe(bytes) {
+                return; // a late copy from before the measurement
+            }
             self.checker.received(c as u32, bytes);
             if let Some(d) = check::parse_delivery(bytes) {
                 if (d.sender as usize) < schedule.clients {
@@ -302,6 +310,72 @@ fn join(clients: &mut [Client], net: &mut Net, seed: u64) -> Result<(), LoadErro
             for c in replies {
                 clients[c].joined = true;
             }
+        }
+    }
+    Ok(())
+}
+
+/// What `settle` sends: `~ready S<server>`, delivered as `<nick> ~ready S<server>`.
+const PROBE: &str = "~ready S";
+
+fn is_probe(delivery: &[u8]) -> bool {
+    probe_server(delivery).is_some()
+}
+
+fn probe_server(delivery: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(delivery).ok()?;
+    let (_, text) = text.strip_prefix('<')?.split_once("> ")?;
+    text.strip_prefix(PROBE)?.parse().ok()
+}
+
+/// Waits until the cluster carries a message from every server to every member of every room:
+/// one client of each room on each server says `~ready`, again every 250 ms, until every
+/// client has heard from every server of its room. Servers started just before the run (or
+/// before a proxy between them) may not have found one another yet, or have given up on a
+/// peer that was not there and not yet admitted it again; a message sent then reaches some
+/// members only, which would be the start's loss counted as the cluster's.
+fn settle(clients: &[Client], net: &mut Net) -> Result<(), LoadError> {
+    const LIMIT: Duration = Duration::from_secs(30);
+    let servers = clients.iter().map(|c| c.home + 1).max().unwrap_or(0);
+    // By room: the first client on each server, and which servers have one.
+    let mut speakers: ahash::AHashMap<u32, Vec<Option<usize>>> = ahash::AHashMap::new();
+    for (c, client) in clients.iter().enumerate() {
+        let slot = &mut speakers
+            .entry(client.room)
+            .or_insert_with(|| vec![None; servers])[client.home];
+        slot.get_or_insert(c);
+    }
+    let mut heard = vec![vec![false; servers]; clients.len()];
+    let deaf = |heard: &[Vec<bool>], c: usize| {
+        let room = &speakers[&clients[c].room];
+        (0..servers).any(|s| room[s].is_some() && !heard[c][s])
+    };
+    let deadline = Instant::now() + LIMIT;
+    while (0..clients.len()).any(|c| deaf(&heard, c)) {
+        if Instant::now() > deadline {
+            let waiting = (0..clients.len()).filter(|&c| deaf(&heard, c)).count();
+            return Err(LoadError::Setup(format!(
+                "{waiting} clients did not hear from every server of their room within {LIMIT:?}: \
+                 are the servers of the cluster reaching one another?"
+            )));
+        }
+        for room in speakers.values() {
+            for (s, speaker) in room.iter().enumerate() {
+                if let Some(c) = *speaker {
+                    let line = format!("{PROBE}{s}");
+                    let _ = clients[c]
+                        .socket
+                        .send_to(line.as_bytes(), clients[c].server);
+                }
+            }
+        }
+        let until = Instant::now() + Duration::from_millis(250);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            net.receive(clients, left, |c, bytes, _| {
+                if let Some(s) = probe_server(bytes).filter(|&s| s < servers) {
+                    heard[c][s] = true;
+                }
+            })?;
         }
     }
     Ok(())

@@ -200,8 +200,9 @@ impl Cluster {
     fn assert_clean(&mut self, label: &str, result: &OrderingResult, total: bool) {
         let r = &result.report;
         if !r.clean(total) || r.delivered != r.expected {
+            let proxy = self.proxy.take().map(Proxy::stop);
             panic!(
-                "{label}:\n{}{}",
+                "{label}:\n{}proxy: {proxy:?}\n{}",
                 result.table(total),
                 self.stop_and_report()
             );

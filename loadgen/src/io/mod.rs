@@ -1,4 +1,4 @@
-//! The only `unsafe` in loadgen: two process settings and one socket call the standard library
+//! The only `unsafe` in loadgen: two process settings and two socket calls the standard library
 //! does not offer.
 
 /// Raises the soft limit on open files to `wanted` (or to the hard limit, if lower) and
@@ -96,4 +96,51 @@ pub fn tcp_connect_from(
         }
     }
     Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+/// How long ago the kernel received the datagram last read from the UDP socket `fd`
+/// (SIOCGSTAMPNS). The first call, which may come before any datagram, switches the kernel's
+/// receive timestamps on for the socket and fails with `NotFound`.
+pub fn age_of_last_datagram(fd: std::os::fd::RawFd) -> std::io::Result<std::time::Duration> {
+    // asm-generic/sockios.h (SIOCGSTAMPNS_OLD: a timespec of the native time_t); the libc
+    // crate does not name it.
+    const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: SIOCGSTAMPNS writes one timespec, which `ts` is, and keeps no pointer to it.
+    if unsafe { libc::ioctl(fd, SIOCGSTAMPNS as _, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let stamp = std::time::Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(now.saturating_sub(stamp))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    #[test]
+    fn a_datagram_that_waited_in_the_socket_is_as_old_as_its_wait() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(super::age_of_last_datagram(rx.as_raw_fd()).is_err(), "nothing read yet");
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
+        // The wait is what is measured here.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 8];
+        rx.recv_from(&mut buf).unwrap();
+        let age = super::age_of_last_datagram(rx.as_raw_fd()).unwrap();
+        assert!(age >= Duration::from_millis(50), "{age:?}");
+        assert!(age < Duration::from_secs(60), "{age:?}");
+    }
 }
