@@ -1,4 +1,4 @@
-//! DuckChat federation at scale, in the deterministic simulation of `tests/sim`: 100 and 1,000
+//! DuckChat federation at scale, in the deterministic simulation of `tests/simulations/sim`: 100 and 1,000
 //! routers in random and tree-like topologies, one user on every router in one channel. For
 //! each, it reports the S2S_SAYs a message costs against the optimum (a spanning tree of the
 //! subscribed routers: one datagram per router but the origin), how long a join takes to reach
@@ -9,7 +9,7 @@
 //! `cargo bench --bench federation_scale` prints a table and writes
 //! `results/<UTC time>-federation-scale.json`.
 
-#[path = "../tests/sim/mod.rs"]
+#[path = "../tests/simulations/sim/mod.rs"]
 mod sim;
 
 use chat_router::proto::duckchat::{self, Inbound};
@@ -195,8 +195,16 @@ fn measure(name: &str, edges: &[(u16, Vec<u16>)], seed: u64) -> serde_json::Valu
 }
 
 fn main() {
-    // `cargo test` runs benches with --bench absent: only `cargo bench` measures.
-    if !std::env::args().any(|a| a == "--bench") {
+    // `cargo bench` measures and writes; `cargo test` (no --bench) and `cargo bench -- --test`
+    // run the smallest case once, as criterion's benches do in test mode, to show it still works.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test") {
+        let row = measure("tree-like", &random_graph(100, 5, 1, 10_000), 1);
+        println!("federation_scale: 100 routers, tree-like: {row}");
+        assert_eq!(
+            row["messages_delivered_to_all"], row["messages"],
+            "every message reaches every user"
+        );
         return;
     }
     let mut rows = Vec::new();

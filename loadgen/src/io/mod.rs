@@ -132,15 +132,27 @@ mod tests {
     #[test]
     fn a_datagram_that_waited_in_the_socket_is_as_old_as_its_wait() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(super::age_of_last_datagram(rx.as_raw_fd()).is_err(), "nothing read yet");
+        assert!(
+            super::age_of_last_datagram(rx.as_raw_fd()).is_err(),
+            "nothing read yet"
+        );
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
-        // The wait is what is measured here.
-        std::thread::sleep(Duration::from_millis(50));
-        let mut buf = [0u8; 8];
-        rx.recv_from(&mut buf).unwrap();
-        let age = super::age_of_last_datagram(rx.as_raw_fd()).unwrap();
-        assert!(age >= Duration::from_millis(50), "{age:?}");
+        let wait = Duration::from_millis(30);
+        // The kernel switches its receive timestamps on a moment after the first socket asks
+        // (a deferred work item); until then a datagram is stamped as it is read, age zero.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let age = loop {
+            tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
+            // The wait is what is measured here.
+            std::thread::sleep(wait);
+            let mut buf = [0u8; 8];
+            rx.recv_from(&mut buf).unwrap();
+            let age = super::age_of_last_datagram(rx.as_raw_fd()).unwrap();
+            if age >= wait || std::time::Instant::now() > deadline {
+                break age;
+            }
+        };
+        assert!(age >= wait, "{age:?}");
         assert!(age < Duration::from_secs(60), "{age:?}");
     }
 }

@@ -4,7 +4,7 @@
 //! must get every message exactly once while the periodic S2S_JOINs keep re-adding the links
 //! that loop detection cut, and a message must cross about a spanning tree's links.
 
-mod sim;
+use crate::sim;
 
 use chat_router::proto::duckchat::{self, Inbound};
 use chat_router::rng::Rng;

@@ -1,7 +1,7 @@
 //! End to end: real `router` processes on loopback, driven by the test's own DuckChat client,
 //! for `--cores 1` and `--cores 2` and both I/O backends.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! its CONNECT reply), stored messages delivered in order exactly once, connections that close
 //! early or go silent, and kill -9 in the middle of a burst of SENDs.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -3,7 +3,7 @@
 //! two servers answer each other forever, and a flood of spoofed logins from one address while
 //! a real user chats.
 
-mod support;
+use crate::support;
 
 use chat_router::io::spoof::Spoofer;
 use chat_router::proto::duckchat;

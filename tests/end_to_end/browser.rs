@@ -5,7 +5,7 @@
 //! one page shows on the other. Screenshots go to
 //! `target/browser-artifacts/`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Deterministic simulations of single servers and federations (see `sim/mod.rs`). Every test
 //! runs with one shard per server and with three, so cross-shard paths are exercised too.
 
-mod sim;
+use crate::sim;
 
 use chat_router::engine::{DropReason, Limits};
 use chat_router::proto::duckchat::{self, Inbound};

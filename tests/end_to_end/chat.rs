@@ -1,6 +1,6 @@
 //! The `chat` client against a real router: two people talk in DuckChat and in a text room.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};

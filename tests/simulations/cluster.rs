@@ -2,7 +2,7 @@
 //! a thousand messages a second: deterministic simulations (a virtual clock, seeded delays up to
 //! 5 ms that reorder datagrams between servers, and loss where a test asks for it).
 
-mod sim;
+use crate::sim;
 
 use chat_router::check;
 use chat_router::engine::{DropReason, Order};

@@ -2,7 +2,7 @@
 //! full session table, text sessions that never leave, channels without end, names with control
 //! characters, and answers aimed at a victim. Each test runs with one shard and with three.
 
-mod sim;
+use crate::sim;
 
 use chat_router::engine::{Config, DropReason, Engine, Outbox};
 use chat_router::proto::duckchat::{self, Inbound, SayLayout};

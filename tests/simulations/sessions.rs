@@ -1,7 +1,7 @@
 //! Sessions are named by id, not by address: one address may hold a session in each protocol,
 //! and an id that outlives its session never reaches the next session in its slot.
 
-mod sim;
+use crate::sim;
 
 use chat_router::engine::{Config, Engine, Outbox, ShardMsg};
 use chat_router::proto::duckchat::{Inbound, SayLayout};

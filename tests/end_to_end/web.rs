@@ -2,7 +2,7 @@
 //! protocol next to DuckChat users on one router and across a federation, the original client
 //! unmodified, refused frames, and a browser that never reads.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! (`chat_router::check`) judges what every client received; `unordered` serves as the negative
 //! control that shows the checker does see total-order violations.
 
-mod sim;
+use crate::sim;
 
 use chat_router::check::{self, Checker, Report};
 use chat_router::engine::Order;

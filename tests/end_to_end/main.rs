@@ -1,0 +1,13 @@
+//! Real `router` processes on loopback, driven through real sockets by clients written here
+//! from the specs (`support`), by the `chat` binary and by headless Chromium. Every wait is
+//! bounded and waits for an event (a line printed, a reply received), never for a set time
+//! to pass, so the suite holds on a busy machine.
+
+mod support;
+
+mod browser;
+mod chat;
+mod hostile;
+mod mailbox;
+mod router;
+mod web;
