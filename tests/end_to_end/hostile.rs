@@ -68,16 +68,27 @@ fn reply_loop_probes(cores: &str, io: &str) {
     assert!(status.success());
 }
 
-/// 300,000 forged logins and keep-alives from one address while a real user, from another,
-/// logs in and chats: every one of its messages comes back.
+/// Forged logins and keep-alives from one address (about 100k datagrams/s, up to 300,000 logins)
+/// while a real user, from another, logs in and chats: every one of its messages comes back.
+/// The user comes once the flood has sent 10,000 logins (far past the 1,024 sessions one address
+/// may hold on a shard), and the flood lasts as long as the user chats, and no longer.
 fn login_flood(cores: &str, io: &str) {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    const BEFORE_THE_USER: u32 = 10_000;
     let router = Router::start(free_port(), &[], &["--cores", cores, "--io", io]);
     let SocketAddr::V4(target) = router.addr() else {
         unreachable!("IPv4")
     };
     let mut spoofer = Spoofer::new().expect("raw sockets need root or CAP_NET_RAW");
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let forged = std::sync::Arc::new(AtomicU32::new(0));
+    let (user_done, progress) = (done.clone(), forged.clone());
     let flood = std::thread::spawn(move || {
         for i in 0..300_000u32 {
+            if done.load(Ordering::Relaxed) {
+                return i;
+            }
+            forged.store(i, Ordering::Relaxed);
             let from = SocketAddrV4::new([127, 66, 0, 1].into(), 1024 + (i % 60_000) as u16);
             // Names of their own: one name's logins would only replace each other.
             let name = format!("bot{i}");
@@ -92,7 +103,16 @@ fn login_flood(cores: &str, io: &str) {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
+        300_000
     });
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while progress.load(Ordering::Relaxed) < BEFORE_THE_USER {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let user = Client::connect(router.addr(), "amy");
     let mut echoed = 0;
     for i in 0..50 {
@@ -105,7 +125,8 @@ fn login_flood(cores: &str, io: &str) {
         });
         echoed += usize::from(back);
     }
-    flood.join().unwrap();
+    user_done.store(true, Ordering::Relaxed);
+    let forged = flood.join().unwrap();
     assert_eq!(echoed, 50);
     let (status, output) = router.interrupt();
     assert!(status.success());
@@ -117,6 +138,10 @@ fn login_flood(cores: &str, io: &str) {
     assert!(
         ip_limited > 0,
         "the flood hit the per-address limit: {output:?}"
+    );
+    assert!(
+        forged < 300_000,
+        "the user chatted during the flood, not after it"
     );
 }
 

@@ -273,7 +273,11 @@ fn survive_kill_9(commit: &str) {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
+    // Killed in the middle of the burst, once some SENDs are acknowledged.
+    let deadline = Instant::now() + WAIT;
+    while acked.lock().unwrap().len() <= 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     m.router.kill(); // SIGKILL
     for s in senders {
         s.join().unwrap();

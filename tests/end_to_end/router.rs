@@ -105,10 +105,9 @@ fn single_server(cores: &str, io: &str) {
     assert_eq!(got, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
 
     amy.logout();
-    zed.drain();
     zed.who("Common");
     assert_eq!(
-        zed.expect(),
+        zed.wait_for(|r| matches!(r, Reply::Who { .. })),
         Reply::Who {
             channel: "Common".into(),
             users: vec!["zed".into()]
@@ -132,12 +131,12 @@ fn two_servers(cores: &str, io: &str) {
         alice.say("Common", &format!("a{i}"));
         bob.say("Common", &format!("b{i}"));
     }
+    let ours = |t: &String| t.starts_with('a') || t.starts_with('b');
     for c in [&alice, &bob] {
         let got: Vec<String> = c
-            .drain()
-            .iter()
-            .filter_map(say_text)
-            .map(String::from)
+            .says_until(|texts| texts.iter().filter(|t| ours(t)).count() >= 40)
+            .into_iter()
+            .filter(ours)
             .collect();
         let mut expected: Vec<String> = (0..20)
             .flat_map(|i| [format!("a{i}"), format!("b{i}")])
@@ -551,9 +550,11 @@ fn text_clients_and_the_stamped_verbose_log_of_a_cluster_server() {
     let _ = std::fs::remove_file(file);
 }
 
-/// The course's 3x3 grid of real routers, with short soft-state timers so that 20 s hold many
-/// refreshes (issue 13 saw 648 of its messages lost in 60 s with `--s2s-refresh 2s`): 200
-/// messages from random users, 100 ms apart, each reaches every user exactly once.
+/// The course's 3x3 grid of real routers, refreshing their soft state every 250 ms so that 5 s
+/// hold 20 refreshes (issue 13 saw 648 of its messages lost in 60 s with `--s2s-refresh 2s`):
+/// 200 messages from random users, 25 ms apart (the scenario's pace, not a wait), each reaches
+/// every user exactly once. The timeout stays at 3 s: a router descheduled on a busy machine
+/// must not be taken for dead.
 #[test]
 fn a_grid_of_routers_carries_every_message_once_across_refreshes() {
     const GRID: [&[usize]; 9] = [
@@ -568,7 +569,14 @@ fn a_grid_of_routers_carries_every_message_once_across_refreshes() {
         &[5, 7],
     ];
     let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
-    let timers = ["--s2s-refresh", "1s", "--s2s-timeout", "3s", "--cores", "1"];
+    let timers = [
+        "--s2s-refresh",
+        "250ms",
+        "--s2s-timeout",
+        "3s",
+        "--cores",
+        "1",
+    ];
     let routers: Vec<Router> = GRID
         .iter()
         .enumerate()
@@ -593,13 +601,14 @@ fn a_grid_of_routers_carries_every_message_once_across_refreshes() {
     for n in 0..count {
         let sender = &users[rng.below(users.len() as u64) as usize];
         sender.say("Common", &format!("g{n}"));
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
+    let ours = |t: &String| t.starts_with('g');
     for (i, u) in users.iter().enumerate() {
         let mut got = std::collections::HashMap::new();
-        for reply in u.drain() {
-            if let Some(text) = say_text(&reply).filter(|t| t.starts_with('g')) {
-                *got.entry(text.to_string()).or_insert(0) += 1;
+        for text in u.says_until(|texts| texts.iter().filter(|t| ours(t)).count() >= count) {
+            if ours(&text) {
+                *got.entry(text).or_insert(0) += 1;
             }
         }
         let missing: Vec<String> = (0..count)

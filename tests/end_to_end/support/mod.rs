@@ -362,6 +362,24 @@ impl Client {
         panic!("no matching reply within {WAIT:?}");
     }
 
+    /// The texts of the messages that arrive until `enough` says they are enough (or [`WAIT`]
+    /// has passed: the caller's assertion then says what is missing), then of any more that
+    /// arrive before [`QUIET`] passes without one: so a message delivered twice shows, and a
+    /// slow machine only makes it wait.
+    pub fn says_until(&self, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let mut texts = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while !enough(&texts) {
+            let left = deadline.checked_duration_since(Instant::now());
+            match left.and_then(|left| self.recv(left)) {
+                Some(r) => texts.extend(say_text(&r).map(String::from)),
+                None => break,
+            }
+        }
+        texts.extend(self.drain().iter().filter_map(say_text).map(String::from));
+        texts
+    }
+
     /// Everything that arrives until the line is quiet for [`QUIET`].
     pub fn drain(&self) -> Vec<Reply> {
         let mut got = Vec::new();
