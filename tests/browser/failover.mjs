@@ -1,6 +1,6 @@
 // Two pages on two federated routers chat; router A is killed; the page on it reconnects to
 // router B and the conversation goes on with nothing shown twice; then a direct message. Started
-// by tests/browser.rs,
+// by tests/end_to_end/browser.rs,
 // which starts the routers: node failover.mjs WS_A WS_B PID_A ARTIFACTS
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";

@@ -249,7 +249,7 @@ fn triangle_delivers_each_message_exactly_once() {
             }
             sim.run_for(SETTLE);
             // One message at a time, as the course tested (messages that overlap:
-            // tests/federation_soak.rs).
+            // tests/simulations/federation_soak.rs).
             for round in 0..5 {
                 for (c, s) in users {
                     say(&mut sim, c, s, "Common", &format!("{c}-{round}"));
