@@ -179,7 +179,12 @@ fn triangle(cores: &str, io: &str) {
         }
     }
     for u in &users {
-        let extra: Vec<Reply> = u.drain();
+        // A late copy of a probe (sent again until the trees carried one) is no duplicate.
+        let extra: Vec<Reply> = u
+            .drain()
+            .into_iter()
+            .filter(|r| !say_text(r).is_some_and(|t| t.starts_with("probe")))
+            .collect();
         assert!(extra.is_empty(), "no duplicates: {extra:?}");
     }
 }
@@ -194,7 +199,7 @@ fn neighbor_killed_and_restarted(cores: &str, io: &str) {
     b.kill();
     // alice's server keeps serving her while its neighbor is gone.
     alice.say("Common", "alone");
-    assert_eq!(say_text(&alice.expect()), Some("alone"));
+    alice.wait_for(|r| say_text(r) == Some("alone"));
     let b = Router::start(pb, &[pa], &short_timers(cores, io));
     let bob = Client::connect(b.addr(), "bob");
     until_federated(&alice, &bob, "after");
