@@ -1,9 +1,9 @@
-//! DuckChat federation at scale, in the deterministic simulation of `tests/simulations/sim`:
-//! 100 and 1,000 routers in random and tree-like topologies, one user on every router in one
-//! channel. For each, it reports the S2S_SAYs a message costs against the optimum (a spanning tree of the
+//! DuckChat federation at scale, in the deterministic simulation of `tests/simulations/sim`: 100
+//! and 1,000 routers in random and tree-like topologies, one user on every router in one channel.
+//! For each, it reports the S2S_SAYs a message costs against the optimum (a spanning tree of the
 //! subscribed routers: one datagram per router but the origin), how long a join takes to reach
-//! every router, the soft-state traffic per router per refresh period, and how long it takes
-//! after a router dies until a message reaches every user again. Timers are the simulation's
+//! every router, the soft-state traffic per router per refresh period, and how long it takes after
+//! a router dies until a message reaches every user again. Timers are the simulation's
 //! (refresh 5 s, timeout 10 s); the write-up scales them to the defaults (60 s, 120 s).
 //!
 //! `cargo bench --bench federation_scale` prints a table and writes
