@@ -33,9 +33,14 @@ pub struct Delivery {
     pub intact: bool,
 }
 
-pub fn parse_delivery(line: &[u8]) -> Option<Delivery> {
+/// The text of a delivered chat line `<nick> text`.
+pub fn delivered_text(line: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(line).ok()?;
-    let (_, text) = text.strip_prefix('<')?.split_once("> ")?;
+    Some(text.strip_prefix('<')?.split_once("> ")?.1)
+}
+
+pub fn parse_delivery(line: &[u8]) -> Option<Delivery> {
+    let text = delivered_text(line)?;
     let mut fields = text.strip_prefix('M')?.splitn(4, '-');
     let seq = fields.next()?.parse().ok()?;
     let sender = fields.next()?.strip_prefix('S')?.parse().ok()?;

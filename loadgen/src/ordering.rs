@@ -136,7 +136,7 @@ pub fn run(args: &OrderingArgs) -> Result<OrderingResult, LoadError> {
         buf: vec![0u8; 65_536],
     };
     join(&mut clients, &mut net, args.seed)?;
-    settle(&clients, &mut net)?;
+    settle(&clients, n, &mut net)?;
 
     let mut checker = Checker::default();
     for (c, client) in clients.iter().enumerate() {
@@ -323,9 +323,10 @@ fn is_probe(delivery: &[u8]) -> bool {
 }
 
 fn probe_server(delivery: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(delivery).ok()?;
-    let (_, text) = text.strip_prefix('<')?.split_once("> ")?;
-    text.strip_prefix(PROBE)?.parse().ok()
+    check::delivered_text(delivery)?
+        .strip_prefix(PROBE)?
+        .parse()
+        .ok()
 }
 
 /// Waits until the cluster carries a message from every server to every member of every room:
@@ -334,9 +335,8 @@ fn probe_server(delivery: &[u8]) -> Option<usize> {
 /// before a proxy between them) may not have found one another yet, or have given up on a
 /// peer that was not there and not yet admitted it again; a message sent then reaches some
 /// members only, which would be the start's loss counted as the cluster's.
-fn settle(clients: &[Client], net: &mut Net) -> Result<(), LoadError> {
+fn settle(clients: &[Client], servers: usize, net: &mut Net) -> Result<(), LoadError> {
     const LIMIT: Duration = Duration::from_secs(30);
-    let servers = clients.iter().map(|c| c.home + 1).max().unwrap_or(0);
     // By room: the first client on each server, and which servers have one.
     let mut speakers: ahash::AHashMap<u32, Vec<Option<usize>>> = ahash::AHashMap::new();
     for (c, client) in clients.iter().enumerate() {

@@ -192,16 +192,14 @@ fn forward(
                 if n > MAX_DATAGRAM {
                     stats.truncated += 1;
                 }
+                let (bytes, dst) = (&buf[..n.min(MAX_DATAGRAM)], cfg.members[to].bind);
                 let now = Instant::now();
                 let age = crate::io::age_of_last_datagram(socket.as_raw_fd()).unwrap_or_default();
                 let arrived = now.checked_sub(age.min(MAX_AGE)).unwrap_or(now);
                 let due = arrived + Duration::from_nanos(rng.below(span.max(1)));
                 if due <= now {
                     // Waited its delay in the socket already.
-                    if let Some(via) = &sockets[via] {
-                        let _ = via.send_to(&buf[..n.min(MAX_DATAGRAM)], cfg.members[to].bind);
-                        stats.forwarded += 1;
-                    }
+                    send(&sockets, via, bytes, dst, &mut stats);
                     continue;
                 }
                 if bodies.len() >= cfg.max_in_flight {
@@ -215,9 +213,9 @@ fn forward(
                 bodies.insert(
                     next_id,
                     Held {
-                        bytes: buf[..n.min(MAX_DATAGRAM)].to_vec(),
+                        bytes: bytes.to_vec(),
                         via,
-                        dst: cfg.members[to].bind,
+                        dst,
                     },
                 );
                 stats.most_in_flight = stats.most_in_flight.max(bodies.len());
@@ -230,14 +228,25 @@ fn forward(
             }
             held.pop();
             if let Some(h) = bodies.remove(&id) {
-                if let Some(socket) = &sockets[h.via] {
-                    let _ = socket.send_to(&h.bytes, h.dst);
-                    stats.forwarded += 1;
-                }
+                send(&sockets, h.via, &h.bytes, h.dst, &mut stats);
             }
         }
     }
     stats
+}
+
+/// Forwards `bytes` to `dst` from the forwarding address of server `via`.
+fn send(
+    sockets: &[Option<UdpSocket>],
+    via: usize,
+    bytes: &[u8],
+    dst: SocketAddr,
+    stats: &mut ProxyStats,
+) {
+    if let Some(socket) = &sockets[via] {
+        let _ = socket.send_to(bytes, dst);
+        stats.forwarded += 1;
+    }
 }
 
 #[cfg(test)]
