@@ -28,15 +28,19 @@ fn store(c: &mut Criterion) {
         std::fs::create_dir_all(&dir).expect("a data directory");
         let limits = StoreLimits {
             users: u64::MAX,
+            users_per_source: u64::MAX,
             per_user: u64::MAX,
+            per_sender: u64::MAX,
+            per_source: u64::MAX,
             total: u64::MAX,
         };
+        let source = std::net::IpAddr::from([127, 0, 0, 1]);
         let store =
             Store::open(&dir.join("bench.redb"), limits, group_commit, false).expect("a store");
         runtime.block_on(async {
             for i in 0..CONCURRENT {
-                store.register(format!("s{i}")).await;
-                store.register(format!("r{i}")).await;
+                store.register(format!("s{i}"), None, source).await;
+                store.register(format!("r{i}"), None, source).await;
             }
         });
         group.bench_function(format!("{CONCURRENT} concurrent SENDs, {name}"), |b| {
@@ -48,7 +52,9 @@ fn store(c: &mut Criterion) {
                         tasks.spawn(async move {
                             for n in 0..SENDS / CONCURRENT {
                                 let to = format!("r{}", (i + n) % CONCURRENT);
-                                let sent = store.send(format!("s{i}"), to, "x".repeat(40)).await;
+                                let sent = store
+                                    .send(format!("s{i}"), to, "x".repeat(40), source)
+                                    .await;
                                 assert!(matches!(sent, Some(SendOutcome::Stored { .. })));
                             }
                         });

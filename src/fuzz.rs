@@ -150,7 +150,7 @@ pub fn engine(data: &[u8]) {
         });
         if stranger && !shards[home].has_session(&src) {
             assert!(
-                sent_to_src <= datagram.len(),
+                sent_to_src <= crate::engine::AMPLIFICATION * datagram.len(),
                 "{sent_to_src} bytes to a stranger for {datagram:?}"
             );
         }

@@ -14,6 +14,7 @@ use crate::mailbox::{self, MailboxConfig, MailboxServer};
 use crate::mesh::Outgoing;
 use crate::metrics::{self, MetricsServer, Sources};
 use crate::pinned::{Pinned, Start};
+use crate::proto::Name;
 use crate::web::bridge::{Bridge, StreamEvent};
 use crate::web::{self, WebConfig, WebServer};
 use crossbeam_queue::ArrayQueue;
@@ -302,6 +303,24 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         ))
     });
     engine_cfg.mailbox = link.is_some();
+    // The store opens first: the shards begin knowing which names are accounts.
+    let opened = match &cfg.mailbox {
+        Some(mailbox_cfg) => {
+            let opened = mailbox::open(mailbox_cfg).map_err(|source| RuntimeError::Mailbox {
+                addr: mailbox_cfg.listen,
+                source,
+            })?;
+            engine_cfg.accounts = Arc::new(
+                opened
+                    .account_names()
+                    .iter()
+                    .map(|n| Name::truncating(n.as_bytes()))
+                    .collect(),
+            );
+            Some(opened)
+        }
+        None => None,
+    };
     let epoch = Instant::now();
     engine_cfg.epoch_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -361,8 +380,12 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         },
         _ => None,
     };
-    let mailbox = match (&cfg.mailbox, link) {
-        (Some(mailbox_cfg), Some(link)) => match mailbox::start(mailbox_cfg.clone(), link) {
+    let mailbox = match (&cfg.mailbox, link, opened) {
+        (Some(mailbox_cfg), Some(link), Some(opened)) => match mailbox::start(
+            mailbox_cfg.clone(),
+            opened,
+            link,
+        ) {
             Ok(server) => Some(server),
             Err(source) => {
                 shared.halt();

@@ -14,8 +14,10 @@ use super::answers;
 use super::budget::ReplyBudget;
 use super::frontend::{self, Command, Decoded, Delivery, Done, Protocol, Refusal, View};
 use super::members::Members;
+use super::logins::Claim;
 use super::sessions::{Key, SessionId, Sessions};
 use super::{Chat, DropReason, Endpoint, Engine, Limits, Origin, Outbox, ShardMsg, Stamp};
+use super::AMPLIFICATION;
 use crate::proto::{self, Name, Nick};
 use ahash::AHashMap;
 use smallvec::SmallVec;
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 pub(super) struct Session {
     pub(super) name: Nick,
-    channels: SmallVec<[Name; 4]>,
+    pub(super) channels: SmallVec<[Name; 4]>,
     /// Requests refused since the last one that succeeded.
     errors_in_a_row: u32,
     /// A LIST or WHO answer to this session is waiting for reply budget: another LIST or WHO
@@ -34,6 +36,16 @@ pub(super) struct Session {
     pub(super) who_waiting: bool,
     /// The mailbox knows this session by its name (see [`Engine::announce_name`]).
     pub(super) known_to_mailbox: bool,
+    /// The session's name is an account it signed in to ([`super::accounts`]).
+    pub(super) signed_in: bool,
+    /// The session's address has shown it receives: a connection, or a datagram session that
+    /// sent back its code ([`super::accounts`]).
+    pub(super) confirmed: bool,
+    /// The session holds its name at the name's owner ([`super::logins`]); a name given after
+    /// the session's address is held by no one.
+    pub(super) claimed: bool,
+    /// A name the session asked for and its owner has not answered yet.
+    pub(super) pending_name: Option<Nick>,
 }
 
 /// The members of one channel that this shard is home to, by protocol: each list gets one
@@ -251,8 +263,16 @@ impl Engine {
         command: Command<'_>,
         out: &mut Outbox,
     ) -> Result<Done, Refusal> {
-        if let Command::Login { name } = command {
-            return self.login(now, id, key, name, out);
+        match command {
+            Command::Login { name } => return self.login(now, id, key, name, out),
+            Command::Register { name, password } => {
+                return self.ask_account(now, id, key, (name, password), true, out)
+            }
+            Command::SignIn { name, password } => {
+                return self.ask_account(now, id, key, (name, password), false, out)
+            }
+            Command::Confirm { code } => return self.confirm(now, id, key, code, out),
+            _ => {}
         }
         if let Command::Unknown = command {
             self.counters.decode_errors.inc();
@@ -268,7 +288,10 @@ impl Engine {
             (None, _) => return Err(Refusal::NotLoggedIn),
         };
         match command {
-            Command::Login { .. } => unreachable!("handled above"),
+            Command::Login { .. }
+            | Command::Register { .. }
+            | Command::SignIn { .. }
+            | Command::Confirm { .. } => unreachable!("handled above"),
             Command::Quit => {
                 self.close(id, out);
                 Ok(Done::Quit)
@@ -361,7 +384,9 @@ impl Engine {
                 }
             }
             Some(_) => {}
-            None if bytes.len() > request_len => return self.counters.errors_suppressed.inc(),
+            None if bytes.len() > AMPLIFICATION * request_len => {
+                return self.counters.errors_suppressed.inc()
+            }
             None => {}
         }
         self.send_reply(now, key.0, bytes, error, out);
@@ -401,7 +426,10 @@ impl Engine {
         allowed
     }
 
-    /// A new session, or a new name for the session there is.
+    /// A new session, or a new name for the session there is. An account's name is refused
+    /// unless the session is signed in to it. A DuckChat login takes its name at once (the
+    /// name's owner logs out whoever held it); a text or web session is renamed when the
+    /// name's owner grants it ([`Engine::name_answer`]), which is when it is answered.
     fn login(
         &mut self,
         now: Duration,
@@ -414,10 +442,38 @@ impl Engine {
             self.counters.dropped(DropReason::BadName);
             return Err(Refusal::BadUserName);
         }
+        let session = id.and_then(|id| self.clients.sessions.get(id));
+        if let Some(session) = session.filter(|s| s.signed_in) {
+            return match session.name == name {
+                true => Ok(Done::Named(name)),
+                false => Err(Refusal::SignedInAs(session.name)),
+            };
+        }
+        if self.accounts.is_account(name.as_bytes()) {
+            self.counters.dropped(DropReason::NameRegistered);
+            return Err(Refusal::NameRegistered(name));
+        }
+        if key.1.default_name(key.0).is_some() {
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let default = key.1.default_name(key.0).unwrap_or(name);
+                    self.open(now, key, default, out)?
+                }
+            };
+            if let Some(session) = self.clients.sessions.get_mut(id) {
+                session.pending_name = Some(name);
+            }
+            self.claim_name(id, Name::truncating(name.as_bytes()), Claim::FirstWins, out);
+            return Ok(Done::Nothing);
+        }
+        // DuckChat: the name is the session's now.
         let Some(session) = id.and_then(|id| self.clients.sessions.get_mut(id)) else {
             let id = self.open(now, key, name, out)?;
-            self.announce_name(id, false, out);
-            self.claim_name(id, key.1, None, Name::truncating(name.as_bytes()), out);
+            if let Some(session) = self.clients.sessions.get_mut(id) {
+                session.claimed = true;
+            }
+            self.claim_name(id, Name::truncating(name.as_bytes()), Claim::LastWins, out);
             return Ok(Done::Named(name));
         };
         // A second login renames; owners update their WHO lists.
@@ -428,15 +484,89 @@ impl Engine {
             for channel in channels {
                 self.member_joined_at_owner(channel, id, name, key.1, out);
             }
-            self.announce_name(id, false, out);
-            self.claim_name(id, key.1, Some(old), Name::truncating(name.as_bytes()), out);
+            let new = Name::truncating(name.as_bytes());
+            if old != new {
+                self.release_name(id, old, out);
+            }
+            self.claim_name(id, new, Claim::LastWins, out);
         }
         Ok(Done::Named(name))
     }
 
+    /// The owner of `name` answered session `id`'s claim. A text or web session waiting for it
+    /// is renamed and told, or told why not; a DuckChat session refused its name (an account
+    /// was created as it logged in) is logged out. A grant nobody waits for any more is given
+    /// back.
+    pub(super) fn name_answer(
+        &mut self,
+        now: Duration,
+        id: SessionId,
+        name: Name,
+        granted: bool,
+        out: &mut Outbox,
+    ) {
+        let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
+            if granted {
+                self.release_name(id, name, out);
+            }
+            return;
+        };
+        let Some(session) = self.clients.sessions.get_mut(id) else {
+            return;
+        };
+        let waited = session
+            .pending_name
+            .filter(|p| Name::truncating(p.as_bytes()) == name);
+        let Some(nick) = waited else {
+            let holds = session.claimed && Name::truncating(session.name.as_bytes()) == name;
+            let refusal = Refusal::NameRegistered(session.name);
+            match (granted, holds) {
+                (true, false) => self.release_name(id, name, out),
+                (false, true) => {
+                    session.claimed = false; // the owner holds it for someone else now
+                    let mut buf = [0u8; frontend::MAX_REPLY];
+                    if let Some(len) = protocol.encode_refusal(&refusal, &mut buf) {
+                        self.send_reply(now, endpoint, &buf[..len], true, out);
+                    }
+                    self.counters.logins_replaced.inc();
+                    self.close(id, out);
+                }
+                _ => {}
+            }
+            return;
+        };
+        session.pending_name = None;
+        let mut buf = [0u8; frontend::MAX_REPLY];
+        let answer = if granted {
+            let old = session
+                .claimed
+                .then(|| Name::truncating(session.name.as_bytes()));
+            session.name = nick;
+            session.claimed = true;
+            let channels = session.channels.clone();
+            for channel in channels {
+                self.member_joined_at_owner(channel, id, nick, protocol, out);
+            }
+            self.announce_name(id, false, out);
+            if let Some(old) = old.filter(|old| *old != name) {
+                self.release_name(id, old, out);
+            }
+            protocol.encode_done(&Done::Named(nick), &mut buf)
+        } else {
+            let refusal = match self.accounts.is_account(nick.as_bytes()) {
+                true => Refusal::NameRegistered(nick),
+                false => Refusal::NameTaken(nick),
+            };
+            protocol.encode_refusal(&refusal, &mut buf)
+        };
+        if let Some(len) = answer {
+            self.send_reply(now, endpoint, &buf[..len], !granted, out);
+        }
+    }
+
     /// Begins a session: refused (counted) when its IP address holds its maximum; when the
     /// table is full, the longest-silent session makes room (counted).
-    fn open(
+    pub(super) fn open(
         &mut self,
         now: Duration,
         key: Key,
@@ -461,6 +591,10 @@ impl Engine {
             list_waiting: false,
             who_waiting: false,
             known_to_mailbox: false,
+            signed_in: false,
+            confirmed: !key.0.spoofable(),
+            claimed: false,
+            pending_name: None,
         };
         let id = self.clients.sessions.insert(key, now, session);
         if let Some(channel) = key.1.auto_join() {
@@ -498,10 +632,13 @@ impl Engine {
     /// Removes the session from every channel and forgets it.
     fn close(&mut self, id: SessionId, out: &mut Outbox) {
         self.announce_name(id, true, out);
-        let Some(((endpoint, protocol), session)) = self.clients.sessions.remove(id) else {
+        let Some(((endpoint, _), session)) = self.clients.sessions.remove(id) else {
             return;
         };
-        self.release_name(id, protocol, Name::truncating(session.name.as_bytes()), out);
+        if session.claimed {
+            self.release_name(id, Name::truncating(session.name.as_bytes()), out);
+        }
+        // A name still pending is given back when its grant finds no session.
         self.clients.release(endpoint.ip());
         for channel in session.channels {
             self.part(id, channel, out);
@@ -552,7 +689,7 @@ impl Engine {
     }
 
     /// Tells the owner of `channel` that the session is a member named `name` (or renamed).
-    fn member_joined_at_owner(
+    pub(super) fn member_joined_at_owner(
         &mut self,
         channel: Name,
         session: SessionId,

@@ -108,10 +108,12 @@ pub enum DropReason {
     /// A cluster server's frame no longer kept for passing on (its retention budget was full):
     /// if that server crashes, a survivor may miss a message others delivered.
     Retention,
+    /// A login or nick under an account's name by a session not signed in to it.
+    NameRegistered,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::NotNeighbor,
         DropReason::QueueFull,
         DropReason::SendFailed,
@@ -131,6 +133,7 @@ impl DropReason {
         DropReason::Forged,
         DropReason::Stale,
         DropReason::Retention,
+        DropReason::NameRegistered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -154,6 +157,7 @@ impl DropReason {
             DropReason::Forged => "forged",
             DropReason::Stale => "stale",
             DropReason::Retention => "retention",
+            DropReason::NameRegistered => "name_registered",
         }
     }
 }
@@ -174,7 +178,8 @@ pub struct Counters {
     pub users_expired: Counter,
     /// Sessions logged out to make room for a newcomer in a full table.
     pub sessions_evicted: Counter,
-    /// DuckChat sessions logged out because a later login took their name.
+    /// Sessions logged out because a later login took their name, or an account was made of
+    /// it.
     pub logins_replaced: Counter,
     pub neighbors_expired: Counter,
     /// Cluster servers excluded (silent, restarted, or excluded by another), and times this

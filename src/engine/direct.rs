@@ -3,14 +3,26 @@
 //! answers, pushes direct messages and reports deliveries back to the session's home shard
 //! ([`FromMailbox`]). The store and its disk stay on the mailbox's thread: a shard only queues.
 
+use super::accounts::AccountOutcome;
 use super::frontend::{self, DirectEvent, Refusal};
 use super::{Engine, Outbox, SessionId};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// A mailbox user name is 1 to this many bytes (the original service's limit).
 pub const MAX_USER: usize = 49;
 /// A direct message is 1 to this many bytes of UTF-8.
 pub const MAX_TEXT: usize = 255;
+
+/// A password on its way to the accounts: never written to a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
 
 /// What a shard asks of the mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,12 +33,33 @@ pub enum ToMailbox {
         from: String,
         to: String,
         text: String,
+        /// The session's address, for the store's quotas per source network.
+        source: IpAddr,
+        /// The session has shown it receives, so the message may be stored (see
+        /// [`super::accounts`]); otherwise it can only be handed to a recipient online now.
+        may_store: bool,
     },
     /// The session goes by `name` from now on, or (`None`) no longer takes direct messages:
     /// it ended or took a name the mailbox cannot know.
     Named {
         session: SessionId,
         name: Option<String>,
+        /// The session is signed in to the account `name`.
+        signed_in: bool,
+    },
+    /// Create the account `name` for the session and sign it in.
+    Register {
+        session: SessionId,
+        name: String,
+        password: Secret,
+        source: IpAddr,
+    },
+    /// Sign the session in to the account `name`.
+    SignIn {
+        session: SessionId,
+        name: String,
+        password: Secret,
+        source: IpAddr,
     },
     /// Whether the event that carried `token` reached its session (false: it had ended).
     Handed { token: u64, delivered: bool },
@@ -35,7 +68,13 @@ pub enum ToMailbox {
 impl ToMailbox {
     /// Membership in the mailbox's directory must not be lost; a send may be refused.
     pub fn is_control(&self) -> bool {
-        matches!(self, ToMailbox::Named { .. } | ToMailbox::Handed { .. })
+        matches!(
+            self,
+            ToMailbox::Named { .. }
+                | ToMailbox::Handed { .. }
+                | ToMailbox::Register { .. }
+                | ToMailbox::SignIn { .. }
+        )
     }
 }
 
@@ -54,6 +93,9 @@ pub enum DirectOutcome {
     Busy,
     /// The store could not write it.
     Failed,
+    /// The recipient is registered and not online, and the session has not shown it receives,
+    /// so nothing may be stored for it.
+    Unconfirmed,
 }
 
 /// What the mailbox sends a session.
@@ -81,21 +123,34 @@ pub enum FromMailbox {
         id: u32,
         token: u64,
     },
+    /// The answer to the session's [`ToMailbox::Register`] or [`ToMailbox::SignIn`].
+    Account {
+        session: SessionId,
+        name: String,
+        outcome: AccountOutcome,
+    },
+    /// To every shard: `name` is an account now (registered by session `by`).
+    AccountCreated { name: String, by: SessionId },
 }
 
 impl FromMailbox {
-    pub fn session(&self) -> SessionId {
+    /// The session the event is for; `None` for one every shard gets.
+    pub fn session(&self) -> Option<SessionId> {
         match self {
             FromMailbox::Sent { session, .. }
             | FromMailbox::Message { session, .. }
-            | FromMailbox::Delivered { session, .. } => *session,
+            | FromMailbox::Delivered { session, .. }
+            | FromMailbox::Account { session, .. } => Some(*session),
+            FromMailbox::AccountCreated { .. } => None,
         }
     }
 
     /// The token to report back with, for events the mailbox waits on.
     fn token(&self) -> Option<u64> {
         match self {
-            FromMailbox::Sent { .. } => None,
+            FromMailbox::Sent { .. }
+            | FromMailbox::Account { .. }
+            | FromMailbox::AccountCreated { .. } => None,
             FromMailbox::Message { token, .. } | FromMailbox::Delivered { token, .. } => {
                 Some(*token)
             }
@@ -138,11 +193,18 @@ impl Engine {
         let Some(session) = self.clients.sessions.get(id) else {
             return Err(Refusal::NotLoggedIn);
         };
+        let source = self
+            .clients
+            .sessions
+            .key(id)
+            .map_or(IpAddr::from([0, 0, 0, 0]), |(endpoint, _)| endpoint.ip());
         out.ask_mailbox(ToMailbox::Send {
             session: id,
             from: String::from_utf8_lossy(session.name.as_bytes()).into_owned(),
             to: String::from_utf8_lossy(to).into_owned(),
             text: String::from_utf8_lossy(text).into_owned(),
+            source,
+            may_store: session.confirmed,
         });
         Ok(frontend::Done::Nothing)
     }
@@ -167,12 +229,31 @@ impl Engine {
             return;
         }
         session.known_to_mailbox = name.is_some();
-        out.ask_mailbox(ToMailbox::Named { session: id, name });
+        let signed_in = session.signed_in;
+        out.ask_mailbox(ToMailbox::Named {
+            session: id,
+            name,
+            signed_in,
+        });
     }
 
     /// What the mailbox sends one of this shard's sessions (an answer, a direct message, a
     /// delivery report), written in its protocol; nothing when the session has ended since.
     pub fn mailbox_event(&mut self, now: Duration, event: FromMailbox, out: &mut Outbox) {
+        let event = match event {
+            FromMailbox::Account {
+                session,
+                name,
+                outcome,
+            } => return self.account_answer(now, session, &name, outcome, out),
+            FromMailbox::AccountCreated { name, by } => {
+                return self.account_created(&name, by, out)
+            }
+            event => event,
+        };
+        let Some(id) = event.session() else {
+            return;
+        };
         if let FromMailbox::Sent {
             outcome: DirectOutcome::Busy,
             ..
@@ -180,7 +261,6 @@ impl Engine {
         {
             self.counters.dropped(super::DropReason::MailboxBusy);
         }
-        let id = event.session();
         let delivered = match self.clients.sessions.key(id) {
             None => false,
             Some((endpoint, protocol)) => {
@@ -197,9 +277,22 @@ impl Engine {
                         unix_ms,
                     },
                     FromMailbox::Delivered { id, .. } => DirectEvent::Delivered { id: *id },
+                    FromMailbox::Account { .. } | FromMailbox::AccountCreated { .. } => {
+                        unreachable!("handled above")
+                    }
                 };
                 let mut buf = [0u8; frontend::SCRATCH];
-                if let Some(len) = protocol.encode_direct(&shown, &mut buf) {
+                let encoded = match shown {
+                    DirectEvent::Sent {
+                        outcome: DirectOutcome::Unconfirmed,
+                        ..
+                    } => {
+                        let refusal = Refusal::Unconfirmed(self.accounts.code(endpoint));
+                        protocol.encode_refusal(&refusal, &mut buf)
+                    }
+                    _ => protocol.encode_direct(&shown, &mut buf),
+                };
+                if let Some(len) = encoded {
                     match shown {
                         // An answer to the session's own request, charged like every reply.
                         DirectEvent::Sent { outcome, .. } => {

@@ -42,6 +42,7 @@
 //! no message in flight, the shards agree ([`check_agreement`]) and each holds no more than
 //! its [`Limits`] allow ([`Engine::census`]).
 
+pub mod accounts;
 mod answers;
 mod budget;
 mod channels;
@@ -150,8 +151,11 @@ pub struct Config {
     /// timestamps front-ends write; the runtime sets it (the engine never reads a clock).
     pub epoch_unix_ms: u64,
     /// A mailbox runs beside the shards: text and web sessions send and receive direct
-    /// messages ([`direct`]).
+    /// messages ([`direct`]) and have accounts ([`accounts`]).
     pub mailbox: bool,
+    /// The names that were accounts when the server started (the shards learn of later ones
+    /// from the mailbox).
+    pub accounts: Arc<ahash::AHashSet<Name>>,
 }
 
 impl Config {
@@ -166,6 +170,7 @@ impl Config {
             hash_seeds: [0x5eed, 1, 2, 3],
             epoch_unix_ms: 0,
             mailbox: false,
+            accounts: Arc::default(),
         }
     }
 
@@ -340,10 +345,17 @@ pub enum ShardMsg {
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
     ChannelRemoved(Name),
-    /// Home -> the name's owner: a DuckChat session logged in as `name` ([`logins`]).
+    /// Home -> the name's owner: a session takes `name` ([`logins`]).
     ClaimName {
         name: Name,
         session: SessionId,
+        claim: logins::Claim,
+    },
+    /// The name's owner -> home: whether the session's claim of `name` was granted.
+    NameAnswer {
+        name: Name,
+        session: SessionId,
+        granted: bool,
     },
     /// Home -> the name's owner: the session goes by `name` no more.
     ReleaseName {
@@ -376,6 +388,7 @@ impl ShardMsg {
             | ShardMsg::ChannelRemoved(_)
             | ShardMsg::NeighborFormat { .. }
             | ShardMsg::ClaimName { .. }
+            | ShardMsg::NameAnswer { .. }
             | ShardMsg::ReleaseName { .. }
             | ShardMsg::LoggedInElsewhere(_) => true,
             ShardMsg::FromNeighbor { s2s, .. } => !matches!(s2s, S2s::Say { .. }),
@@ -409,11 +422,16 @@ impl ShardMsg {
             ShardMsg::NeighborFormat { .. }
             | ShardMsg::FromPeer { .. }
             | ShardMsg::ClaimName { .. }
+            | ShardMsg::NameAnswer { .. }
             | ShardMsg::ReleaseName { .. }
             | ShardMsg::LoggedInElsewhere(_) => return None,
         })
     }
 }
+
+/// A source without a session (which has not shown it receives) gets at most this many times
+/// the bytes of its request in reply: QUIC's anti-amplification factor.
+pub const AMPLIFICATION: usize = 3;
 
 /// What one shard holds: everything the network can make it remember, counted, so that tests
 /// and fuzzing can check it against the [`Limits`].
@@ -541,6 +559,7 @@ pub struct Engine {
     clients: clients::Clients,
     channels: channels::Channels,
     logins: logins::Logins,
+    accounts: accounts::Accounts,
     timers: timers::Timers,
 }
 
@@ -594,6 +613,11 @@ impl Engine {
             }
             Federation::Group(cluster) => Strategy::Group(group::Group::new(cluster, shard, now)),
         };
+        let mut code_key = [0u8; 32];
+        for chunk in code_key.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        let accounts = accounts::Accounts::new(cfg.accounts.clone(), code_key);
         let mut engine = Self {
             shard,
             shards,
@@ -610,6 +634,7 @@ impl Engine {
             },
             channels: channels::Channels::new(shards),
             logins: logins::Logins::default(),
+            accounts,
             timers,
             owner_hash,
             cfg,
@@ -811,7 +836,16 @@ impl Engine {
                 }
             }
             ShardMsg::NeighborFormat { neighbor, format } => self.set_format(neighbor, format),
-            ShardMsg::ClaimName { name, session } => self.name_claimed(name, session, out),
+            ShardMsg::ClaimName {
+                name,
+                session,
+                claim,
+            } => self.name_claimed(name, session, claim, out),
+            ShardMsg::NameAnswer {
+                name,
+                session,
+                granted,
+            } => self.name_answer(now, session, name, granted, out),
             ShardMsg::ReleaseName { name, session } => self.name_released(name, session),
             ShardMsg::LoggedInElsewhere(session) => self.logged_in_elsewhere(session, out),
         }

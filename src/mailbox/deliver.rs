@@ -205,6 +205,16 @@ pub(super) async fn to_shard(shared: &Shared, mut event: FromMailbox) -> bool {
     }
 }
 
+/// An event for every shard, queued on each however long that takes: what it says (a new
+/// account) must never be lost.
+pub(super) async fn to_every_shard(shared: &Shared, event: &FromMailbox) {
+    for shard in 0..shared.link.shards() {
+        while shared.link.to_shard_at(shard, event.clone()).is_err() {
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
 /// A push, counted: true when it went.
 async fn push_counted(shared: &Shared, addr: SocketAddr, bytes: &[u8]) -> bool {
     let ok = push_to(addr, bytes).await.is_ok();

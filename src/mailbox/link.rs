@@ -51,13 +51,24 @@ impl Link {
 
     /// An event for a session, queued for its home shard; given back when that queue is full.
     pub(super) fn to_shard(&self, event: FromMailbox) -> Result<(), FromMailbox> {
-        let shard = usize::from(event.session().home);
+        match event.session() {
+            Some(session) => self.to_shard_at(usize::from(session.home), event),
+            None => Ok(()), // for every shard: see `to_shard_at`
+        }
+    }
+
+    /// An event for shard `shard`; given back when its queue is full.
+    pub(super) fn to_shard_at(&self, shard: usize, event: FromMailbox) -> Result<(), FromMailbox> {
         let Some(queue) = self.to_shards.get(shard) else {
             return Ok(()); // no such shard: no such session either
         };
         queue.push(event)?;
         (self.wake_shard)(shard);
         Ok(())
+    }
+
+    pub(super) fn shards(&self) -> usize {
+        self.to_shards.len()
     }
 
     /// The next event for shard `shard`.

@@ -5,6 +5,7 @@
 //! engine's queues ([`link`]): their sessions send direct messages and, by the names they take,
 //! are where users are online too ([`presence`]): one namespace. The shards never wait on it.
 
+mod accounts;
 mod deliver;
 pub mod link;
 mod presence;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::{SendOutcome, Store, StoreLimits};
+use store::{Registered, SendOutcome, Store, StoreLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -52,11 +53,7 @@ impl MailboxConfig {
             data_dir,
             group_commit: true,
             two_phase: false,
-            limits: StoreLimits {
-                users: 100_000,
-                per_user: 10_000,
-                total: 1_000_000,
-            },
+            limits: StoreLimits::DEFAULT,
         }
     }
 }
@@ -107,9 +104,15 @@ struct Shared {
     /// Events handed to shards, waiting for word that their session took them.
     handoffs: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     tokens: AtomicU64,
+    accounts: Mutex<accounts::Accounts>,
+    hashers: accounts::Hashers,
 }
 
 impl Shared {
+    fn accounts(&self) -> std::sync::MutexGuard<'_, accounts::Accounts> {
+        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
         self.presence.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -136,9 +139,21 @@ impl MailboxServer {
     }
 }
 
-/// Opens the store and binds `cfg.listen` (errors are reported here), then starts the thread,
-/// which also serves the shards' requests on `link`.
-pub fn start(cfg: MailboxConfig, link: Arc<Link>) -> std::io::Result<MailboxServer> {
+/// The store, opened before the shards start: they begin with its accounts' names.
+pub struct Opened {
+    store: Store,
+    accounts: Vec<String>,
+}
+
+impl Opened {
+    /// The names that are accounts.
+    pub fn account_names(&self) -> &[String] {
+        &self.accounts
+    }
+}
+
+/// Opens (or creates) the store under `cfg.data_dir`.
+pub fn open(cfg: &MailboxConfig) -> std::io::Result<Opened> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let store = Store::open(
         &cfg.data_dir.join("mailbox.redb"),
@@ -147,6 +162,18 @@ pub fn start(cfg: MailboxConfig, link: Arc<Link>) -> std::io::Result<MailboxServ
         cfg.two_phase,
     )
     .map_err(std::io::Error::other)?;
+    let accounts = store.account_names().map_err(std::io::Error::other)?;
+    Ok(Opened { store, accounts })
+}
+
+/// Binds `cfg.listen` (errors are reported here), then starts the thread, which also serves
+/// the shards' requests on `link`.
+pub fn start(
+    cfg: MailboxConfig,
+    opened: Opened,
+    link: Arc<Link>,
+) -> std::io::Result<MailboxServer> {
+    let Opened { store, accounts } = opened;
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -160,6 +187,8 @@ pub fn start(cfg: MailboxConfig, link: Arc<Link>) -> std::io::Result<MailboxServ
         delivering: Mutex::new(HashMap::new()),
         handoffs: Mutex::new(HashMap::new()),
         tokens: AtomicU64::new(0),
+        accounts: Mutex::new(accounts::Accounts::new(accounts)),
+        hashers: accounts::Hashers::default(),
     });
     let thread = Background::start("mailbox", move || async move {
         if let Ok(listener) = TcpListener::from_std(listener) {
@@ -227,14 +256,19 @@ async fn read_request(conn: &mut TcpStream) -> Option<Request> {
     }
 }
 
+/// Carries out one request of the original protocol. It has no password: its REGISTER makes
+/// an open account, and what would act as an account (a password-protected name) is refused:
+/// CONNECT and DISCONNECT answer 3, UNREGISTER and SEND from it answer 2.
 async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> Vec<u8> {
     let store = &shared.store;
+    let account = |user: &str| shared.accounts().is_account(user);
     let code = match request {
-        Request::Register { user } => match store.register(user).await {
-            Some(true) => reply::OK,
-            Some(false) => reply::ONE,
-            None => reply::TWO,
+        Request::Register { user } => match store.register(user, None, peer.ip()).await {
+            Some(Registered::Done) => reply::OK,
+            Some(Registered::Taken) => reply::ONE,
+            Some(Registered::Full) | None => reply::TWO,
         },
+        Request::Unregister { user } if account(&user) => reply::TWO,
         Request::Unregister { user } => {
             shared.presence().disconnect(&user, None);
             shared
@@ -247,6 +281,9 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
                 Some(false) => reply::ONE,
                 None => reply::TWO,
             }
+        }
+        Request::Connect { user, .. } | Request::Disconnect { user } if account(&user) => {
+            reply::FAILURE
         }
         Request::Connect { user, port } => match store.is_registered(&user) {
             Ok(false) => reply::ONE,
@@ -274,17 +311,20 @@ async fn carry_out(request: Request, peer: SocketAddr, shared: &Arc<Shared>) -> 
                 false => reply::TWO,
             },
         },
-        Request::Send { from, to, text } => match store.send(from, to.clone(), text).await {
-            Some(SendOutcome::Stored { id, .. }) => {
-                shared.presence().wake(&to);
-                let mut answer = vec![reply::OK];
-                answer.extend_from_slice(id.to_string().as_bytes());
-                answer.push(0);
-                return answer;
+        Request::Send { from, .. } if account(&from) => reply::TWO,
+        Request::Send { from, to, text } => {
+            match store.send(from, to.clone(), text, peer.ip()).await {
+                Some(SendOutcome::Stored { id, .. }) => {
+                    shared.presence().wake(&to);
+                    let mut answer = vec![reply::OK];
+                    answer.extend_from_slice(id.to_string().as_bytes());
+                    answer.push(0);
+                    return answer;
+                }
+                Some(SendOutcome::UnknownUser) => reply::ONE,
+                Some(SendOutcome::Full) | None => reply::TWO,
             }
-            Some(SendOutcome::UnknownUser) => reply::ONE,
-            Some(SendOutcome::Full) | None => reply::TWO,
-        },
+        }
     };
     vec![code]
 }
@@ -296,7 +336,13 @@ async fn serve_shards(shared: Arc<Shared>) {
         let woken = shared.link.mailbox_wake.notified();
         while let Some(request) = shared.link.next_for_mailbox() {
             match request {
-                ToMailbox::Named { session, name } => {
+                ToMailbox::Named {
+                    session,
+                    name,
+                    signed_in,
+                } => {
+                    // An account's mail reaches only the sessions signed in to it.
+                    let name = name.filter(|n| signed_in || !shared.accounts().is_account(n));
                     let arrived = shared.presence().named(session, name);
                     if let Some(arrived) = arrived {
                         deliver::spawn(&shared, arrived);
@@ -307,19 +353,79 @@ async fn serve_shards(shared: Arc<Shared>) {
                         let _ = waiting.send(delivered);
                     }
                 }
+                ToMailbox::Register {
+                    session,
+                    name,
+                    password,
+                    source,
+                } => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let outcome =
+                            accounts::register(&shared, session, name.clone(), password, source)
+                                .await;
+                        let answer = FromMailbox::Account {
+                            session,
+                            name,
+                            outcome,
+                        };
+                        deliver::to_shard(&shared, answer).await;
+                    });
+                }
+                ToMailbox::SignIn {
+                    session,
+                    name,
+                    password,
+                    source,
+                } => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let outcome =
+                            accounts::sign_in(&shared, name.clone(), password, source).await;
+                        let answer = FromMailbox::Account {
+                            session,
+                            name,
+                            outcome,
+                        };
+                        deliver::to_shard(&shared, answer).await;
+                    });
+                }
                 ToMailbox::Send {
                     session,
                     from,
                     to,
                     text,
+                    source,
+                    may_store,
                 } => {
                     shared.counters.session_sends.fetch_add(1, Relaxed);
-                    let stored =
-                        shared
-                            .store
-                            .send_from_session(from.clone(), to.clone(), text.clone());
+                    // From a session that has not shown it receives, nothing is stored: a
+                    // registered recipient gets it only if it is online now.
+                    let registered = shared.store.is_registered(&to);
+                    let stored = match (may_store, registered) {
+                        (false, Ok(true)) => None,
+                        _ => Some(shared.store.send_from_session(
+                            from.clone(),
+                            to.clone(),
+                            text.clone(),
+                            source,
+                        )),
+                    };
                     let shared = shared.clone();
                     tokio::spawn(async move {
+                        let Some(stored) = stored else {
+                            let outcome = match deliver_live(&shared, &from, &to, &text).await {
+                                DirectOutcome::NoSuchUser => DirectOutcome::Unconfirmed,
+                                delivered => delivered,
+                            };
+                            let answer = FromMailbox::Sent {
+                                session,
+                                to,
+                                outcome,
+                            };
+                            deliver::to_shard(&shared, answer).await;
+                            return;
+                        };
                         let outcome = match stored {
                             None => DirectOutcome::Busy,
                             Some(stored) => match stored.await {

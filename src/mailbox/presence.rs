@@ -152,6 +152,18 @@ impl Presence {
         arrived
     }
 
+    /// `user` became an account: the sessions that went by its name (none of them signed in
+    /// to it) no longer reach it.
+    pub(super) fn forget_sessions(&mut self, user: &str) {
+        let Some(online) = self.online.get_mut(user) else {
+            return;
+        };
+        for session in std::mem::take(&mut online.targets.sessions) {
+            self.names.remove(&session);
+        }
+        self.settle(user);
+    }
+
     /// Users online and sessions known, for checks.
     #[cfg(test)]
     fn sizes(&self) -> (usize, usize) {

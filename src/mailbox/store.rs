@@ -1,7 +1,8 @@
 //! The mailbox's durable state in an embedded database (redb: pure Rust, ACID, crash-safe
-//! copy-on-write B-trees, no C to build): registered users and stored messages, each message
-//! under its recipient and a sequence number, so a recipient's messages come back in the order
-//! they were sent. One writer thread takes every change and applies whatever has queued up in
+//! copy-on-write B-trees, no C to build): registered users, the password hashes of those who
+//! are accounts, and stored messages, each message under its recipient and a sequence number, so
+//! a recipient's messages come back in the order they were sent. What one sender or one source
+//! network holds is counted ([`quota`]), so no one source can spend a global limit. One writer thread takes every change and applies whatever has queued up in
 //! one transaction with one flush (group commit); a request is answered only after its
 //! transaction is on disk. Readers use their own read transactions and never wait for it.
 
@@ -19,6 +20,17 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ACKS: TableDefinition<(&str, u64), u32> = TableDefinition::new("acks");
 /// recipient -> messages stored for it (for the per-user limit without counting them).
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+/// account name -> its password's argon2id hash (PHC string). A user without an entry here is
+/// an open account of the original protocol.
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
+/// quota key (see [`quota`]) -> what it holds now: messages per sender, messages and
+/// registrations per source network.
+const QUOTAS: TableDefinition<&str, u64> = TableDefinition::new("quotas");
+/// user -> the source network that registered it (its registration quota is given back when
+/// it goes).
+const REGISTRANTS: TableDefinition<&str, &str> = TableDefinition::new("registrants");
+/// (recipient, sequence) -> the source network of a stored message's sender.
+const ORIGINS: TableDefinition<(&str, u64), &str> = TableDefinition::new("origins");
 
 /// Changes applied in one transaction at most; more wait for the next.
 const BATCH: usize = 512;
@@ -38,10 +50,68 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 pub struct StoreLimits {
     /// Registered users.
     pub users: u64,
+    /// Registered users per source network (see [`source_network`]).
+    pub users_per_source: u64,
     /// Messages stored for one recipient.
     pub per_user: u64,
+    /// Messages stored from one sender name.
+    pub per_sender: u64,
+    /// Messages stored from one source network.
+    pub per_source: u64,
     /// Messages stored in all.
     pub total: u64,
+}
+
+impl StoreLimits {
+    /// The defaults (docs/limits.md): a global limit takes at least 100 source networks to
+    /// reach.
+    pub const DEFAULT: StoreLimits = StoreLimits {
+        users: 100_000,
+        users_per_source: 1_000,
+        per_user: 10_000,
+        per_sender: 10_000,
+        per_source: 10_000,
+        total: 1_000_000,
+    };
+}
+
+/// The network a source address stands for in quotas: its /24 for IPv4, its /64 for IPv6
+/// (what one subscriber or one host usually holds), so that one source cannot multiply its
+/// quota by changing the last bits of its address.
+pub fn source_network(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// Keys of the [`QUOTAS`] table. Names never hold a NUL, so the kinds cannot collide.
+mod quota {
+    pub(super) fn sender(name: &str) -> String {
+        format!("s\0{name}")
+    }
+    pub(super) fn source_messages(network: &str) -> String {
+        format!("m\0{network}")
+    }
+    pub(super) fn source_users(network: &str) -> String {
+        format!("u\0{network}")
+    }
+}
+
+/// What became of a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Done,
+    /// The name is taken already.
+    Taken,
+    /// A limit refused it: all users, or those of its source network.
+    Full,
 }
 
 /// A stored message, as it is pushed.
@@ -62,12 +132,21 @@ pub enum SendOutcome {
 
 /// A change for the writer thread, with where its outcome goes.
 enum Job {
-    Register(String, oneshot::Sender<bool>),
+    Register {
+        user: String,
+        /// The password hash of an account; `None`: an open account.
+        password: Option<String>,
+        /// The source network that asks.
+        source: String,
+        done: oneshot::Sender<Registered>,
+    },
     Unregister(String, oneshot::Sender<bool>),
     Send {
         from: String,
         to: String,
         text: String,
+        /// The source network of the sender.
+        source: String,
         /// The sender must be registered too (the TCP protocol's rule; a session of another
         /// front-end may send under any name).
         registered_sender: bool,
@@ -116,6 +195,10 @@ impl Store {
             txn.open_table(META).map_err(db_err)?;
             txn.open_table(ACKS).map_err(db_err)?;
             txn.open_table(COUNTS).map_err(db_err)?;
+            txn.open_table(ACCOUNTS).map_err(db_err)?;
+            txn.open_table(QUOTAS).map_err(db_err)?;
+            txn.open_table(REGISTRANTS).map_err(db_err)?;
+            txn.open_table(ORIGINS).map_err(db_err)?;
             txn.commit().map_err(db_err)?;
         }
         let (jobs, queue) = crossbeam_channel::bounded(16 * BATCH);
@@ -153,12 +236,14 @@ impl Store {
         from: String,
         to: String,
         text: String,
+        source: std::net::IpAddr,
     ) -> Option<oneshot::Receiver<SendOutcome>> {
         let (done, outcome) = oneshot::channel();
         let job = Job::Send {
             from,
             to,
             text,
+            source: source_network(source),
             registered_sender: false,
             done,
         };
@@ -166,9 +251,22 @@ impl Store {
         Some(outcome)
     }
 
-    /// True when `user` was not registered and now is.
-    pub async fn register(&self, user: String) -> Option<bool> {
-        self.ask(|done| Job::Register(user, done)).await
+    /// Registers `user` for a request from `source`: an account with the password hash
+    /// `password`, or (`None`) an open account of the original protocol.
+    pub async fn register(
+        &self,
+        user: String,
+        password: Option<String>,
+        source: std::net::IpAddr,
+    ) -> Option<Registered> {
+        let source = source_network(source);
+        self.ask(|done| Job::Register {
+            user,
+            password,
+            source,
+            done,
+        })
+        .await
     }
 
     /// True when `user` was registered and no longer is (its stored messages go with it).
@@ -176,11 +274,19 @@ impl Store {
         self.ask(|done| Job::Unregister(user, done)).await
     }
 
-    pub async fn send(&self, from: String, to: String, text: String) -> Option<SendOutcome> {
+    pub async fn send(
+        &self,
+        from: String,
+        to: String,
+        text: String,
+        source: std::net::IpAddr,
+    ) -> Option<SendOutcome> {
+        let source = source_network(source);
         self.ask(|done| Job::Send {
             from,
             to,
             text,
+            source,
             registered_sender: true,
             done,
         })
@@ -231,6 +337,25 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_err)?;
         let users = txn.open_table(USERS).map_err(db_err)?;
         Ok(users.get(user).map_err(db_err)?.is_some())
+    }
+
+    /// The password hash of the account `user`; `None` when it is not an account (an open
+    /// account, or not registered).
+    pub fn password_hash(&self, user: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        Ok(accounts.get(user).map_err(db_err)?.map(|v| v.value().to_string()))
+    }
+
+    /// Every account's name (at start, for the shards' copy).
+    pub fn account_names(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        let mut names = Vec::new();
+        for entry in accounts.iter().map_err(db_err)? {
+            names.push(entry.map_err(db_err)?.0.value().to_string());
+        }
+        Ok(names)
     }
 
     /// The first `max` messages stored for `recipient`, in the order they were sent.
@@ -309,17 +434,19 @@ fn write_loop(
 /// A job's outcome, held until its transaction is committed.
 enum Outcome {
     Flag(bool),
+    Registered(Registered),
     Send(SendOutcome),
     Done,
-    /// A limit refused the change: the job gets no outcome (its request answers 2).
-    Full,
 }
 
 impl Outcome {
     fn give(self, job: Job) {
         match (job, self) {
-            (Job::Register(_, done) | Job::Unregister(_, done), Outcome::Flag(f)) => {
+            (Job::Unregister(_, done), Outcome::Flag(f)) => {
                 let _ = done.send(f);
+            }
+            (Job::Register { done, .. }, Outcome::Registered(r)) => {
+                let _ = done.send(r);
             }
             (Job::Send { done, .. }, Outcome::Send(s)) => {
                 let _ = done.send(s);
@@ -402,33 +529,71 @@ fn apply(
         let mut messages = txn.open_table(MESSAGES).map_err(db_err)?;
         let mut counts = txn.open_table(COUNTS).map_err(db_err)?;
         let mut acks = txn.open_table(ACKS).map_err(db_err)?;
+        let mut accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        let mut quotas = txn.open_table(QUOTAS).map_err(db_err)?;
+        let mut registrants = txn.open_table(REGISTRANTS).map_err(db_err)?;
+        let mut origins = txn.open_table(ORIGINS).map_err(db_err)?;
         for job in jobs.iter() {
             let outcome = match job {
-                Job::Register(user, _) => {
+                Job::Register {
+                    user,
+                    password,
+                    source,
+                    ..
+                } => {
+                    let per_source = quota::source_users(source);
                     if users.get(user.as_str()).map_err(db_err)?.is_some() {
-                        Outcome::Flag(false)
-                    } else if m.users >= limits.users {
-                        Outcome::Full
+                        Outcome::Registered(Registered::Taken)
+                    } else if m.users >= limits.users
+                        || held(&quotas, &per_source)? >= limits.users_per_source
+                    {
+                        Outcome::Registered(Registered::Full)
                     } else {
                         users.insert(user.as_str(), 1).map_err(db_err)?;
+                        if let Some(hash) = password {
+                            accounts
+                                .insert(user.as_str(), hash.as_str())
+                                .map_err(db_err)?;
+                        }
+                        registrants
+                            .insert(user.as_str(), source.as_str())
+                            .map_err(db_err)?;
+                        add(&mut quotas, &per_source, 1)?;
                         m.users += 1;
-                        Outcome::Flag(true)
+                        Outcome::Registered(Registered::Done)
                     }
                 }
                 Job::Unregister(user, _) => {
                     let known = users.remove(user.as_str()).map_err(db_err)?.is_some();
                     if known {
                         m.users = m.users.saturating_sub(1);
+                        accounts.remove(user.as_str()).map_err(db_err)?;
+                        if let Some(source) = registrants.remove(user.as_str()).map_err(db_err)? {
+                            add(&mut quotas, &quota::source_users(source.value()), -1)?;
+                        }
                         let all = (user.as_str(), 0)..=(user.as_str(), u64::MAX);
                         acks.extract_from_if(all.clone(), |_, _| true)
                             .map_err(db_err)?
                             .for_each(drop);
-                        let stored = messages
-                            .extract_from_if(all, |_, _| true)
+                        let mut removed = Vec::new();
+                        for entry in messages
+                            .extract_from_if(all.clone(), |_, _| true)
                             .map_err(db_err)?
-                            .count();
+                        {
+                            let (key, value) = entry.map_err(db_err)?;
+                            if let Some(stored) = decode(key.value().1, value.value()) {
+                                removed.push(stored);
+                            }
+                        }
+                        for stored in &removed {
+                            let origin = origins
+                                .remove((user.as_str(), stored.seq))
+                                .map_err(db_err)?
+                                .map(|v| v.value().to_string());
+                            release_message(&mut quotas, &stored.sender, origin.as_deref())?;
+                        }
                         counts.remove(user.as_str()).map_err(db_err)?;
-                        m.stored = m.stored.saturating_sub(stored as u64);
+                        m.stored = m.stored.saturating_sub(removed.len() as u64);
                     }
                     Outcome::Flag(known)
                 }
@@ -436,6 +601,7 @@ fn apply(
                     from,
                     to,
                     text,
+                    source,
                     registered_sender,
                     ..
                 } => {
@@ -449,7 +615,13 @@ fn apply(
                         .get(to.as_str())
                         .map_err(db_err)?
                         .map_or(0, |v| v.value());
-                    if m.stored >= limits.total || mine >= limits.per_user {
+                    let by_sender = quota::sender(from);
+                    let by_source = quota::source_messages(source);
+                    if m.stored >= limits.total
+                        || mine >= limits.per_user
+                        || held(&quotas, &by_sender)? >= limits.per_sender
+                        || held(&quotas, &by_source)? >= limits.per_source
+                    {
                         outcomes.push(Outcome::Send(SendOutcome::Full));
                         continue;
                     }
@@ -459,7 +631,12 @@ fn apply(
                     messages
                         .insert((to.as_str(), seq), encode(id, from, text).as_slice())
                         .map_err(db_err)?;
+                    origins
+                        .insert((to.as_str(), seq), source.as_str())
+                        .map_err(db_err)?;
                     counts.insert(to.as_str(), mine + 1).map_err(db_err)?;
+                    add(&mut quotas, &by_sender, 1)?;
+                    add(&mut quotas, &by_source, 1)?;
                     m.stored += 1;
                     Outcome::Send(SendOutcome::Stored { id, seq })
                 }
@@ -486,6 +663,11 @@ fn apply(
                             n => counts.insert(recipient.as_str(), n - 1).map(drop),
                         }
                         .map_err(db_err)?;
+                        let origin = origins
+                            .remove((recipient.as_str(), *seq))
+                            .map_err(db_err)?
+                            .map(|v| v.value().to_string());
+                        release_message(&mut quotas, sender, origin.as_deref())?;
                         if *owe_ack && users.get(sender.as_str()).map_err(db_err)?.is_some() {
                             acks.insert((sender.as_str(), m.seq()), *id)
                                 .map_err(db_err)?;
@@ -507,6 +689,34 @@ fn apply(
     Ok(outcomes)
 }
 
+/// What `key` holds now in the quota table.
+fn held(quotas: &redb::Table<&str, u64>, key: &str) -> Result<u64, StoreError> {
+    Ok(quotas.get(key).map_err(db_err)?.map_or(0, |v| v.value()))
+}
+
+/// Adds `delta` to what `key` holds; an entry that reaches 0 goes.
+fn add(quotas: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<(), StoreError> {
+    let now = held(quotas, key)?.saturating_add_signed(delta);
+    match now {
+        0 => quotas.remove(key).map(drop),
+        n => quotas.insert(key, n).map(drop),
+    }
+    .map_err(db_err)
+}
+
+/// A stored message went: its sender's and its source network's quotas get it back.
+fn release_message(
+    quotas: &mut redb::Table<&str, u64>,
+    sender: &str,
+    source: Option<&str>,
+) -> Result<(), StoreError> {
+    add(quotas, &quota::sender(sender), -1)?;
+    if let Some(source) = source {
+        add(quotas, &quota::source_messages(source), -1)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,24 +728,36 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn limits_refuse_and_removal_makes_room() {
-        let dir = std::env::temp_dir().join(format!("chat-router-store-{}", std::process::id()));
+    fn temp_store(tag: &str, limits: StoreLimits) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "chat-router-store-{tag}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("m.redb"), limits, true, false).unwrap();
+        (store, dir)
+    }
+
+    const HOME: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3));
+
+    #[test]
+    fn limits_refuse_and_removal_makes_room() {
         let limits = StoreLimits {
             users: 3,
             per_user: 2,
             total: 3,
+            ..StoreLimits::DEFAULT
         };
-        let store = Store::open(&dir.join("m.redb"), limits, true, false).unwrap();
+        let (store, dir) = temp_store("limits", limits);
         runtime().block_on(async {
+            let register = |u: &str| store.register(u.into(), None, HOME);
             for u in ["a", "b", "c"] {
-                assert_eq!(store.register(u.into()).await, Some(true));
+                assert_eq!(register(u).await, Some(Registered::Done));
             }
-            assert_eq!(store.register("a".into()).await, Some(false), "already");
-            assert_eq!(store.register("d".into()).await, None, "a fourth user");
-            let send = |to: &str| store.send("a".into(), to.into(), "x".into());
+            assert_eq!(register("a").await, Some(Registered::Taken), "already");
+            assert_eq!(register("d").await, Some(Registered::Full), "a fourth user");
+            let send = |to: &str| store.send("a".into(), to.into(), "x".into(), HOME);
             assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
             assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
             assert_eq!(send("b").await, Some(SendOutcome::Full), "per recipient");
@@ -548,12 +770,59 @@ mod tests {
             assert!(matches!(send("c").await, Some(SendOutcome::Stored { .. })));
             assert_eq!(store.unregister("c".into()).await, Some(true));
             assert_eq!(store.pending("c", 10).unwrap(), []);
-            assert_eq!(
-                store.register("d".into()).await,
-                Some(true),
-                "room for a user"
-            );
+            assert_eq!(register("d").await, Some(Registered::Done), "room for a user");
             assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One source network (or one sender name) cannot spend a global limit: its quota refuses
+    /// it while another network still gets in, and what it held comes back when it goes.
+    #[test]
+    fn quotas_per_sender_and_source_network() {
+        let limits = StoreLimits {
+            users_per_source: 3,
+            per_sender: 2,
+            per_source: 3,
+            ..StoreLimits::DEFAULT
+        };
+        let (store, dir) = temp_store("quotas", limits);
+        let same_24: std::net::IpAddr = "10.1.2.200".parse().unwrap();
+        let other: std::net::IpAddr = "10.1.3.1".parse().unwrap();
+        runtime().block_on(async {
+            for u in ["a", "b", "c"] {
+                assert_eq!(
+                    store.register(u.into(), None, HOME).await,
+                    Some(Registered::Done)
+                );
+            }
+            let refused = store.register("d".into(), None, same_24).await;
+            assert_eq!(refused, Some(Registered::Full), "the /24's registrations");
+            let hash = Some("$argon2id$stand-in".to_string());
+            assert_eq!(
+                store.register("d".into(), hash, other).await,
+                Some(Registered::Done),
+                "another /24 registers"
+            );
+            assert_eq!(store.account_names().unwrap(), ["d"]);
+            assert_eq!(store.password_hash("a").unwrap(), None, "an open account");
+            let send = |from: &str, src| store.send(from.into(), "d".into(), "x".into(), src);
+            assert!(matches!(send("a", HOME).await, Some(SendOutcome::Stored { .. })));
+            assert!(matches!(send("a", HOME).await, Some(SendOutcome::Stored { .. })));
+            assert_eq!(send("a", other).await, Some(SendOutcome::Full), "per sender");
+            assert!(matches!(send("b", same_24).await, Some(SendOutcome::Stored { .. })));
+            assert_eq!(send("c", HOME).await, Some(SendOutcome::Full), "per /24");
+            assert!(matches!(send("c", other).await, Some(SendOutcome::Stored { .. })));
+            // Delivery gives the sender's and the network's quota back.
+            let first = store.pending("d", 10).unwrap().remove(0);
+            store.delivered("d".into(), &first, false).await.unwrap();
+            assert!(matches!(send("a", HOME).await, Some(SendOutcome::Stored { .. })));
+            // Unregistering gives the registration back to its network.
+            assert_eq!(store.unregister("c".into()).await, Some(true));
+            assert_eq!(
+                store.register("e".into(), None, same_24).await,
+                Some(Registered::Done)
+            );
         });
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -34,6 +34,13 @@ pub enum Line<'a> {
     Quit,
     /// `/msg NICK text`: everything after the command, trimmed (see [`split_direct`]).
     Msg(&'a [u8]),
+    /// `/register NAME PASSWORD`: everything after the command, trimmed (see [`split_direct`]:
+    /// the name is the first word, the password the rest).
+    Register(&'a [u8]),
+    /// `/login NAME PASSWORD` (or `/login TOKEN`): everything after the command, trimmed.
+    Login(&'a [u8]),
+    /// `/confirm CODE`: the code the server sent this address.
+    Confirm(&'a [u8]),
     /// A `/command` this protocol does not have (the word, without arguments).
     Unknown(&'a [u8]),
     Chat(&'a [u8]),
@@ -66,6 +73,9 @@ pub fn parse(datagram: &[u8]) -> Line<'_> {
         b"nick" => Line::Nick(arg),
         b"quit" => Line::Quit,
         b"msg" => Line::Msg(arg),
+        b"register" => Line::Register(arg),
+        b"login" => Line::Login(arg),
+        b"confirm" => Line::Confirm(arg),
         _ => Line::Unknown(&line[..=word.len()]),
     }
 }

@@ -422,7 +422,14 @@ fn one_namespace_for_text_users_and_mailbox_users() {
     }
     let amy = Text::new(udp);
     assert_eq!(amy.ask("/nick amy"), "+OK Nickname set to 'amy'");
-    // A text user to a mailbox user who is away: stored, then pushed when bob connects.
+    // A text user to a mailbox user who is away: stored once amy's address has shown it
+    // receives (a datagram's source may be forged), then pushed when bob connects.
+    let refused = amy.ask("/msg bob hello bob");
+    let code = refused
+        .strip_prefix("-ERR Confirm your address first: /confirm ")
+        .unwrap_or_else(|| panic!("stored without a round trip: {refused}"));
+    assert_eq!(amy.ask("/confirm 00000000"), "-ERR Wrong code");
+    assert_eq!(amy.ask(&format!("/confirm {code}")), "+OK Address confirmed");
     let id = stored_id(&amy.ask("/msg bob hello bob"), "bob");
     let bob = Listener::new();
     assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
@@ -476,7 +483,7 @@ fn one_namespace_for_text_users_and_mailbox_users() {
     );
     let (_, output) = m.router.interrupt();
     let report = output.iter().find(|l| l.starts_with("mailbox:")).unwrap();
-    assert!(report.contains(" session_sends=3 "), "{report}");
+    assert!(report.contains(" session_sends=4 "), "{report}"); // the refused one too
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -27,9 +27,13 @@ fn single_server_client_behaviour() {
     for shards in SHARDS {
         let mut sim = Sim::topology(1, shards, &[(4000, &[])]);
         let (a, b) = (addr(50001), addr(50002));
-        // A source without a session never gets more bytes than it sent: a 36-byte JOIN gets
-        // no 68-byte error, a 100-byte SAY does.
+        // A source without a session never gets more than three times the bytes it sent: a
+        // 36-byte JOIN gets its 68-byte error, a 4-byte LIST nothing.
         sim.send(a, 4000, Inbound::Join { channel: b"x" });
+        sim.run_for(SETTLE);
+        assert_eq!(sim.decoded(a), ["error Not logged in"]);
+        sim.clear_inboxes();
+        sim.send(a, 4000, Inbound::List);
         sim.run_for(SETTLE);
         assert_eq!(sim.decoded(a), Vec::<String>::new());
         say(&mut sim, 50001, 4000, "x", "hi");

@@ -4,6 +4,7 @@
 //! front-end writes back in its own format, as it writes deliveries and LIST and WHO answers.
 //! Nothing here names a wire format.
 
+use crate::engine::accounts::AccountOutcome;
 use crate::engine::direct::DirectOutcome;
 use crate::engine::{Chat, DropReason};
 use crate::proto::{Name, Nick};
@@ -46,6 +47,21 @@ pub enum Command<'a> {
     Direct {
         to: &'a [u8],
         text: &'a [u8],
+    },
+    /// Create the account `name` with `password`, and sign the session in to it.
+    Register {
+        name: &'a [u8],
+        password: &'a [u8],
+    },
+    /// Sign the session in to the account `name` with its password.
+    SignIn {
+        name: &'a [u8],
+        password: &'a [u8],
+    },
+    /// The code this server sent the session's address: the address receives what is sent
+    /// to it (see [`crate::engine::accounts`]).
+    Confirm {
+        code: &'a [u8],
     },
     /// A request the protocol does not have.
     Unknown,
@@ -90,6 +106,25 @@ pub enum Refusal {
     BadDirectText,
     /// A direct message to a name nobody can have.
     NoSuchUser,
+    /// The name belongs to an account the session is not signed in to.
+    NameRegistered(Nick),
+    /// Another session of this server goes by the name (which is no account).
+    NameTaken(Nick),
+    /// The session is signed in to this account and goes by its name.
+    SignedInAs(Nick),
+    /// A request with a lasting effect (an account, a stored message) from an address that has
+    /// not shown it receives: it must send this code back first (`/confirm`).
+    Unconfirmed(u32),
+    /// A `/confirm` with a code this server did not send to the address.
+    WrongCode,
+    /// An account name must be 1 to 31 bytes of printable UTF-8 without spaces or `>`.
+    BadAccountName,
+    /// A password must be 8 to 128 bytes of UTF-8 without NUL or line breaks.
+    BadPassword,
+    /// What the accounts refused.
+    Account(AccountOutcome),
+    /// This server keeps no accounts (it runs no mailbox).
+    NoAccounts,
 }
 
 /// What the mailbox reports to a session, in a front-end's terms.
@@ -117,6 +152,12 @@ pub enum Done {
     Joined(Name),
     Left(Name),
     Quit,
+    /// The account was created and the session signed in to it.
+    Registered(Nick),
+    /// The session signed in to the account.
+    SignedIn(Nick),
+    /// The session's address has shown it receives.
+    Confirmed,
 }
 
 /// A message as a front-end writes it to a member.

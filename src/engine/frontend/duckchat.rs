@@ -63,10 +63,19 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         Refusal::BadChannelName => (b"Channel names must be printable UTF-8", b""),
         Refusal::BadUserName => (b"User names must be printable UTF-8", b""),
         Refusal::Backlog(c) => (b"Not sent, a server is behind: ", c.as_bytes()),
-        // DuckChat has no direct messages: it never asks for one.
-        Refusal::NoMailbox | Refusal::BadDirectText | Refusal::NoSuchUser => {
-            (b"*Unknown command", b"")
-        }
+        Refusal::NameRegistered(n) => (b"Registered name, sign in elsewhere: ", n.as_bytes()),
+        // DuckChat has no direct messages nor accounts: it never asks for them.
+        Refusal::NoMailbox
+        | Refusal::BadDirectText
+        | Refusal::NoSuchUser
+        | Refusal::NameTaken(_)
+        | Refusal::SignedInAs(_)
+        | Refusal::Unconfirmed(_)
+        | Refusal::WrongCode
+        | Refusal::BadAccountName
+        | Refusal::BadPassword
+        | Refusal::NoAccounts
+        | Refusal::Account(_) => (b"*Unknown command", b""),
     };
     let mut message = [0u8; 96];
     let end = prefix.len() + name.len();
@@ -138,6 +147,11 @@ pub(super) fn log_command(
             "{local} {src} recv Request who {user} {channel}"
         )),
         Command::KeepAlive => out.log(format_args!("{local} {src} recv Request keep alive {user}")),
-        Command::Login { .. } | Command::Direct { .. } | Command::Unknown => {}
+        Command::Login { .. }
+        | Command::Direct { .. }
+        | Command::Register { .. }
+        | Command::SignIn { .. }
+        | Command::Confirm { .. }
+        | Command::Unknown => {}
     }
 }

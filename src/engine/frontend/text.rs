@@ -5,6 +5,7 @@
 
 use super::command::{Command, Decoded, DirectEvent, Done, Refusal, Settings, View};
 use super::SCRATCH;
+use crate::engine::accounts::AccountOutcome;
 use crate::engine::direct::DirectOutcome;
 use crate::engine::lossy::Lossy;
 use crate::engine::{Chat, DropReason, Endpoint, Outbox};
@@ -80,6 +81,18 @@ pub(super) fn decode<'a>(
             Some((to, text)) => Command::Direct { to, text },
             None => return reply_error(scratch, format_args!("-ERR Usage: /msg NICK text")),
         },
+        Line::Register(arg) => match text::split_direct(arg) {
+            Some((name, password)) => Command::Register { name, password },
+            None => {
+                return reply_error(scratch, format_args!("-ERR Usage: /register NAME PASSWORD"))
+            }
+        },
+        Line::Login(arg) => match text::split_direct(arg) {
+            Some((name, password)) => Command::SignIn { name, password },
+            None => return reply_error(scratch, format_args!("-ERR Usage: /login NAME PASSWORD")),
+        },
+        Line::Confirm(code) if !code.is_empty() => Command::Confirm { code },
+        Line::Confirm(_) => return reply_error(scratch, format_args!("-ERR Usage: /confirm CODE")),
         Line::Quit if session.is_some() => Command::Quit,
         Line::Quit => return Decoded::Nothing,
         Line::Unknown(word) => {
@@ -165,6 +178,24 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
             format_args!("-ERR A direct message is at most 255 bytes of UTF-8"),
         ),
         Refusal::NoSuchUser => line(buf, format_args!("-ERR No such user")),
+        Refusal::NameRegistered(n) => line(
+            buf,
+            format_args!("-ERR '{n}' is a registered name: /login {n} PASSWORD"),
+        ),
+        Refusal::NameTaken(n) => line(buf, format_args!("-ERR Nickname '{n}' is in use")),
+        Refusal::SignedInAs(n) => line(buf, format_args!("-ERR You are signed in as '{n}'")),
+        Refusal::Unconfirmed(code) => line(
+            buf,
+            format_args!("-ERR Confirm your address first: /confirm {code:08x}"),
+        ),
+        Refusal::WrongCode => line(buf, format_args!("-ERR Wrong code")),
+        Refusal::NoAccounts => line(buf, format_args!("-ERR Accounts are off on this server")),
+        Refusal::BadAccountName => line(
+            buf,
+            format_args!("-ERR An account name is 1 to 31 bytes, without spaces or '>'"),
+        ),
+        Refusal::BadPassword => line(buf, format_args!("-ERR A password is 8 to 128 bytes")),
+        Refusal::Account(outcome) => line(buf, format_args!("-ERR {}", account_refusal(*outcome))),
         // The front-end checks the room before it asks; these are for completeness.
         Refusal::NotLoggedIn | Refusal::NoChannel(_) | Refusal::NotInChannel(_) => {
             line(buf, format_args!("-ERR You are not in a chat room"))
@@ -178,6 +209,9 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
         Done::Joined(room) => line(buf, format_args!("+OK You are now in chat room #{room}")),
         Done::Left(room) => line(buf, format_args!("+OK You have left chat room #{room}")),
         Done::Named(nick) => line(buf, format_args!("+OK Nickname set to '{nick}'")),
+        Done::Registered(n) => line(buf, format_args!("+OK Registered '{n}', signed in")),
+        Done::SignedIn(n) => line(buf, format_args!("+OK Signed in as '{n}'")),
+        Done::Confirmed => line(buf, format_args!("+OK Address confirmed")),
         Done::Nothing | Done::Quit => None,
     }
 }
@@ -200,11 +234,27 @@ pub(super) fn encode_direct(event: &DirectEvent<'_>, buf: &mut [u8]) -> Option<u
                 buf,
                 format_args!("-ERR The mailbox could not store the message"),
             ),
+            // The core writes it as a refusal (it carries the session's code).
+            DirectOutcome::Unconfirmed => None,
         },
         DirectEvent::Message { from, text: t, .. } => {
             text::encode_direct(buf, from.as_bytes(), t.as_bytes()).ok()
         }
         DirectEvent::Delivered { .. } => None,
+    }
+}
+
+/// Why the accounts refused, in words (text and web say the same).
+pub(super) fn account_refusal(outcome: AccountOutcome) -> &'static str {
+    match outcome {
+        AccountOutcome::Taken => "That name is registered already",
+        AccountOutcome::WrongPassword => "Wrong name or password",
+        AccountOutcome::TooManyAttempts => "Too many attempts: try again later",
+        AccountOutcome::Full => "No more accounts can be registered (from your network)",
+        AccountOutcome::Busy => "The accounts are busy: try again",
+        AccountOutcome::Failed | AccountOutcome::Registered | AccountOutcome::SignedIn => {
+            "The accounts could not be read or written"
+        }
     }
 }
 

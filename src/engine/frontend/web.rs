@@ -43,6 +43,16 @@ enum Request {
         to: String,
         text: String,
     },
+    /// Create an account and sign in to it.
+    Register {
+        name: String,
+        password: String,
+    },
+    /// Sign in to an account.
+    Login {
+        name: String,
+        password: String,
+    },
 }
 
 pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> Decoded<'a> {
@@ -104,22 +114,38 @@ pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> D
                 text: &scratch[..t.len()],
             }
         }
-        Request::Dm { to, text: t } => {
-            // Both go into the scratch buffer, one after the other.
-            let (to_len, t_len) = (to.len(), t.len());
-            if to_len + t_len > SCRATCH {
-                return error(scratch, b"direct messages are at most 255 bytes");
-            }
-            scratch[..to_len].copy_from_slice(to.as_bytes());
-            scratch[to_len..to_len + t_len].copy_from_slice(t.as_bytes());
-            let scratch: &'a [u8; SCRATCH] = scratch;
-            Command::Direct {
-                to: &scratch[..to_len],
-                text: &scratch[to_len..to_len + t_len],
-            }
+        Request::Dm { to, text: t } if fits(&to, &t) => {
+            let (to, text) = both(scratch, &to, &t);
+            Command::Direct { to, text }
+        }
+        Request::Dm { .. } => return error(scratch, b"direct messages are at most 255 bytes"),
+        Request::Register { name, password } if fits(&name, &password) => {
+            let (name, password) = both(scratch, &name, &password);
+            Command::Register { name, password }
+        }
+        Request::Login { name, password } if fits(&name, &password) => {
+            let (name, password) = both(scratch, &name, &password);
+            Command::SignIn { name, password }
+        }
+        Request::Register { .. } | Request::Login { .. } => {
+            return error(scratch, b"a password is 8 to 128 bytes")
         }
     };
     Decoded::Command(command)
+}
+
+/// Whether two strings fit the scratch buffer together (see [`both`]).
+fn fits(a: &str, b: &str) -> bool {
+    a.len() + b.len() <= SCRATCH
+}
+
+/// Two strings that [`fits`] the scratch buffer, copied into it one after the other.
+fn both<'a>(scratch: &'a mut [u8; SCRATCH], a: &str, b: &str) -> (&'a [u8], &'a [u8]) {
+    let (a_len, b_len) = (a.len(), b.len());
+    scratch[..a_len].copy_from_slice(a.as_bytes());
+    scratch[a_len..a_len + b_len].copy_from_slice(b.as_bytes());
+    let scratch: &'a [u8; SCRATCH] = scratch;
+    (&scratch[..a_len], &scratch[a_len..a_len + b_len])
 }
 
 /// An `error` event, written to `scratch`.
@@ -172,6 +198,20 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
             "a direct message is 1 to 255 bytes, without NUL or newline"
         ),
         Refusal::NoSuchUser => write!(message, "no such user"),
+        Refusal::NameRegistered(n) => {
+            write!(message, "{n} is a registered name: sign in to use it")
+        }
+        Refusal::NameTaken(n) => write!(message, "the nick {n} is in use"),
+        Refusal::SignedInAs(n) => write!(message, "you are signed in as {n}"),
+        // A connection has shown it receives: never asked to confirm.
+        Refusal::Unconfirmed(_) | Refusal::WrongCode => write!(message, "unknown request"),
+        Refusal::BadAccountName => write!(
+            message,
+            "an account name is 1 to 31 bytes, without spaces or '>'"
+        ),
+        Refusal::BadPassword => write!(message, "a password is 8 to 128 bytes"),
+        Refusal::NoAccounts => write!(message, "accounts are off on this server"),
+        Refusal::Account(outcome) => message.write_str(super::text::account_refusal(*outcome)),
     };
     write_error(buf, message.as_bytes())
 }
@@ -195,7 +235,16 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
             j.raw(b",")?;
             j.field("channel", c.as_bytes())?;
         }
-        Done::Nothing | Done::Quit => return None,
+        Done::Registered(n) | Done::SignedIn(n) => {
+            let request: &[u8] = match done {
+                Done::Registered(_) => b"register",
+                _ => b"login",
+            };
+            j.field("request", request)?;
+            j.raw(b",")?;
+            j.field("name", n.as_bytes())?;
+        }
+        Done::Nothing | Done::Quit | Done::Confirmed => return None,
     }
     j.raw(b"}")?;
     Some(j.len())
@@ -288,7 +337,9 @@ fn direct_refused(outcome: DirectOutcome, to: &str) -> arrayvec::ArrayString<128
         DirectOutcome::NoSuchUser => "no such user",
         DirectOutcome::Full => "the recipient's mailbox is full",
         DirectOutcome::Busy => "the mailbox is busy: try again",
-        DirectOutcome::Failed => "the mailbox could not store the message",
+        DirectOutcome::Failed | DirectOutcome::Unconfirmed => {
+            "the mailbox could not store the message"
+        }
     };
     let mut message = arrayvec::ArrayString::new();
     let _ = write!(message, "{why}: {to}"); // a user name is at most 49 bytes: it fits
