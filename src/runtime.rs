@@ -381,19 +381,17 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         _ => None,
     };
     let mailbox = match (&cfg.mailbox, link, opened) {
-        (Some(mailbox_cfg), Some(link), Some(opened)) => match mailbox::start(
-            mailbox_cfg.clone(),
-            opened,
-            link,
-        ) {
-            Ok(server) => Some(server),
-            Err(source) => {
-                shared.halt();
-                threads.join();
-                let addr = mailbox_cfg.listen;
-                return Err(RuntimeError::Mailbox { addr, source });
+        (Some(mailbox_cfg), Some(link), Some(opened)) => {
+            match mailbox::start(mailbox_cfg.clone(), opened, link) {
+                Ok(server) => Some(server),
+                Err(source) => {
+                    shared.halt();
+                    threads.join();
+                    let addr = mailbox_cfg.listen;
+                    return Err(RuntimeError::Mailbox { addr, source });
+                }
             }
-        },
+        }
         _ => None,
     };
     let metrics = match cfg.metrics {

@@ -211,7 +211,9 @@ impl Engine {
                     AccountOutcome::Registered => Done::Registered(nick),
                     _ => Done::SignedIn(nick),
                 };
-                protocol.encode_done(&done, &mut buf).map(|len| (len, false))
+                protocol
+                    .encode_done(&done, &mut buf)
+                    .map(|len| (len, false))
             }
             refused => protocol
                 .encode_refusal(&Refusal::Account(refused), &mut buf)
@@ -230,7 +232,9 @@ impl Engine {
         let Some(session) = self.clients.sessions.get_mut(id) else {
             return;
         };
-        let old = session.claimed.then(|| Name::truncating(session.name.as_bytes()));
+        let old = session
+            .claimed
+            .then(|| Name::truncating(session.name.as_bytes()));
         session.name = name;
         session.signed_in = true;
         session.claimed = true;
@@ -268,13 +272,30 @@ mod tests {
         assert!(is_account_name(b"amy"));
         assert!(is_account_name("zoë".as_bytes()));
         assert!(is_account_name(&[b'a'; MAX_ACCOUNT_NAME]));
-        for bad in [&b""[..], b"a b", b"a>b", b"a\tb", &[b'a'; 32], b"\x1b[2J", b"\xff"] {
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"a>b",
+            b"a\tb",
+            &[b'a'; 32],
+            b"\x1b[2J",
+            b"\xff",
+        ] {
             assert!(!is_account_name(bad), "{bad:?}");
         }
-        assert!(!is_account_name("a\u{00a0}b".as_bytes()), "a no-break space");
+        assert!(
+            !is_account_name("a\u{00a0}b".as_bytes()),
+            "a no-break space"
+        );
         assert!(is_password(b"12345678"));
         assert!(is_password("pass word with spaces".as_bytes()));
-        for bad in [&b"1234567"[..], &[b'x'; 129], b"abcd\nefgh", b"abcd\0efgh", b"\xff2345678"] {
+        for bad in [
+            &b"1234567"[..],
+            &[b'x'; 129],
+            b"abcd\nefgh",
+            b"abcd\0efgh",
+            b"\xff2345678",
+        ] {
             assert!(!is_password(bad), "{bad:?}");
         }
     }

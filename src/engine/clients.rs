@@ -13,11 +13,11 @@
 use super::answers;
 use super::budget::ReplyBudget;
 use super::frontend::{self, Command, Decoded, Delivery, Done, Protocol, Refusal, View};
-use super::members::Members;
 use super::logins::Claim;
+use super::members::Members;
 use super::sessions::{Key, SessionId, Sessions};
-use super::{Chat, DropReason, Endpoint, Engine, Limits, Origin, Outbox, ShardMsg, Stamp};
 use super::AMPLIFICATION;
+use super::{Chat, DropReason, Endpoint, Engine, Limits, Origin, Outbox, ShardMsg, Stamp};
 use crate::proto::{self, Name, Nick};
 use ahash::AHashMap;
 use smallvec::SmallVec;

@@ -240,6 +240,13 @@ impl Engine {
     /// What the mailbox sends one of this shard's sessions (an answer, a direct message, a
     /// delivery report), written in its protocol; nothing when the session has ended since.
     pub fn mailbox_event(&mut self, now: Duration, event: FromMailbox, out: &mut Outbox) {
+        self.take_mailbox_event(now, event, out);
+        // What it made this shard send itself (a name claimed, a session logged out) happens
+        // now, before the next request, as after every event.
+        self.drain_loopback(now, out);
+    }
+
+    fn take_mailbox_event(&mut self, now: Duration, event: FromMailbox, out: &mut Outbox) {
         let event = match event {
             FromMailbox::Account {
                 session,

@@ -104,7 +104,12 @@ impl Engine {
             if !holders.sessions.contains(&session) {
                 holders.sessions.push(session);
             }
-        } else if self.logins.holders.get(&name).is_some_and(|h| h.sessions.is_empty()) {
+        } else if self
+            .logins
+            .holders
+            .get(&name)
+            .is_some_and(|h| h.sessions.is_empty())
+        {
             self.logins.holders.remove(&name);
         }
         if claim != Claim::Account {

@@ -38,10 +38,11 @@ const PER_NAME: Rate = Rate {
     burst: 5.0,
     every: Duration::from_secs(20),
 };
-/// Registrations and sign-ins per source network (/24, /64): 10, then one every 2 s.
+/// Registrations and sign-ins per source network (/24, /64): 30 (a morning's sign-ins behind
+/// one NAT), then one a second.
 const PER_NETWORK: Rate = Rate {
-    burst: 10.0,
-    every: Duration::from_secs(2),
+    burst: 30.0,
+    every: Duration::from_secs(1),
 };
 /// Names and networks whose attempts are remembered; beyond this, those whose bucket has
 /// filled up again are forgotten first.
@@ -193,13 +194,20 @@ pub(super) async fn register(
     let Some(hashed) = hashed else {
         return AccountOutcome::Failed;
     };
-    match shared.store.register(name.clone(), Some(hashed), source).await {
+    match shared
+        .store
+        .register(name.clone(), Some(hashed), source)
+        .await
+    {
         Some(Registered::Done) => {
             shared.accounts().names.insert(name.clone());
             // Sessions that went by the name until now are no longer reached by its mail.
             shared.presence().forget_sessions(&name);
-            super::deliver::to_every_shard(shared, &FromMailbox::AccountCreated { name, by: session })
-                .await;
+            super::deliver::to_every_shard(
+                shared,
+                &FromMailbox::AccountCreated { name, by: session },
+            )
+            .await;
             AccountOutcome::Registered
         }
         Some(Registered::Taken) => AccountOutcome::Taken,
@@ -263,6 +271,9 @@ mod tests {
         assert!(!b.allow("k", rate, t0, true), "burst spent");
         assert!(b.allow("other", rate, t0, true), "per key");
         assert!(!b.allow("k", rate, t0 + Duration::from_secs(9), true));
-        assert!(b.allow("k", rate, t0 + Duration::from_secs(19), true), "refilled");
+        assert!(
+            b.allow("k", rate, t0 + Duration::from_secs(19), true),
+            "refilled"
+        );
     }
 }

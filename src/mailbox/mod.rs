@@ -454,23 +454,16 @@ async fn serve_shards(shared: Arc<Shared>) {
     }
 }
 
-/// A direct message to a name that is not registered: handed to the sessions that go by it now,
-/// if there are any, and not stored.
+/// A direct message that is not stored (to a name that is not registered, or from a session
+/// that has not shown it receives): handed to wherever `to` is online now, if anywhere.
 async fn deliver_live(shared: &Shared, from: &str, to: &str, text: &str) -> DirectOutcome {
-    let sessions = shared
-        .presence()
-        .get(to)
-        .map(|o| o.targets.sessions.clone());
-    let targets = presence::Targets {
-        tcp: None,
-        sessions: sessions.unwrap_or_default(),
-    };
+    let targets = shared.presence().get(to).map(|o| o.targets.clone());
     let push = deliver::Push::Message {
         from,
         id: None,
         text,
     };
-    match deliver::reach(shared, to, &targets, &push).await {
+    match deliver::reach(shared, to, &targets.unwrap_or_default(), &push).await {
         true => DirectOutcome::Delivered,
         false => DirectOutcome::NoSuchUser,
     }

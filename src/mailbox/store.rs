@@ -344,7 +344,10 @@ impl Store {
     pub fn password_hash(&self, user: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
-        Ok(accounts.get(user).map_err(db_err)?.map(|v| v.value().to_string()))
+        Ok(accounts
+            .get(user)
+            .map_err(db_err)?
+            .map(|v| v.value().to_string()))
     }
 
     /// Every account's name (at start, for the shards' copy).
@@ -729,10 +732,8 @@ mod tests {
     }
 
     fn temp_store(tag: &str, limits: StoreLimits) -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "chat-router-store-{tag}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("chat-router-store-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::open(&dir.join("m.redb"), limits, true, false).unwrap();
@@ -770,7 +771,11 @@ mod tests {
             assert!(matches!(send("c").await, Some(SendOutcome::Stored { .. })));
             assert_eq!(store.unregister("c".into()).await, Some(true));
             assert_eq!(store.pending("c", 10).unwrap(), []);
-            assert_eq!(register("d").await, Some(Registered::Done), "room for a user");
+            assert_eq!(
+                register("d").await,
+                Some(Registered::Done),
+                "room for a user"
+            );
             assert!(matches!(send("b").await, Some(SendOutcome::Stored { .. })));
         });
         let _ = std::fs::remove_dir_all(&dir);
@@ -807,16 +812,35 @@ mod tests {
             assert_eq!(store.account_names().unwrap(), ["d"]);
             assert_eq!(store.password_hash("a").unwrap(), None, "an open account");
             let send = |from: &str, src| store.send(from.into(), "d".into(), "x".into(), src);
-            assert!(matches!(send("a", HOME).await, Some(SendOutcome::Stored { .. })));
-            assert!(matches!(send("a", HOME).await, Some(SendOutcome::Stored { .. })));
-            assert_eq!(send("a", other).await, Some(SendOutcome::Full), "per sender");
-            assert!(matches!(send("b", same_24).await, Some(SendOutcome::Stored { .. })));
+            assert!(matches!(
+                send("a", HOME).await,
+                Some(SendOutcome::Stored { .. })
+            ));
+            assert!(matches!(
+                send("a", HOME).await,
+                Some(SendOutcome::Stored { .. })
+            ));
+            assert_eq!(
+                send("a", other).await,
+                Some(SendOutcome::Full),
+                "per sender"
+            );
+            assert!(matches!(
+                send("b", same_24).await,
+                Some(SendOutcome::Stored { .. })
+            ));
             assert_eq!(send("c", HOME).await, Some(SendOutcome::Full), "per /24");
-            assert!(matches!(send("c", other).await, Some(SendOutcome::Stored { .. })));
+            assert!(matches!(
+                send("c", other).await,
+                Some(SendOutcome::Stored { .. })
+            ));
             // Delivery gives the sender's and the network's quota back.
             let first = store.pending("d", 10).unwrap().remove(0);
             store.delivered("d".into(), &first, false).await.unwrap();
-            assert!(matches!(send("a", HOME).await, Some(SendOutcome::Stored { .. })));
+            assert!(matches!(
+                send("a", HOME).await,
+                Some(SendOutcome::Stored { .. })
+            ));
             // Unregistering gives the registration back to its network.
             assert_eq!(store.unregister("c".into()).await, Some(true));
             assert_eq!(

@@ -11,23 +11,23 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{free_port, free_tcp_port, Router, WAIT};
 
-struct Mailbox {
-    router: Router,
-    port: u16,
+pub(crate) struct Mailbox {
+    pub(crate) router: Router,
+    pub(crate) port: u16,
 }
 
-fn data_dir(name: &str) -> PathBuf {
+pub(crate) fn data_dir(name: &str) -> PathBuf {
     let dir =
         std::env::temp_dir().join(format!("chat-router-mailbox-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
-fn start(dir: &Path, port: u16) -> Mailbox {
+pub(crate) fn start(dir: &Path, port: u16) -> Mailbox {
     start_with(dir, port, &[])
 }
 
-fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Mailbox {
+pub(crate) fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Mailbox {
     let addr = format!("127.0.0.1:{port}");
     let mut args = vec![
         "--mailbox",
@@ -45,7 +45,7 @@ fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Mailbox {
 
 impl Mailbox {
     /// One request on its own connection; the whole answer.
-    fn ask(&self, fields: &[&str]) -> Vec<u8> {
+    pub(crate) fn ask(&self, fields: &[&str]) -> Vec<u8> {
         let mut c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         c.set_read_timeout(Some(WAIT)).unwrap();
         let mut request = Vec::new();
@@ -61,22 +61,22 @@ impl Mailbox {
 }
 
 /// A client's listen port, as the Python client opens one.
-struct Listener(TcpListener);
+pub(crate) struct Listener(TcpListener);
 
 impl Listener {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         Listener(l)
     }
 
-    fn port(&self) -> String {
+    pub(crate) fn port(&self) -> String {
         self.0.local_addr().unwrap().port().to_string()
     }
 
     /// The pushes that arrive within `limit` (each on its own connection), as field lists,
     /// until `want` have come.
-    fn pushes(&self, want: usize, limit: Duration) -> Vec<Vec<String>> {
+    pub(crate) fn pushes(&self, want: usize, limit: Duration) -> Vec<Vec<String>> {
         self.pushes_until(want, limit, limit)
     }
 
@@ -107,7 +107,7 @@ impl Listener {
     }
 }
 
-fn message(sender: &str, id: u32, text: &str) -> Vec<String> {
+pub(crate) fn message(sender: &str, id: u32, text: &str) -> Vec<String> {
     vec![
         "SEND_MESSAGE".into(),
         sender.into(),
@@ -375,20 +375,20 @@ fn connecting_and_disconnecting_leaves_nothing_behind() {
 }
 
 /// A text-protocol client over UDP.
-struct Text(UdpSocket, SocketAddr);
+pub(crate) struct Text(UdpSocket, SocketAddr);
 
 impl Text {
-    fn new(router: SocketAddr) -> Self {
+    pub(crate) fn new(router: SocketAddr) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         Text(sock, router)
     }
 
-    fn send(&self, line: &str) {
+    pub(crate) fn send(&self, line: &str) {
         self.0.send_to(line.as_bytes(), self.1).unwrap();
     }
 
     /// The next line within `limit`.
-    fn next(&self, limit: Duration) -> Option<String> {
+    pub(crate) fn next(&self, limit: Duration) -> Option<String> {
         self.0.set_read_timeout(Some(limit)).unwrap();
         let mut buf = [0u8; 2048];
         let (n, _) = self.0.recv_from(&mut buf).ok()?;
@@ -396,7 +396,7 @@ impl Text {
     }
 
     /// One command and its one reply.
-    fn ask(&self, line: &str) -> String {
+    pub(crate) fn ask(&self, line: &str) -> String {
         self.send(line);
         self.next(WAIT)
             .unwrap_or_else(|| panic!("no reply to {line}"))
@@ -429,7 +429,10 @@ fn one_namespace_for_text_users_and_mailbox_users() {
         .strip_prefix("-ERR Confirm your address first: /confirm ")
         .unwrap_or_else(|| panic!("stored without a round trip: {refused}"));
     assert_eq!(amy.ask("/confirm 00000000"), "-ERR Wrong code");
-    assert_eq!(amy.ask(&format!("/confirm {code}")), "+OK Address confirmed");
+    assert_eq!(
+        amy.ask(&format!("/confirm {code}")),
+        "+OK Address confirmed"
+    );
     let id = stored_id(&amy.ask("/msg bob hello bob"), "bob");
     let bob = Listener::new();
     assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);

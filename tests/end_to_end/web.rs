@@ -13,7 +13,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-type Ws = WebSocket<TcpStream>;
+pub(crate) type Ws = WebSocket<TcpStream>;
 
 /// A router with `--ws` on a TCP port of its own.
 fn router(neighbors: &[u16], udp: u16) -> (Router, u16) {
@@ -24,7 +24,7 @@ fn router(neighbors: &[u16], udp: u16) -> (Router, u16) {
     (r, ws)
 }
 
-fn connect(port: u16, json_protocol: bool) -> Ws {
+pub(crate) fn connect(port: u16, json_protocol: bool) -> Ws {
     let mut request = format!("ws://127.0.0.1:{port}/ws")
         .into_client_request()
         .unwrap();
@@ -63,13 +63,13 @@ fn next_text(ws: &mut Ws, limit: Duration) -> Option<String> {
     None
 }
 
-fn next_event(ws: &mut Ws) -> Value {
+pub(crate) fn next_event(ws: &mut Ws) -> Value {
     let text = next_text(ws, WAIT).expect("an event within the wait");
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
 }
 
 /// The next event of `kind`, skipping others.
-fn wait_for(ws: &mut Ws, kind: &str) -> Value {
+pub(crate) fn wait_for(ws: &mut Ws, kind: &str) -> Value {
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
         let e = next_event(ws);
@@ -80,7 +80,7 @@ fn wait_for(ws: &mut Ws, kind: &str) -> Value {
     panic!("no {kind} event");
 }
 
-fn send(ws: &mut Ws, request: Value) {
+pub(crate) fn send(ws: &mut Ws, request: Value) {
     ws.send(Message::Text(request.to_string().into())).unwrap();
 }
 

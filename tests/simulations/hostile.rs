@@ -194,7 +194,10 @@ fn names_with_control_characters_are_refused() {
         sim.run_for(SETTLE);
         assert_eq!(
             sim.decoded(a),
-            ["error User names must be printable UTF-8", "error Not logged in"]
+            [
+                "error User names must be printable UTF-8",
+                "error Not logged in"
+            ]
         );
 
         sim.login(b, 4000, "bob");

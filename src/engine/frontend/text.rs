@@ -178,10 +178,8 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
             format_args!("-ERR A direct message is at most 255 bytes of UTF-8"),
         ),
         Refusal::NoSuchUser => line(buf, format_args!("-ERR No such user")),
-        Refusal::NameRegistered(n) => line(
-            buf,
-            format_args!("-ERR '{n}' is a registered name: /login {n} PASSWORD"),
-        ),
+        // Short: it may answer a stranger's first request (at most 3x its bytes).
+        Refusal::NameRegistered(n) => line(buf, format_args!("-ERR '{n}' is registered")),
         Refusal::NameTaken(n) => line(buf, format_args!("-ERR Nickname '{n}' is in use")),
         Refusal::SignedInAs(n) => line(buf, format_args!("-ERR You are signed in as '{n}'")),
         Refusal::Unconfirmed(code) => line(
