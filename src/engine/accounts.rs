@@ -12,7 +12,7 @@
 use super::direct::{Secret, ToMailbox};
 use super::frontend::{Done, Refusal};
 use super::logins::Claim;
-use super::sessions::{Key, SessionId};
+use super::sessions::{Key, SessionId, Standing};
 use super::{Endpoint, Engine, Outbox};
 use crate::proto::{self, Name, Nick};
 use ahash::AHashSet;
@@ -131,6 +131,7 @@ impl Engine {
         if let Some(session) = self.clients.sessions.get_mut(id) {
             session.confirmed = true;
         }
+        self.clients.sessions.raise(id, Standing::Active);
         Ok(Done::Confirmed)
     }
 
@@ -240,6 +241,7 @@ impl Engine {
         session.claimed = true;
         session.pending_name = None;
         let channels = session.channels.clone();
+        self.clients.sessions.raise(id, Standing::SignedIn);
         for channel in channels {
             self.member_joined_at_owner(channel, id, name, protocol, out);
         }

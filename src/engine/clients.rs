@@ -15,7 +15,7 @@ use super::budget::ReplyBudget;
 use super::frontend::{self, Command, Decoded, Delivery, Done, Protocol, Refusal, View};
 use super::logins::Claim;
 use super::members::Members;
-use super::sessions::{Key, SessionId, Sessions};
+use super::sessions::{Key, SessionId, Sessions, Standing};
 use super::AMPLIFICATION;
 use super::{Chat, DropReason, Endpoint, Engine, Limits, Origin, Outbox, ShardMsg, Stamp};
 use crate::proto::{self, Name, Nick};
@@ -184,6 +184,10 @@ impl Engine {
             Decoded::Nothing | Decoded::Error(_) | Decoded::Command(_) => {
                 if let Some(id) = id {
                     self.clients.sessions.touch(id, now);
+                    // More than a login: no longer what a forged source makes by the thousand.
+                    if !matches!(decoded, Decoded::Command(Command::Login { .. })) {
+                        self.clients.sessions.raise(id, Standing::Active);
+                    }
                 }
                 match decoded {
                     Decoded::Command(command) => command,
@@ -574,15 +578,20 @@ impl Engine {
         out: &mut Outbox,
     ) -> Result<SessionId, Refusal> {
         let limits = &self.cfg.limits;
+        if self.clients.sessions.len() >= limits.sessions_per_shard {
+            // The newcomer is anonymous: it may push out a session that did less than it
+            // will, never one signed in.
+            let Some(victim) = self.clients.sessions.evictable() else {
+                self.counters.dropped(DropReason::SessionLimit);
+                return Err(Refusal::TooManySessions);
+            };
+            self.counters.sessions_evicted.inc();
+            self.close(victim, out);
+        }
+        let limits = &self.cfg.limits;
         if !self.clients.admit(key.0.ip(), limits.sessions_per_ip) {
             self.counters.dropped(DropReason::IpLimit);
             return Err(Refusal::TooManySessions);
-        }
-        if self.clients.sessions.len() >= limits.sessions_per_shard {
-            if let Some((victim, _)) = self.clients.sessions.oldest() {
-                self.counters.sessions_evicted.inc();
-                self.close(victim, out);
-            }
         }
         let session = Session {
             name,
@@ -596,7 +605,12 @@ impl Engine {
             claimed: false,
             pending_name: None,
         };
-        let id = self.clients.sessions.insert(key, now, session);
+        // A connection has shown it receives; a datagram's source may be forged.
+        let standing = match key.0.spoofable() {
+            true => Standing::Fresh,
+            false => Standing::Active,
+        };
+        let id = self.clients.sessions.insert(key, now, standing, session);
         if let Some(channel) = key.1.auto_join() {
             self.join(id, channel, out)?;
         }

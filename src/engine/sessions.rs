@@ -7,6 +7,10 @@
 //! Every operation is O(1): touching a session moves it to the front, so the longest-silent
 //! session is always at the back, which is what both expiry (pop from the back while too old) and
 //! eviction of the longest-silent session when the table is full need; neither scans the table.
+//!
+//! Sessions are kept in one list per [`Standing`], so that a full table evicts the sessions that
+//! never did more than log in (all that a flood of forged logins makes) before any that did,
+//! and never one signed in to an account; expiry takes the longest-silent of all.
 
 use super::frontend::Protocol;
 use super::Endpoint;
@@ -38,10 +42,40 @@ pub type Key = (Endpoint, Protocol);
 
 const NIL: u32 = u32::MAX;
 
+/// What a session has shown, which decides the order in which a full table evicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Began (a login, a first join) and did nothing since: what a forged source makes.
+    Fresh,
+    /// Made a request after the one that began it, or has shown it receives.
+    Active,
+    /// Signed in to an account: never evicted for a newcomer, who is anonymous.
+    SignedIn,
+}
+
+impl Standing {
+    const COUNT: usize = 3;
+}
+
+/// One standing's sessions, in order of activity.
+#[derive(Clone, Copy)]
+struct List {
+    /// The most recently active session.
+    newest: u32,
+    /// The longest-silent session.
+    oldest: u32,
+}
+
+const EMPTY: List = List {
+    newest: NIL,
+    oldest: NIL,
+};
+
 struct Entry<S> {
     key: Key,
     generation: u32,
     last_seen: Duration,
+    standing: Standing,
     /// Towards the most recently active session.
     newer: u32,
     /// Towards the longest-silent session.
@@ -54,10 +88,7 @@ pub(super) struct Sessions<S> {
     index: AHashMap<Key, u32>,
     slots: Vec<Entry<S>>,
     free: Vec<u32>,
-    /// The most recently active session.
-    newest: u32,
-    /// The longest-silent session.
-    oldest: u32,
+    lists: [List; Standing::COUNT],
 }
 
 impl<S> Sessions<S> {
@@ -67,8 +98,7 @@ impl<S> Sessions<S> {
             index: AHashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            newest: NIL,
-            oldest: NIL,
+            lists: [EMPTY; Standing::COUNT],
         }
     }
 
@@ -121,8 +151,27 @@ impl<S> Sessions<S> {
         self.slots[id.slot as usize].last_seen = now;
     }
 
+    /// Raises the session's standing to `standing` (never lowers it).
+    pub(super) fn raise(&mut self, id: SessionId, standing: Standing) {
+        let Some(entry) = self.entry(id) else {
+            return;
+        };
+        if entry.standing >= standing {
+            return;
+        }
+        self.unlink(id.slot);
+        self.slots[id.slot as usize].standing = standing;
+        self.push_newest(id.slot);
+    }
+
     /// Adds a session for a key that has none; the caller keeps the table within its limit.
-    pub(super) fn insert(&mut self, key: Key, now: Duration, session: S) -> SessionId {
+    pub(super) fn insert(
+        &mut self,
+        key: Key,
+        now: Duration,
+        standing: Standing,
+        session: S,
+    ) -> SessionId {
         debug_assert!(!self.index.contains_key(&key), "{key:?} has a session");
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -132,6 +181,7 @@ impl<S> Sessions<S> {
                     key,
                     generation: 0,
                     last_seen: now,
+                    standing,
                     newer: NIL,
                     older: NIL,
                     session: None,
@@ -143,6 +193,7 @@ impl<S> Sessions<S> {
         debug_assert!(entry.session.is_none(), "a free slot holds a session");
         entry.key = key;
         entry.last_seen = now;
+        entry.standing = standing;
         entry.session = Some(session);
         self.index.insert(key, slot);
         self.push_newest(slot);
@@ -174,12 +225,23 @@ impl<S> Sessions<S> {
         Some((key, session))
     }
 
-    /// The longest-silent session and when it was last active.
+    /// The longest-silent session of any standing and when it was last active (for expiry).
     pub(super) fn oldest(&self) -> Option<(SessionId, Duration)> {
-        (self.oldest != NIL).then(|| {
-            let seen = self.slots[self.oldest as usize].last_seen;
-            (self.id(self.oldest), seen)
-        })
+        self.lists
+            .iter()
+            .filter(|l| l.oldest != NIL)
+            .map(|l| (self.id(l.oldest), self.slots[l.oldest as usize].last_seen))
+            .min_by_key(|&(_, seen)| seen)
+    }
+
+    /// The session a full table evicts for an anonymous newcomer: the longest-silent of the
+    /// lowest standing there is, never one signed in.
+    pub(super) fn evictable(&self) -> Option<SessionId> {
+        [Standing::Fresh, Standing::Active]
+            .into_iter()
+            .map(|s| self.lists[s as usize].oldest)
+            .find(|&slot| slot != NIL)
+            .map(|slot| self.id(slot))
     }
 
     /// Every live session (for checks and counts, never on a hot path).
@@ -191,32 +253,35 @@ impl<S> Sessions<S> {
     }
 
     fn unlink(&mut self, slot: u32) {
-        let (newer, older) = {
+        let (newer, older, standing) = {
             let e = &self.slots[slot as usize];
-            (e.newer, e.older)
+            (e.newer, e.older, e.standing)
         };
+        let list = &mut self.lists[standing as usize];
         match newer {
-            NIL => self.newest = older,
+            NIL => list.newest = older,
             n => self.slots[n as usize].older = older,
         }
         match older {
-            NIL => self.oldest = newer,
+            NIL => list.oldest = newer,
             o => self.slots[o as usize].newer = newer,
         }
     }
 
     fn push_newest(&mut self, slot: u32) {
-        let previous = self.newest;
-        {
-            let e = &mut self.slots[slot as usize];
-            e.newer = NIL;
-            e.older = previous;
+        let standing = self.slots[slot as usize].standing;
+        let list = &mut self.lists[standing as usize];
+        let previous = list.newest;
+        list.newest = slot;
+        if previous == NIL {
+            list.oldest = slot;
         }
-        match previous {
-            NIL => self.oldest = slot,
-            p => self.slots[p as usize].newer = slot,
+        let e = &mut self.slots[slot as usize];
+        e.newer = NIL;
+        e.older = previous;
+        if previous != NIL {
+            self.slots[previous as usize].newer = slot;
         }
-        self.newest = slot;
     }
 }
 
@@ -236,31 +301,72 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    /// The sessions from longest-silent to newest, walking the list both ways.
-    fn order(t: &Sessions<u16>) -> Vec<u16> {
+    /// The sessions of one standing from longest-silent to newest, walking its list both ways.
+    fn order_of(t: &Sessions<u16>, standing: Standing) -> Vec<u16> {
+        let list = t.lists[standing as usize];
         let mut forward = Vec::new();
-        let mut slot = t.oldest;
+        let mut slot = list.oldest;
         while slot != NIL {
             forward.push(t.slots[slot as usize].session.unwrap());
             slot = t.slots[slot as usize].newer;
         }
         let mut backward = Vec::new();
-        let mut slot = t.newest;
+        let mut slot = list.newest;
         while slot != NIL {
             backward.push(t.slots[slot as usize].session.unwrap());
             slot = t.slots[slot as usize].older;
         }
         backward.reverse();
         assert_eq!(forward, backward, "the two directions of the list disagree");
-        assert_eq!(forward.len(), t.len());
         forward
+    }
+
+    /// The fresh sessions in order (the tests insert only those), checking that no session is
+    /// in another list.
+    fn order(t: &Sessions<u16>) -> Vec<u16> {
+        let fresh = order_of(t, Standing::Fresh);
+        assert_eq!(fresh.len(), t.len());
+        fresh
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_fresh_first_and_never_the_signed_in() {
+        let mut t = Sessions::new(0);
+        let real = t.insert(key(1), secs(1), Standing::Fresh, 1u16);
+        t.touch(real, secs(2));
+        t.raise(real, Standing::Active);
+        let owner = t.insert(key(2), secs(3), Standing::Fresh, 2);
+        t.raise(owner, Standing::SignedIn);
+        let forged: Vec<SessionId> = (10..14)
+            .map(|p| t.insert(key(p), secs(p.into()), Standing::Fresh, p))
+            .collect();
+        assert_eq!(order_of(&t, Standing::Active), [1]);
+        assert_eq!(order_of(&t, Standing::SignedIn), [2]);
+        assert_eq!(
+            t.oldest(),
+            Some((real, secs(2))),
+            "expiry looks at every standing"
+        );
+        for &f in &forged {
+            assert_eq!(t.evictable(), Some(f), "the longest-silent fresh one");
+            t.remove(f);
+        }
+        assert_eq!(t.evictable(), Some(real), "then the active ones");
+        t.remove(real);
+        assert_eq!(t.evictable(), None, "never one signed in");
+        t.raise(owner, Standing::Fresh);
+        assert_eq!(
+            order_of(&t, Standing::SignedIn),
+            [2],
+            "a standing is never lowered"
+        );
     }
 
     #[test]
     fn activity_order_follows_touches_inserts_and_removals() {
         let mut t = Sessions::new(0);
         let ids: Vec<SessionId> = (1..=4)
-            .map(|p| t.insert(key(p), secs(p.into()), p))
+            .map(|p| t.insert(key(p), secs(p.into()), Standing::Fresh, p))
             .collect();
         assert_eq!(order(&t), [1, 2, 3, 4]);
         t.touch(ids[1], secs(10));
@@ -271,7 +377,7 @@ mod tests {
         assert_eq!(t.remove(ids[1]), Some((key(2), 2)));
         assert_eq!(order(&t), [3, 4]);
         // A freed slot is reused and the new session is the newest.
-        let nine = t.insert(key(9), secs(11), 9);
+        let nine = t.insert(key(9), secs(11), Standing::Fresh, 9);
         assert_eq!(order(&t), [3, 4, 9]);
         assert_eq!(t.slots.len(), 4);
         assert_eq!(t.find(&key(9)), Some(nine));
@@ -286,9 +392,9 @@ mod tests {
     #[test]
     fn an_old_id_never_reaches_the_slots_next_session() {
         let mut t = Sessions::new(3);
-        let old = t.insert(key(1), secs(1), 1u16);
+        let old = t.insert(key(1), secs(1), Standing::Fresh, 1u16);
         t.remove(old);
-        let new = t.insert(key(2), secs(2), 2);
+        let new = t.insert(key(2), secs(2), Standing::Fresh, 2);
         assert_eq!(
             (old.slot, old.home),
             (new.slot, new.home),
@@ -312,8 +418,8 @@ mod tests {
     #[test]
     fn get_mut_is_not_activity() {
         let mut t = Sessions::new(0);
-        let one = t.insert(key(1), secs(1), 1u16);
-        t.insert(key(2), secs(2), 2);
+        let one = t.insert(key(1), secs(1), Standing::Fresh, 1u16);
+        t.insert(key(2), secs(2), Standing::Fresh, 2);
         *t.get_mut(one).unwrap() = 5;
         assert_eq!(order(&t), [5, 2]);
         assert_eq!(t.get(one), Some(&5));

@@ -112,6 +112,48 @@ fn a_full_table_evicts_the_longest_silent_session() {
     }
 }
 
+/// The course's client keeps alive once a minute; in between, forged logins from thousands of
+/// addresses turn the table over many times. The user, who did more than log in, is never the
+/// one evicted: those that only logged in go first.
+#[test]
+fn a_user_who_keeps_alive_once_a_minute_outlives_a_flood_of_forged_logins() {
+    for shards in SHARDS {
+        let mut sim = server(2, shards, |c| {
+            c.limits.sessions_per_shard = 50;
+            c.user_timeout = Duration::from_secs(120);
+        });
+        let user = addr(50001);
+        sim.login(user, 4000, "amy");
+        sim.run_for(SETTLE);
+        for minute in 0..3 {
+            for i in 0..3000 {
+                let name = format!("bot{minute}-{i}");
+                let from = spoofed(minute * 3000 + i);
+                sim.send(
+                    from,
+                    4000,
+                    Inbound::Login {
+                        user: name.as_bytes(),
+                    },
+                );
+                if i % 100 == 0 {
+                    sim.run_for(Duration::from_millis(20));
+                }
+            }
+            sim.run_for(Duration::from_secs(55));
+            sim.send(user, 4000, Inbound::KeepAlive);
+        }
+        let evicted = counter(&sim, |c| c.sessions_evicted.get());
+        assert!(
+            evicted >= 9000 - 50 * u64::from(shards),
+            "evicted {evicted}"
+        );
+        say(&mut sim, user, "Common", "still here");
+        sim.run_for(SETTLE);
+        assert_eq!(sim.says(user), ["Common amy still here"]);
+    }
+}
+
 #[test]
 fn text_sessions_expire_like_duckchat_ones() {
     for shards in SHARDS {
