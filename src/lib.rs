@@ -3,6 +3,7 @@ pub mod check;
 pub mod config;
 pub mod engine;
 pub mod fuzz;
+pub mod gate;
 pub mod io;
 pub mod mailbox;
 pub mod mesh;

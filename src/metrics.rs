@@ -6,6 +6,7 @@
 
 use crate::background::Background;
 use crate::engine::{Counters, DropReason, Histogram};
+use crate::gate::{Gate, GateCounters, GatedListener};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::collector::Collector;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// The depth of each shard's inbox (messages from other shards waiting), read at scrape time.
@@ -24,6 +26,8 @@ pub type InboxDepths = Arc<dyn Fn() -> Vec<usize> + Send + Sync>;
 pub struct Sources {
     pub counters: Vec<Arc<Counters>>,
     pub inboxes: InboxDepths,
+    /// Each TCP listener's connection counters, by listener name.
+    pub gates: Vec<(&'static str, Arc<GateCounters>)>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -139,6 +143,36 @@ impl Collector for Sources {
             ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
+            "connections_accepted",
+            "TCP connections a listener let in",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, c) in &self.gates {
+            let labels = [("listener", listener.to_string())];
+            ConstCounter::new(c.accepted.load(Relaxed)).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "connections_refused",
+            "TCP connections a listener refused or closed, by reason (docs/limits.md)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, c) in &self.gates {
+            for (reason, n) in [
+                ("budget", &c.refused_budget),
+                ("per_ip", &c.refused_per_ip),
+                ("handshake_timeout", &c.handshake_timeouts),
+                ("accept_error", &c.accept_errors),
+            ] {
+                let labels = [
+                    ("listener", listener.to_string()),
+                    ("reason", reason.into()),
+                ];
+                ConstCounter::new(n.load(Relaxed)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
             "handling_seconds",
             "Time the engine took to handle one datagram",
             None,
@@ -184,7 +218,11 @@ impl MetricsServer {
 }
 
 /// Binds `listen` (errors are reported here, before anything runs) and starts the thread.
-pub fn start(listen: SocketAddr, sources: Sources) -> std::io::Result<MetricsServer> {
+pub fn start(
+    listen: SocketAddr,
+    sources: Sources,
+    gate: Arc<Gate>,
+) -> std::io::Result<MetricsServer> {
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -208,7 +246,7 @@ pub fn start(listen: SocketAddr, sources: Sources) -> std::io::Result<MetricsSer
                 }
             }),
         );
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(GatedListener { listener, gate }, app).await;
     })?;
     Ok(MetricsServer { local, thread })
 }

@@ -8,6 +8,7 @@
 //! owns nothing on the hot path: it waits for SIGINT/SIGTERM, prints stats, and stops the shards.
 
 use crate::engine::{Config, Counters, DropReason, Engine, Outbox, ShardMsg};
+use crate::gate;
 use crate::io::{self, sys, Backend, IoKind, Transmit};
 use crate::mailbox::link::{Link, Port};
 use crate::mailbox::{self, MailboxConfig, MailboxServer};
@@ -62,6 +63,8 @@ pub struct RuntimeConfig {
     pub mailbox: Option<MailboxConfig>,
     /// Prometheus metrics at `http://ADDR/metrics` (`--metrics`), on their own thread.
     pub metrics: Option<SocketAddr>,
+    /// Time a TCP connection has to finish its handshake or first request.
+    pub handshake: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -187,15 +190,19 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     println!("router: stopping on {name}; each shard's counters follow");
     let _ = std::io::stdout().flush();
     let web = router.shared.bridge.clone();
-    let mailbox = router.mailbox.as_ref().map(|m| m.counters.clone());
+    let web_gate = router.web.as_ref().map(|w| w.gate.clone());
+    let mailbox = router
+        .mailbox
+        .as_ref()
+        .map(|m| (m.counters.clone(), m.gate.clone()));
     for (shard, c) in router.stop().iter().enumerate() {
         println!("shard {shard}: {c}");
     }
-    if let Some(bridge) = web {
-        println!("web: {}", bridge.counters);
+    if let (Some(bridge), Some(gate)) = (web, web_gate) {
+        println!("web: {} {gate}", bridge.counters);
     }
-    if let Some(counters) = mailbox {
-        println!("mailbox: {counters}");
+    if let Some((counters, gate)) = mailbox {
+        println!("mailbox: {counters} {gate}");
     }
     Ok(())
 }
@@ -368,21 +375,34 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
     };
     let mut threads = Pinned::start("shard", io_kind, starts, body, || shared.halt())
         .map_err(|(shard, source)| RuntimeError::Shard { shard, source })?;
+    // Every listener gets its share of the descriptors the process may open.
+    let budgets = gate::Budgets::from_limit(sys::raise_nofile());
+    let gate = |budget, per_ip| {
+        gate::Gate::new(gate::GateConfig {
+            budget,
+            per_ip,
+            handshake: cfg.handshake,
+        })
+    };
+    let mut gates = Vec::new();
     let web = match (&cfg.web, bridge) {
-        (Some(web_cfg), Some(bridge)) => match web::start(web_cfg.clone(), bridge) {
-            Ok(server) => Some(server),
-            Err(source) => {
-                shared.halt();
-                threads.join();
-                let addr = web_cfg.listen;
-                return Err(RuntimeError::Web { addr, source });
+        (Some(web_cfg), Some(bridge)) => {
+            match web::start(web_cfg.clone(), bridge, gate(budgets.web, gate::WEB_PER_IP)) {
+                Ok(server) => Some(server),
+                Err(source) => {
+                    shared.halt();
+                    threads.join();
+                    let addr = web_cfg.listen;
+                    return Err(RuntimeError::Web { addr, source });
+                }
             }
-        },
+        }
         _ => None,
     };
     let mailbox = match (&cfg.mailbox, link, opened) {
         (Some(mailbox_cfg), Some(link), Some(opened)) => {
-            match mailbox::start(mailbox_cfg.clone(), opened, link) {
+            let gate = gate(budgets.mailbox, gate::MAILBOX_PER_IP);
+            match mailbox::start(mailbox_cfg.clone(), opened, link, gate) {
                 Ok(server) => Some(server),
                 Err(source) => {
                     shared.halt();
@@ -397,11 +417,20 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
     let metrics = match cfg.metrics {
         Some(addr) => {
             let inboxes = shared.clone();
+            if let Some(w) = &web {
+                gates.push(("web", w.gate.clone()));
+            }
+            if let Some(m) = &mailbox {
+                gates.push(("mailbox", m.gate.clone()));
+            }
+            let metrics_gate = gate(budgets.metrics, gate::METRICS_PER_IP);
+            gates.push(("metrics", metrics_gate.counters.clone()));
             let sources = Sources {
                 counters: counters.clone(),
                 inboxes: Arc::new(move || inboxes.inbox_depths()),
+                gates,
             };
-            match metrics::start(addr, sources) {
+            match metrics::start(addr, sources, metrics_gate) {
                 Ok(server) => Some(server),
                 Err(source) => {
                     shared.halt();

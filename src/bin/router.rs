@@ -180,6 +180,11 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration, allow_hyphen_values = true)]
     ws_idle: Duration,
 
+    /// A browser's WebSocket upgrade, or a mailbox request, must arrive within this long after
+    /// the connection opens; otherwise it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
+    handshake_timeout: Duration,
+
     /// Sessions one IP address may hold on each shard (both protocols together).
     #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_ip, allow_negative_numbers = true)]
     sessions_per_ip: usize,
@@ -297,6 +302,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         ("--s2s-refresh", cli.s2s_refresh),
         ("--s2s-timeout", cli.s2s_timeout),
         ("--ws-idle", cli.ws_idle),
+        ("--handshake-timeout", cli.handshake_timeout),
         ("--peer-timeout", cli.peer_timeout),
     ] {
         if d.is_zero() {
@@ -387,6 +393,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         stats_every: cli.stats_every,
         web,
         mailbox,
+        handshake: cli.handshake_timeout,
         metrics: cli
             .metrics
             .as_deref()

@@ -255,6 +255,28 @@ pub fn thread_id() -> i32 {
     unsafe { libc::gettid() }
 }
 
+/// Raises the soft limit on open descriptors to the hard one (a process starts with a soft
+/// limit of 1,024 whatever the hard one allows); returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: an all-zero rlimit is a valid value (two integers).
+    let mut limit: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `limit` is a live local the call writes into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a live local the call only reads.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    limit.rlim_cur
+}
+
 /// 8 bytes from the kernel's random source (seeds S2S ids and hash keys).
 pub fn random_u64() -> u64 {
     let mut value = 0u64;

@@ -14,6 +14,7 @@ pub mod store;
 
 use crate::background::Background;
 use crate::engine::direct::{DirectOutcome, FromMailbox, ToMailbox};
+use crate::gate::{Gate, GateCounters};
 use link::Link;
 use presence::Presence;
 use proto::{reply, Parse, Request};
@@ -29,10 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
-/// A connection that has not sent a whole request within this long is closed, unanswered.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed as they come, unanswered.
-const MAX_CONNECTIONS: usize = 4096;
+/// A reply the client does not read within this long is given up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct MailboxConfig {
@@ -62,7 +61,6 @@ impl MailboxConfig {
 #[derive(Debug, Default)]
 pub struct MailboxCounters {
     pub requests: AtomicU64,
-    pub refused_connections: AtomicU64,
     pub pushes: AtomicU64,
     pub failed_pushes: AtomicU64,
     /// Deliverers running now (one per connected user).
@@ -78,10 +76,9 @@ impl std::fmt::Display for MailboxCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "requests={} refused_connections={} pushes={} failed_pushes={} deliverers={} \
-             session_sends={} missed_sessions={}",
+            "requests={} pushes={} failed_pushes={} deliverers={} session_sends={} \
+             missed_sessions={}",
             self.requests.load(Relaxed),
-            self.refused_connections.load(Relaxed),
             self.pushes.load(Relaxed),
             self.failed_pushes.load(Relaxed),
             self.deliverers.load(Relaxed),
@@ -130,6 +127,8 @@ impl Shared {
 pub struct MailboxServer {
     pub local: SocketAddr,
     pub counters: Arc<MailboxCounters>,
+    /// What the listener refused.
+    pub gate: Arc<GateCounters>,
     thread: Background,
 }
 
@@ -172,6 +171,7 @@ pub fn start(
     cfg: MailboxConfig,
     opened: Opened,
     link: Arc<Link>,
+    gate: Arc<Gate>,
 ) -> std::io::Result<MailboxServer> {
     let Opened { store, accounts } = opened;
     let listener = std::net::TcpListener::bind(cfg.listen)?;
@@ -190,67 +190,85 @@ pub fn start(
         accounts: Mutex::new(accounts::Accounts::new(accounts)),
         hashers: accounts::Hashers::default(),
     });
+    let gate_counters = gate.counters.clone();
     let thread = Background::start("mailbox", move || async move {
         if let Ok(listener) = TcpListener::from_std(listener) {
-            tokio::join!(accept(listener, shared.clone()), serve_shards(shared));
+            tokio::join!(accept(listener, gate, shared.clone()), serve_shards(shared));
         }
     })?;
     Ok(MailboxServer {
         local,
         counters,
+        gate: gate_counters,
         thread,
     })
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// Connections as the gate lets them in (its descriptor budget, its cap per address), each
+/// served on its own.
+async fn accept(listener: TcpListener, gate: Arc<Gate>, shared: Arc<Shared>) {
     loop {
-        let Ok((conn, peer)) = listener.accept().await else {
-            continue;
-        };
-        // A flood of connections costs at most MAX_CONNECTIONS tasks and descriptors.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            shared.counters.refused_connections.fetch_add(1, Relaxed);
-            continue;
-        };
+        let (conn, peer, pass) = gate.accept(&listener).await;
         let shared = shared.clone();
+        let limit = gate.handshake();
+        let counters = gate.counters.clone();
         tokio::spawn(async move {
-            handle(conn, peer, shared).await;
-            drop(slot);
+            handle(conn, peer, limit, &counters, shared).await;
+            drop(pass);
         });
     }
 }
 
-/// One connection, one request: read it whole (within [`REQUEST_TIMEOUT`]), carry it out,
-/// answer. A connection that closes early, idles or sends garbage is closed and changes
-/// nothing.
-async fn handle(mut conn: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// One connection, one request: read it whole (within `limit`), carry it out, answer. A
+/// connection that closes early, idles or sends garbage is closed and changes nothing.
+async fn handle(
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    limit: Duration,
+    counters: &GateCounters,
+    shared: Arc<Shared>,
+) {
     // No TCP_NODELAY: the one reply is the connection's only segment, which Nagle never holds.
-    let Some(request) = read_request(&mut conn).await else {
-        return;
+    let request = match read_request(&mut conn, limit).await {
+        Ok(request) => request,
+        Err(Unread::TimedOut) => {
+            counters.handshake_timeouts.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(Unread::Closed) => return,
     };
     shared.counters.requests.fetch_add(1, Relaxed);
     let answer = carry_out(request, peer, &shared).await;
-    let _ = timeout(REQUEST_TIMEOUT, conn.write_all(&answer)).await;
+    let _ = timeout(REPLY_TIMEOUT, conn.write_all(&answer)).await;
 }
 
-async fn read_request(conn: &mut TcpStream) -> Option<Request> {
+/// Why no request was read.
+enum Unread {
+    /// Not whole within the time allowed.
+    TimedOut,
+    /// Closed early, or garbage.
+    Closed,
+}
+
+async fn read_request(conn: &mut TcpStream, limit: Duration) -> Result<Request, Unread> {
     let mut buf = Vec::with_capacity(128);
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let deadline = Instant::now() + limit;
     let mut chunk = [0u8; 512];
     loop {
         match proto::parse(&buf) {
-            Ok(request) => return Some(request),
-            Err(Parse::Bad(_)) => return None,
-            Err(Parse::Incomplete) if buf.len() >= proto::MAX_REQUEST => return None,
+            Ok(request) => return Ok(request),
+            Err(Parse::Bad(_)) => return Err(Unread::Closed),
+            Err(Parse::Incomplete) if buf.len() >= proto::MAX_REQUEST => {
+                return Err(Unread::Closed)
+            }
             Err(Parse::Incomplete) => {}
         }
         let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk))
             .await
-            .ok()?
-            .ok()?;
+            .map_err(|_| Unread::TimedOut)?
+            .map_err(|_| Unread::Closed)?;
         if n == 0 {
-            return None; // closed before a whole request: nothing happens
+            return Err(Unread::Closed); // closed before a whole request: nothing happens
         }
         buf.extend_from_slice(&chunk[..n]);
     }

@@ -14,11 +14,11 @@ mod connection;
 pub use connection::IDLE;
 
 use crate::background::Background;
+use crate::gate::{Gate, GateCounters, GatedListener, Peer};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use bridge::Bridge;
 use std::collections::HashMap;
@@ -70,6 +70,8 @@ struct Shared {
 
 pub struct WebServer {
     pub local: SocketAddr,
+    /// What the listener refused.
+    pub gate: Arc<GateCounters>,
     thread: Background,
 }
 
@@ -81,7 +83,7 @@ impl WebServer {
 }
 
 /// Binds `cfg.listen` (errors are reported here, before anything runs) and starts the thread.
-pub fn start(cfg: WebConfig, bridge: Arc<Bridge>) -> std::io::Result<WebServer> {
+pub fn start(cfg: WebConfig, bridge: Arc<Bridge>, gate: Arc<Gate>) -> std::io::Result<WebServer> {
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -91,11 +93,16 @@ pub fn start(cfg: WebConfig, bridge: Arc<Bridge>) -> std::io::Result<WebServer> 
         next_conn: AtomicU64::new(0),
         conns: Mutex::new(HashMap::new()),
     });
-    let thread = Background::start("web", move || serve(listener, shared))?;
-    Ok(WebServer { local, thread })
+    let counters = gate.counters.clone();
+    let thread = Background::start("web", move || serve(listener, gate, shared))?;
+    Ok(WebServer {
+        local,
+        gate: counters,
+        thread,
+    })
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: std::net::TcpListener, gate: Arc<Gate>, shared: Arc<Shared>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -103,13 +110,9 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
         .route("/", get(page))
         .route("/ws", get(upgrade))
         .with_state(shared.clone());
-    // Events are small and latency matters: no Nagle delay behind an unacknowledged segment.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        GatedListener { listener, gate },
+        app.into_make_service_with_connect_info::<Peer>(),
     );
     tokio::select! {
         _ = server => {}
@@ -123,7 +126,7 @@ async fn page() -> impl IntoResponse {
 
 async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     State(shared): State<Arc<Shared>>,
 ) -> Response {

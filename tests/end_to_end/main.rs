@@ -8,6 +8,7 @@ mod support;
 mod accounts;
 mod browser;
 mod chat;
+mod connections;
 mod hostile;
 mod mailbox;
 mod router;

@@ -69,8 +69,28 @@ impl Router {
 
     /// Starts `router ARGS...` (which must listen on `port`) and waits until it listens.
     pub fn launch(args: &[String], port: u16) -> Router {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_router"));
+        command.args(args);
+        Self::run(command, port)
+    }
+
+    /// Like [`Router::start`], with open descriptors limited (the shell's `ulimit`, which the
+    /// router then runs under, as its own process): `hard`, and `soft` to begin with.
+    pub fn start_with_nofile(port: u16, extra: &[&str], hard: u64, soft: u64) -> Router {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_router"))
+            .args(["127.0.0.1", &port.to_string()])
+            .args(extra);
+        Self::run(command, port)
+    }
+
+    fn run(mut command: Command, port: u16) -> Router {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,144 @@
+//! TCP listeners under a descriptor flood, against a real router whose descriptors are
+//! limited the way an operator limits them (`ulimit`): each listener has its own share, so a
+//! flood of connections to WebSocket leaves the mailbox and the metrics endpoint working; one
+//! address holds a few connections at most; a connection that never finishes its handshake is
+//! closed at the deadline; every refusal is counted and exported.
+
+use crate::mailbox::data_dir;
+use crate::support::{free_port, free_tcp_port, Router, WAIT};
+use crate::web::{connect, next_event};
+
+use chat_router::gate::{Budgets, MAILBOX_PER_IP};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A connection from `ip` (any address of 127.0.0.0/8) that sends nothing.
+fn silent(ip: [u8; 4], port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    socket.into()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// One counter of the scrape: the value of the line that begins with `series`.
+fn metric(scrape: &str, series: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {scrape}"))
+}
+
+fn refused(listener: &str, reason: &str) -> String {
+    format!("chat_router_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}")
+}
+
+/// Scrapes until `done` holds for the scrape (the router took every connection in), within
+/// the wait.
+fn scrape_until(port: u16, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let scrape = http_get(port, "/metrics");
+        if done(&scrape) || Instant::now() > deadline {
+            return scrape;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_flood_of_connections_to_one_listener_starves_no_other() {
+    let dir = data_dir("descriptors");
+    let (ws, mailbox, metrics) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let (ws_addr, mailbox_addr, metrics_addr) = (
+        format!("127.0.0.1:{ws}"),
+        format!("127.0.0.1:{mailbox}"),
+        format!("127.0.0.1:{metrics}"),
+    );
+    // A soft limit of 200 under a hard one of 400: the router raises it to 400 and shares that.
+    let (hard, soft) = (400, 200);
+    let budgets = Budgets::from_limit(hard);
+    let mut router = Router::start_with_nofile(
+        free_port(),
+        &[
+            "--ws",
+            &ws_addr,
+            "--mailbox",
+            &mailbox_addr,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--metrics",
+            &metrics_addr,
+            "--handshake-timeout",
+            "2s",
+            "--cores",
+            "1",
+        ],
+        hard,
+        soft,
+    );
+    router.wait_for_line("mailbox on", WAIT);
+
+    // More silent connections to WebSocket than its budget, from two addresses.
+    let flood = budgets.web + 20;
+    let held: Vec<TcpStream> = (0..flood)
+        .map(|i| silent([127, 0, 1, 1 + (i % 2) as u8], ws))
+        .collect();
+    let web_budget = refused("web", "budget");
+    let scrape = scrape_until(metrics, |s| {
+        metric(
+            s,
+            "chat_router_connections_accepted_total{listener=\"web\"}",
+        ) + metric(s, &web_budget)
+            >= flood as u64
+    });
+    assert_eq!(
+        metric(&scrape, &web_budget),
+        20,
+        "the budget of a raised limit"
+    );
+    // The mailbox has descriptors of its own: it answers.
+    let mut c = TcpStream::connect(("127.0.0.1", mailbox)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"REGISTER\0amy\0").unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, [0]);
+
+    // One address holds at most its share of the mailbox's connections.
+    let mine: Vec<TcpStream> = (0..MAILBOX_PER_IP + 5)
+        .map(|_| silent([127, 0, 2, 1], mailbox))
+        .collect();
+    let per_ip = refused("mailbox", "per_ip");
+    let scrape = scrape_until(metrics, |s| metric(s, &per_ip) >= 5);
+    assert_eq!(metric(&scrape, &per_ip), 5);
+
+    // The flood's connections never finished a handshake: closed at the deadline, after which
+    // a browser gets in.
+    let timeouts =
+        "chat_router_connections_refused_total{listener=\"web\",reason=\"handshake_timeout\"}";
+    let scrape = scrape_until(metrics, |s| metric(s, timeouts) >= budgets.web as u64);
+    assert_eq!(metric(&scrape, timeouts), budgets.web as u64);
+    let mut browser = connect(ws, true);
+    assert_eq!(next_event(&mut browser)["type"], "welcome");
+    drop((held, mine));
+    let (_, output) = router.interrupt();
+    let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
+    assert!(report.contains(" refused_budget=20 "), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
