@@ -9,6 +9,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("invalid duration '{0}': expected a number with a unit, e.g. 500ms, 2s, 1m")]
     Duration(String),
     #[error("invalid port '{0}': expected a number from 1 to 65535")]

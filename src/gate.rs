@@ -5,6 +5,7 @@
 //! first request) within a deadline; and an accept that fails (EMFILE and the like) waits a
 //! little before the next, so the loop never spins. Every refusal is counted ([`GateCounters`]).
 
+use crate::tls::{Stream, Tls};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -197,11 +198,14 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 }
 
 /// A TCP listener for axum behind a gate: what it accepts holds a [`Pass`] and must finish the
-/// WebSocket handshake (the server answers `101`) within the gate's deadline; a connection
-/// that only fetches the page is closed at the deadline too (a browser opens another).
+/// WebSocket handshake (TLS first, if it asks for it; then the server answers `101`) within
+/// the gate's deadline; a connection that only fetches the page is closed at the deadline too
+/// (a browser opens another).
 pub struct GatedListener {
     pub listener: TcpListener,
     pub gate: Arc<Gate>,
+    /// TLS offered to connections that ask for it (`--tls-cert`).
+    pub tls: Option<Tls>,
 }
 
 impl axum::serve::Listener for GatedListener {
@@ -215,7 +219,7 @@ impl axum::serve::Listener for GatedListener {
         let _ = conn.set_nodelay(true);
         let deadline = Box::pin(tokio::time::sleep(self.gate.handshake()));
         let gated = Gated {
-            conn,
+            conn: Stream::new(conn, self.tls.as_ref()),
             _pass: pass,
             deadline: Some(deadline),
             counters: self.gate.counters.clone(),
@@ -242,7 +246,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Gate
 
 /// A connection until its handshake is done: reads fail once the deadline passes.
 pub struct Gated {
-    conn: TcpStream,
+    conn: Stream,
     _pass: Pass,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     counters: Arc<GateCounters>,
@@ -286,21 +290,6 @@ impl AsyncWrite for Gated {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.conn).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.deadline.is_some() && bufs.first().is_some_and(|b| b.starts_with(SWITCHING)) {
-            self.deadline = None;
-        }
-        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.conn.is_write_vectored()
     }
 }
 

@@ -246,7 +246,15 @@ pub fn start(
                 }
             }),
         );
-        let _ = axum::serve(GatedListener { listener, gate }, app).await;
+        let _ = axum::serve(
+            GatedListener {
+                listener,
+                gate,
+                tls: None,
+            },
+            app,
+        )
+        .await;
     })?;
     Ok(MetricsServer { local, thread })
 }

@@ -180,6 +180,15 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration, allow_hyphen_values = true)]
     ws_idle: Duration,
 
+    /// A PEM certificate (chain): the WebSocket port then serves https and wss, and the mailbox
+    /// TLS, beside their plain protocols (the first byte of a connection tells which).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// A browser's WebSocket upgrade, or a mailbox request, must arrive within this long after
     /// the connection opens; otherwise it is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
@@ -368,12 +377,17 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
     if cores > available {
         eprintln!("router: warning: --cores {cores} is more than the {available} cores here; shards will share them");
     }
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(chat_router::tls::load(cert, key)?),
+        _ => None,
+    };
     let web = match &cli.ws {
         Some(addr) => Some(WebConfig {
             listen: config::parse_address(addr)?,
             origins: cli.ws_origins.clone(),
             server: engine.local.to_string(),
             idle: cli.ws_idle,
+            tls: tls.clone(),
         }),
         None => None,
     };
@@ -382,6 +396,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
             let mut m = MailboxConfig::new(config::parse_address(addr)?, cli.data_dir.clone());
             m.group_commit = matches!(cli.mailbox_flush, Flush::Group);
             m.two_phase = matches!(cli.mailbox_commit, Commit::TwoPhase);
+            m.tls = tls.clone();
             Some(m)
         }
         None => None,

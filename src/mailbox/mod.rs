@@ -15,6 +15,7 @@ pub mod store;
 use crate::background::Background;
 use crate::engine::direct::{DirectOutcome, FromMailbox, ToMailbox};
 use crate::gate::{Gate, GateCounters};
+use crate::tls::{Stream, Tls};
 use link::Link;
 use presence::Presence;
 use proto::{reply, Parse, Request};
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{Registered, SendOutcome, Store, StoreLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
@@ -43,6 +44,8 @@ pub struct MailboxConfig {
     /// Two flushes per commit (see [`store::Store::open`]).
     pub two_phase: bool,
     pub limits: StoreLimits,
+    /// TLS beside plain TCP (`--tls-cert`).
+    pub tls: Option<Tls>,
 }
 
 impl MailboxConfig {
@@ -53,6 +56,7 @@ impl MailboxConfig {
             group_commit: true,
             two_phase: false,
             limits: StoreLimits::DEFAULT,
+            tls: None,
         }
     }
 }
@@ -191,9 +195,11 @@ pub fn start(
         hashers: accounts::Hashers::default(),
     });
     let gate_counters = gate.counters.clone();
+    let tls = cfg.tls.clone();
     let thread = Background::start("mailbox", move || async move {
         if let Ok(listener) = TcpListener::from_std(listener) {
-            tokio::join!(accept(listener, gate, shared.clone()), serve_shards(shared));
+            let accepting = accept(listener, gate, tls, shared.clone());
+            tokio::join!(accepting, serve_shards(shared));
         }
     })?;
     Ok(MailboxServer {
@@ -206,9 +212,10 @@ pub fn start(
 
 /// Connections as the gate lets them in (its descriptor budget, its cap per address), each
 /// served on its own.
-async fn accept(listener: TcpListener, gate: Arc<Gate>, shared: Arc<Shared>) {
+async fn accept(listener: TcpListener, gate: Arc<Gate>, tls: Option<Tls>, shared: Arc<Shared>) {
     loop {
         let (conn, peer, pass) = gate.accept(&listener).await;
+        let conn = Stream::new(conn, tls.as_ref());
         let shared = shared.clone();
         let limit = gate.handshake();
         let counters = gate.counters.clone();
@@ -222,7 +229,7 @@ async fn accept(listener: TcpListener, gate: Arc<Gate>, shared: Arc<Shared>) {
 /// One connection, one request: read it whole (within `limit`), carry it out, answer. A
 /// connection that closes early, idles or sends garbage is closed and changes nothing.
 async fn handle(
-    mut conn: TcpStream,
+    mut conn: Stream,
     peer: SocketAddr,
     limit: Duration,
     counters: &GateCounters,
@@ -250,7 +257,7 @@ enum Unread {
     Closed,
 }
 
-async fn read_request(conn: &mut TcpStream, limit: Duration) -> Result<Request, Unread> {
+async fn read_request(conn: &mut Stream, limit: Duration) -> Result<Request, Unread> {
     let mut buf = Vec::with_capacity(128);
     let deadline = Instant::now() + limit;
     let mut chunk = [0u8; 512];

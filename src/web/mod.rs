@@ -15,6 +15,7 @@ pub use connection::IDLE;
 
 use crate::background::Background;
 use crate::gate::{Gate, GateCounters, GatedListener, Peer};
+use crate::tls::Tls;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -53,6 +54,8 @@ pub struct WebConfig {
     pub server: String,
     /// A connection that sends nothing (not even a pong) for this long is closed.
     pub idle: std::time::Duration,
+    /// https and wss, beside plain http and ws (`--tls-cert`).
+    pub tls: Option<Tls>,
 }
 
 /// A connection's way back: its events, and the kick that closes it when it falls behind.
@@ -111,7 +114,11 @@ async fn serve(listener: std::net::TcpListener, gate: Arc<Gate>, shared: Arc<Sha
         .route("/ws", get(upgrade))
         .with_state(shared.clone());
     let server = axum::serve(
-        GatedListener { listener, gate },
+        GatedListener {
+            listener,
+            gate,
+            tls: shared.cfg.tls.clone(),
+        },
         app.into_make_service_with_connect_info::<Peer>(),
     );
     tokio::select! {

@@ -12,4 +12,5 @@ mod connections;
 mod hostile;
 mod mailbox;
 mod router;
+mod tls;
 mod web;
