@@ -11,6 +11,8 @@ use thiserror::Error;
 pub enum ConfigError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("--auth-key {0}")]
+    AuthKey(String),
     #[error("invalid duration '{0}': expected a number with a unit, e.g. 500ms, 2s, 1m")]
     Duration(String),
     #[error("invalid port '{0}': expected a number from 1 to 65535")]
@@ -52,6 +54,21 @@ pub enum ConfigError {
 }
 
 /// `500ms`, `2s`, `1m`, `1h`, `250us`; fractions allowed (`1.5s`).
+/// A key file (`--auth-key`): its bytes, without a final line break, at least 32 of them
+/// (HS256 with a shorter key can be guessed).
+pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let fail = |why: String| ConfigError::AuthKey(format!("{}: {why}", path.display()));
+    let mut key = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.len() < 32 {
+        let n = key.len();
+        return Err(fail(format!("a key is at least 32 bytes, this one {n}")));
+    }
+    Ok(key)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     let err = || ConfigError::Duration(text.to_string());
     let split = text

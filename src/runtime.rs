@@ -317,6 +317,8 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
                 addr: mailbox_cfg.listen,
                 source,
             })?;
+            engine_cfg.session_key = Some(opened.session_key().to_vec());
+            engine_cfg.token_keys.push(opened.session_key().to_vec());
             engine_cfg.accounts = Arc::new(
                 opened
                     .account_names()

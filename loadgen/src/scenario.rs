@@ -295,7 +295,11 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
             origins: Vec::new(),
             server: "loadgen".into(),
             idle: chat_router::web::IDLE,
+            tls: None,
+            // Every simulated browser comes from 127.0.0.1.
+            per_ip: args.browsers.max(chat_router::gate::WEB_PER_IP),
         }),
         mailbox: None,
+        handshake: chat_router::gate::HANDSHAKE,
     })?)
 }

@@ -180,6 +180,15 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration, allow_hyphen_values = true)]
     ws_idle: Duration,
 
+    /// WebSocket connections one IP address may hold at once.
+    #[arg(long, value_name = "N", default_value_t = chat_router::gate::WEB_PER_IP)]
+    ws_per_ip: usize,
+
+    /// A file whose bytes (at least 32) are a key: a token signed with it (JWT, HS256, `sub` the
+    /// user's name, `exp`) signs a user in over WebSocket and the text protocol.
+    #[arg(long, value_name = "FILE")]
+    auth_key: Option<PathBuf>,
+
     /// A PEM certificate (chain): the WebSocket port then serves https and wss, and the mailbox
     /// TLS, beside their plain protocols (the first byte of a connection tells which).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -323,6 +332,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         ("--sessions-per-ip", cli.sessions_per_ip),
         ("--sessions-per-shard", cli.sessions_per_shard),
         ("--max-channels", cli.max_channels),
+        ("--ws-per-ip", cli.ws_per_ip),
     ] {
         if n == 0 {
             return Err(ConfigError::Zero(name));
@@ -357,6 +367,9 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
             Federation::Tree(tree)
         }
     };
+    if let Some(path) = &cli.auth_key {
+        engine.token_keys.push(config::read_key(path)?);
+    }
     engine.rooms = cli.rooms;
     engine.limits.sessions_per_ip = cli.sessions_per_ip;
     engine.limits.sessions_per_shard = cli.sessions_per_shard;
@@ -388,6 +401,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
             server: engine.local.to_string(),
             idle: cli.ws_idle,
             tls: tls.clone(),
+            per_ip: cli.ws_per_ip,
         }),
         None => None,
     };

@@ -13,6 +13,7 @@ use super::direct::{Secret, ToMailbox};
 use super::frontend::{Done, Refusal};
 use super::logins::Claim;
 use super::sessions::{Key, SessionId, Standing};
+use super::token::{self, Token};
 use super::{Endpoint, Engine, Outbox};
 use crate::proto::{self, Name, Nick};
 use ahash::AHashSet;
@@ -155,21 +156,7 @@ impl Engine {
         if !is_password(password) {
             return Err(Refusal::BadPassword);
         }
-        let confirmed = id
-            .and_then(|id| self.clients.sessions.get(id))
-            .is_some_and(|s| s.confirmed);
-        if key.0.spoofable() && !confirmed {
-            return Err(Refusal::Unconfirmed(self.accounts.code(key.0)));
-        }
-        // A connection's session begins here if it has none, so the answer has a session to go
-        // to (a datagram's began with its `/confirm`).
-        let id = match id {
-            Some(id) => id,
-            None => {
-                let name = key.1.default_name(key.0).ok_or(Refusal::NotLoggedIn)?;
-                self.open(now, key, name, out)?
-            }
-        };
+        let id = self.confirmed_session(now, id, key, out)?;
         let name = String::from_utf8_lossy(name).into_owned();
         let password = Secret(String::from_utf8_lossy(password).into_owned());
         let source = key.0.ip();
@@ -190,6 +177,63 @@ impl Engine {
         Ok(Done::Nothing)
     }
 
+    /// The session a request that signs in comes from, which must have shown it receives: a
+    /// connection's (begun here if it has none), or a datagram session's that sent back its
+    /// code (begun by its `/confirm`).
+    fn confirmed_session(
+        &mut self,
+        now: Duration,
+        id: Option<SessionId>,
+        key: Key,
+        out: &mut Outbox,
+    ) -> Result<SessionId, Refusal> {
+        let confirmed = id
+            .and_then(|id| self.clients.sessions.get(id))
+            .is_some_and(|s| s.confirmed);
+        if key.0.spoofable() && !confirmed {
+            return Err(Refusal::Unconfirmed(self.accounts.code(key.0)));
+        }
+        match id {
+            Some(id) => Ok(id),
+            None => {
+                let name = key.1.default_name(key.0).ok_or(Refusal::NotLoggedIn)?;
+                self.open(now, key, name, out)
+            }
+        }
+    }
+
+    /// `/login TOKEN`, or a browser's `login` with a token: signed in at once when a key this
+    /// server knows signed it and it has not expired.
+    pub(super) fn sign_in_with_token(
+        &mut self,
+        now: Duration,
+        id: Option<SessionId>,
+        key: Key,
+        token: &[u8],
+        out: &mut Outbox,
+    ) -> Result<Done, Refusal> {
+        if self.cfg.token_keys.is_empty() {
+            return Err(Refusal::NoAccounts);
+        }
+        let name = token::verify(&self.cfg.token_keys, token, self.unix_secs(now))
+            .map_err(|_| Refusal::BadToken)?;
+        let id = self.confirmed_session(now, id, key, out)?;
+        self.sign_in(id, name, out);
+        let token = self.issue_token(now, &name);
+        Ok(Done::SignedIn { name, token })
+    }
+
+    fn unix_secs(&self, now: Duration) -> u64 {
+        (self.cfg.epoch_unix_ms + now.as_millis() as u64) / 1000
+    }
+
+    /// A token that signs `name` in again, if this server signs any.
+    fn issue_token(&self, now: Duration, name: &Nick) -> Option<Token> {
+        let key = self.cfg.session_key.as_ref()?;
+        let name = std::str::from_utf8(name.as_bytes()).ok()?;
+        token::sign(key, name, self.unix_secs(now) + token::LIFETIME_SECS)
+    }
+
     /// The accounts' answer to session `id`'s registration or sign-in as `name`: on success the
     /// session goes by the account's name from now on, signed in.
     pub(super) fn account_answer(
@@ -208,9 +252,10 @@ impl Engine {
         let answer = match outcome {
             AccountOutcome::Registered | AccountOutcome::SignedIn => {
                 self.sign_in(id, nick, out);
+                let token = self.issue_token(now, &nick);
                 let done = match outcome {
-                    AccountOutcome::Registered => Done::Registered(nick),
-                    _ => Done::SignedIn(nick),
+                    AccountOutcome::Registered => Done::Registered { name: nick, token },
+                    _ => Done::SignedIn { name: nick, token },
                 };
                 protocol
                     .encode_done(&done, &mut buf)

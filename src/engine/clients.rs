@@ -276,6 +276,9 @@ impl Engine {
                 return self.ask_account(now, id, key, (name, password), false, out)
             }
             Command::Confirm { code } => return self.confirm(now, id, key, code, out),
+            Command::SignInToken { token } => {
+                return self.sign_in_with_token(now, id, key, token, out)
+            }
             _ => {}
         }
         if let Command::Unknown = command {
@@ -295,6 +298,7 @@ impl Engine {
             Command::Login { .. }
             | Command::Register { .. }
             | Command::SignIn { .. }
+            | Command::SignInToken { .. }
             | Command::Confirm { .. } => unreachable!("handled above"),
             Command::Quit => {
                 self.close(id, out);

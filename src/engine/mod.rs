@@ -60,6 +60,7 @@ mod members;
 mod outbox;
 mod sessions;
 mod timers;
+pub mod token;
 mod tree;
 
 pub use chat::{Chat, Origin, Stamp};
@@ -156,6 +157,11 @@ pub struct Config {
     /// The names that were accounts when the server started (the shards learn of later ones
     /// from the mailbox).
     pub accounts: Arc<ahash::AHashSet<Name>>,
+    /// The key of the tokens this server signs for browsers that signed in (kept with the
+    /// mailbox's data), if it signs any.
+    pub session_key: Option<Vec<u8>>,
+    /// Keys whose tokens sign a session in: `session_key` and the operator's (`--auth-key`).
+    pub token_keys: Vec<Vec<u8>>,
 }
 
 impl Config {
@@ -171,6 +177,8 @@ impl Config {
             epoch_unix_ms: 0,
             mailbox: false,
             accounts: Arc::default(),
+            session_key: None,
+            token_keys: Vec::new(),
         }
     }
 

@@ -146,6 +146,7 @@ impl MailboxServer {
 pub struct Opened {
     store: Store,
     accounts: Vec<String>,
+    session_key: Vec<u8>,
 }
 
 impl Opened {
@@ -153,6 +154,41 @@ impl Opened {
     pub fn account_names(&self) -> &[String] {
         &self.accounts
     }
+
+    /// The key of the sign-in tokens this server gives browsers (`session.key` beside the
+    /// database, made at first start), so they stay good across restarts.
+    pub fn session_key(&self) -> &[u8] {
+        &self.session_key
+    }
+}
+
+/// The session key in `dir`, made (32 random bytes, readable by the owner alone) if missing.
+fn session_key(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("session.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is too short",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let key: Vec<u8> = (0..4)
+        .flat_map(|_| crate::io::sys::random_u64().to_le_bytes())
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(&key)?;
+    file.sync_all()?;
+    Ok(key)
 }
 
 /// Opens (or creates) the store under `cfg.data_dir`.
@@ -166,7 +202,12 @@ pub fn open(cfg: &MailboxConfig) -> std::io::Result<Opened> {
     )
     .map_err(std::io::Error::other)?;
     let accounts = store.account_names().map_err(std::io::Error::other)?;
-    Ok(Opened { store, accounts })
+    let session_key = session_key(&cfg.data_dir)?;
+    Ok(Opened {
+        store,
+        accounts,
+        session_key,
+    })
 }
 
 /// Binds `cfg.listen` (errors are reported here), then starts the thread, which also serves
@@ -177,7 +218,9 @@ pub fn start(
     link: Arc<Link>,
     gate: Arc<Gate>,
 ) -> std::io::Result<MailboxServer> {
-    let Opened { store, accounts } = opened;
+    let Opened {
+        store, accounts, ..
+    } = opened;
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;

@@ -56,6 +56,8 @@ pub struct WebConfig {
     pub idle: std::time::Duration,
     /// https and wss, beside plain http and ws (`--tls-cert`).
     pub tls: Option<Tls>,
+    /// Connections one address may hold at once (`--ws-per-ip`).
+    pub per_ip: usize,
 }
 
 /// A connection's way back: its events, and the kick that closes it when it falls behind.

@@ -85,10 +85,12 @@ fn a_registered_name_is_its_owners_alone_on_every_front_end() {
         &mut browser,
         json!({"type": "login", "name": "amy", "password": "correct horse"}),
     );
+    let ok = wait_for(&mut browser, "ok");
     assert_eq!(
-        wait_for(&mut browser, "ok"),
-        json!({"type": "ok", "request": "login", "name": "amy"})
+        (&ok["request"], &ok["name"]),
+        (&json!("login"), &json!("amy"))
     );
+    assert!(ok["token"].is_string(), "a token to sign in again: {ok}");
 
     // The mailbox's protocol has no password: it cannot act as amy.
     assert_eq!(m.ask(&["REGISTER", "amy"]), [1], "registered already");
@@ -261,5 +263,83 @@ fn one_network_cannot_spend_the_registrations_of_all() {
         [0],
         "another /24"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tokens: the page's (signed by the router for a browser that signed in, good after a
+/// restart) and an existing site's (signed with the operator's `--auth-key`).
+#[test]
+fn tokens_sign_in_browsers_and_text_users() {
+    let dir = data_dir("tokens");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = b"the operator's key, 32 bytes or more".to_vec();
+    let key_file = dir.join("auth.key");
+    std::fs::write(&key_file, [&key[..], b"\n"].concat()).unwrap();
+    let ws_port = support::free_tcp_port();
+    let ws = format!("127.0.0.1:{ws_port}");
+    let args = ["--ws", &ws, "--auth-key", key_file.to_str().unwrap()];
+    let m = crate::mailbox::start_with(&dir, support::free_tcp_port(), &args);
+
+    // A browser signs up and is given a token; another connection signs in with it.
+    let mut first = connect(ws_port, true);
+    assert_eq!(next_event(&mut first)["type"], "welcome");
+    send(
+        &mut first,
+        json!({"type": "register", "name": "pat", "password": "pat's password"}),
+    );
+    let ok = wait_for(&mut first, "ok");
+    assert_eq!(
+        (&ok["request"], &ok["name"]),
+        (&json!("register"), &json!("pat"))
+    );
+    let token = ok["token"].as_str().expect("a token").to_string();
+    let login_with = |token: &str| {
+        let mut ws = connect(ws_port, true);
+        assert_eq!(next_event(&mut ws)["type"], "welcome");
+        send(&mut ws, json!({"type": "login", "token": token}));
+        let answer = next_event(&mut ws);
+        (ws, answer)
+    };
+    let (_second, answer) = login_with(&token);
+    assert_eq!(
+        (&answer["type"], &answer["name"]),
+        (&json!("ok"), &json!("pat"))
+    );
+    // One character of the signature changed (to another of the alphabet).
+    let at = token.len() - 10;
+    let swap = if &token[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swap}{}", &token[..at], &token[at + 1..]);
+    let (_third, answer) = login_with(&forged);
+    assert_eq!(answer["message"], "that token signs no one in");
+
+    // The operator's site vouches for its user over the text protocol.
+    let site_token = chat_router::engine::token::sign(&key, "site-user", 4_102_444_800).unwrap();
+    let text = Text::new(m.router.addr());
+    confirm(&text, &text.ask(&format!("/login {site_token}")));
+    assert_eq!(
+        text.ask(&format!("/login {site_token}")),
+        "+OK Signed in as 'site-user'"
+    );
+    let expired = chat_router::engine::token::sign(&key, "site-user", 1).unwrap();
+    assert_eq!(
+        text.ask(&format!("/login {expired}")),
+        "-ERR That token signs no one in"
+    );
+    let other = Text::new(m.router.addr());
+    assert_eq!(
+        other.ask("/nick site-user"),
+        "-ERR Nickname 'site-user' is in use",
+        "held by its signed-in session"
+    );
+
+    // The router's own key lives with its data: the page's token is good after a restart.
+    let (_, _) = m.router.interrupt();
+    let m = crate::mailbox::start_with(&dir, m.port, &args);
+    let (_again, answer) = login_with(&token);
+    assert_eq!(
+        (&answer["type"], &answer["name"]),
+        (&json!("ok"), &json!("pat"))
+    );
+    drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 }

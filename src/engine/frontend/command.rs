@@ -6,6 +6,7 @@
 
 use crate::engine::accounts::AccountOutcome;
 use crate::engine::direct::DirectOutcome;
+use crate::engine::token::Token;
 use crate::engine::{Chat, DropReason};
 use crate::proto::{Name, Nick};
 use std::net::SocketAddr;
@@ -57,6 +58,10 @@ pub enum Command<'a> {
     SignIn {
         name: &'a [u8],
         password: &'a [u8],
+    },
+    /// Sign the session in with a token that vouches for an account ([`crate::engine::token`]).
+    SignInToken {
+        token: &'a [u8],
     },
     /// The code this server sent the session's address: the address receives what is sent
     /// to it (see [`crate::engine::accounts`]).
@@ -125,6 +130,8 @@ pub enum Refusal {
     Account(AccountOutcome),
     /// This server keeps no accounts (it runs no mailbox).
     NoAccounts,
+    /// A sign-in token that is forged, malformed or expired.
+    BadToken,
 }
 
 /// What the mailbox reports to a session, in a front-end's terms.
@@ -152,10 +159,17 @@ pub enum Done {
     Joined(Name),
     Left(Name),
     Quit,
-    /// The account was created and the session signed in to it.
-    Registered(Nick),
+    /// The account was created and the session signed in to it; `token` signs it in again
+    /// (for front-ends that keep one).
+    Registered {
+        name: Nick,
+        token: Option<Token>,
+    },
     /// The session signed in to the account.
-    SignedIn(Nick),
+    SignedIn {
+        name: Nick,
+        token: Option<Token>,
+    },
     /// The session's address has shown it receives.
     Confirmed,
 }

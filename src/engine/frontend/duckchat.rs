@@ -75,6 +75,7 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         | Refusal::BadAccountName
         | Refusal::BadPassword
         | Refusal::NoAccounts
+        | Refusal::BadToken
         | Refusal::Account(_) => (b"*Unknown command", b""),
     };
     let mut message = [0u8; 96];
@@ -151,6 +152,7 @@ pub(super) fn log_command(
         | Command::Direct { .. }
         | Command::Register { .. }
         | Command::SignIn { .. }
+        | Command::SignInToken { .. }
         | Command::Confirm { .. }
         | Command::Unknown => {}
     }

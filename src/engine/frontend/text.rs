@@ -89,6 +89,7 @@ pub(super) fn decode<'a>(
         },
         Line::Login(arg) => match text::split_direct(arg) {
             Some((name, password)) => Command::SignIn { name, password },
+            None if !arg.is_empty() => Command::SignInToken { token: arg },
             None => return reply_error(scratch, format_args!("-ERR Usage: /login NAME PASSWORD")),
         },
         Line::Confirm(code) if !code.is_empty() => Command::Confirm { code },
@@ -188,6 +189,7 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         ),
         Refusal::WrongCode => line(buf, format_args!("-ERR Wrong code")),
         Refusal::NoAccounts => line(buf, format_args!("-ERR Accounts are off on this server")),
+        Refusal::BadToken => line(buf, format_args!("-ERR That token signs no one in")),
         Refusal::BadAccountName => line(
             buf,
             format_args!("-ERR An account name is 1 to 31 bytes, without spaces or '>'"),
@@ -207,8 +209,10 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
         Done::Joined(room) => line(buf, format_args!("+OK You are now in chat room #{room}")),
         Done::Left(room) => line(buf, format_args!("+OK You have left chat room #{room}")),
         Done::Named(nick) => line(buf, format_args!("+OK Nickname set to '{nick}'")),
-        Done::Registered(n) => line(buf, format_args!("+OK Registered '{n}', signed in")),
-        Done::SignedIn(n) => line(buf, format_args!("+OK Signed in as '{n}'")),
+        Done::Registered { name, .. } => {
+            line(buf, format_args!("+OK Registered '{name}', signed in"))
+        }
+        Done::SignedIn { name, .. } => line(buf, format_args!("+OK Signed in as '{name}'")),
         Done::Confirmed => line(buf, format_args!("+OK Address confirmed")),
         Done::Nothing | Done::Quit => None,
     }

@@ -48,10 +48,13 @@ enum Request {
         name: String,
         password: String,
     },
-    /// Sign in to an account.
+    /// Sign in to an account, with its password or a token.
     Login {
+        #[serde(default)]
         name: String,
+        #[serde(default)]
         password: String,
+        token: Option<String>,
     },
 }
 
@@ -123,7 +126,20 @@ pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> D
             let (name, password) = both(scratch, &name, &password);
             Command::Register { name, password }
         }
-        Request::Login { name, password } if fits(&name, &password) => {
+        Request::Login {
+            token: Some(token), ..
+        } if token.len() <= SCRATCH => {
+            scratch[..token.len()].copy_from_slice(token.as_bytes());
+            let scratch: &'a [u8; SCRATCH] = scratch;
+            Command::SignInToken {
+                token: &scratch[..token.len()],
+            }
+        }
+        Request::Login {
+            name,
+            password,
+            token: None,
+        } if fits(&name, &password) => {
             let (name, password) = both(scratch, &name, &password);
             Command::SignIn { name, password }
         }
@@ -211,6 +227,7 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         ),
         Refusal::BadPassword => write!(message, "a password is 8 to 128 bytes"),
         Refusal::NoAccounts => write!(message, "accounts are off on this server"),
+        Refusal::BadToken => write!(message, "that token signs no one in"),
         Refusal::Account(outcome) => message.write_str(super::text::account_refusal(*outcome)),
     };
     write_error(buf, message.as_bytes())
@@ -235,14 +252,18 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
             j.raw(b",")?;
             j.field("channel", c.as_bytes())?;
         }
-        Done::Registered(n) | Done::SignedIn(n) => {
+        Done::Registered { name, token } | Done::SignedIn { name, token } => {
             let request: &[u8] = match done {
-                Done::Registered(_) => b"register",
+                Done::Registered { .. } => b"register",
                 _ => b"login",
             };
             j.field("request", request)?;
             j.raw(b",")?;
-            j.field("name", n.as_bytes())?;
+            j.field("name", name.as_bytes())?;
+            if let Some(token) = token {
+                j.raw(b",")?;
+                j.field("token", token.as_bytes())?;
+            }
         }
         Done::Nothing | Done::Quit | Done::Confirmed => return None,
     }
