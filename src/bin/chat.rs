@@ -26,7 +26,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// A chat client. DuckChat: `chat HOST PORT NAME` logs in as NAME and joins Common; then
 /// `/join C`, `/leave C`, `/switch C` (the channel your lines go to), `/list`, `/who C` and
 /// `/exit`; any other line is said on the current channel. Text rooms: `chat --text HOST PORT
-/// [NICK]`, then `/join N`, `/part`, `/nick NAME`, `/msg NICK text`, chat lines, `/exit`.
+/// [NICK]`, then `/join N`, `/part`, `/nick NAME`, `/msg NICK text`, `/register NAME PASSWORD`,
+/// `/login NAME PASSWORD`, chat lines, `/exit`.
 #[derive(Debug, Parser)]
 #[command(name = "chat", version = env!("CHAT_ROUTER_VERSION"))]
 struct Cli {
@@ -76,6 +77,7 @@ fn run(cli: Cli) -> Result<(), String> {
         done: AtomicBool::new(false),
         server,
         refused: AtomicBool::new(false),
+        last_line: std::sync::Mutex::new(Vec::new()),
     });
     let printer = {
         let link = link.clone();
@@ -102,6 +104,8 @@ struct Link {
     server: SocketAddr,
     /// The "no server" note was printed.
     refused: AtomicBool,
+    /// The last line typed (text mode), sent again once the address is confirmed.
+    last_line: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Link {
@@ -130,6 +134,23 @@ impl Link {
         self.send(&buf[..n])
     }
 
+    /// The router asks a text session to show that it receives before it registers, signs in
+    /// or leaves a message (docs/accounts.md): the client sends the code back, then the line
+    /// that was refused, as a person would.
+    fn confirm_if_asked(&self, reply: &[u8]) {
+        const ASKED: &[u8] = b"-ERR Confirm your address first: /confirm ";
+        let Some(code) = reply.strip_prefix(ASKED) else {
+            return;
+        };
+        let mut confirm = b"/confirm ".to_vec();
+        confirm.extend_from_slice(code);
+        let again = self.last_line.lock().map(|l| l.clone()).unwrap_or_default();
+        let _ = self.send(&confirm);
+        if !again.is_empty() {
+            let _ = self.send(&again);
+        }
+    }
+
     /// Prints what arrives until the session ends; in DuckChat, keeps the session alive.
     fn print_incoming(&self, text: bool) {
         let mut buf = [0u8; 65536];
@@ -145,6 +166,9 @@ impl Link {
             let Ok(n) = self.socket.recv(&mut buf) else {
                 continue; // a timeout (or the server's port closed for now: keep listening)
             };
+            if text {
+                self.confirm_if_asked(&buf[..n]);
+            }
             let mut out = stdout.lock();
             let _ = if text {
                 writeln!(out, "{}", String::from_utf8_lossy(&buf[..n]))
@@ -265,13 +289,19 @@ fn text_session(link: &Link, nick: Option<&str>) -> Result<(), String> {
     if let Some(nick) = nick {
         link.send(format!("/nick {nick}").as_bytes())?;
     }
-    eprintln!("chat: text rooms: /join N, /part, /nick NAME, chat lines, /exit");
+    eprintln!(
+        "chat: text rooms: /join N, /part, /nick NAME, /msg NICK text, /register NAME PASSWORD, \
+         /login NAME PASSWORD, chat lines, /exit"
+    );
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         if line == "/exit" {
             break;
         }
         if !line.is_empty() {
+            if let Ok(mut last) = link.last_line.lock() {
+                *last = line.as_bytes().to_vec();
+            }
             link.send(line.as_bytes())?;
         }
     }

@@ -149,6 +149,34 @@ fn text_mode_talks_in_rooms() {
     ben.leaves();
 }
 
+/// Registering from `chat --text`: the client confirms its address by itself when asked, and
+/// the account's name is then refused to a second client.
+#[test]
+fn text_mode_registers_and_confirms_its_address_by_itself() {
+    let dir = std::env::temp_dir().join(format!("chat-router-chat-acct-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mailbox = format!("127.0.0.1:{}", support::free_tcp_port());
+    let port = free_port();
+    let mut router = Router::start(
+        port,
+        &[],
+        &["--mailbox", &mailbox, "--data-dir", dir.to_str().unwrap()],
+    );
+    router.wait_for_line("mailbox on", WAIT);
+    let p = port.to_string();
+    let mut ann = Person::start(&["--text", "127.0.0.1", &p]);
+    ann.types("/register ann a long password");
+    ann.sees("+OK Address confirmed");
+    ann.sees("+OK Registered 'ann', signed in");
+    let mut ben = Person::start(&["--text", "127.0.0.1", &p]);
+    ben.types("/nick ann");
+    ben.sees("-ERR 'ann' is registered");
+    ann.leaves();
+    ben.leaves();
+    drop(router);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn no_server_yet_is_said_once_and_the_client_carries_on() {
     // As when a person starts the client before the server: UDP sends go on.
