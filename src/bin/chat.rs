@@ -286,6 +286,9 @@ fn duckchat_session(link: &Link, name: &str, server: SocketAddr) -> Result<(), S
 }
 
 fn text_session(link: &Link, nick: Option<&str>) -> Result<(), String> {
+    // Shows at once that this address receives, so that mail for the nick it takes reaches it
+    // (the router gives its code; the code goes back: docs/accounts.md).
+    link.send(b"/confirm")?;
     if let Some(nick) = nick {
         link.send(format!("/nick {nick}").as_bytes())?;
     }

@@ -211,7 +211,9 @@ impl Engine {
 
     /// Tells the mailbox the name session `id` now goes by (after a login), or that it takes
     /// no direct messages any more (`gone`: it is ending). Only sessions that picked a name
-    /// are known to the mailbox; one named after its address is not.
+    /// and have shown they receive are known to the mailbox: one named after its address is
+    /// not, and a forged `/nick bob` must not divert bob's mail to an address that never
+    /// reads it (see [`super::accounts`]).
     pub(super) fn announce_name(&mut self, id: SessionId, gone: bool, out: &mut Outbox) {
         if !self.cfg.mailbox {
             return;
@@ -222,8 +224,9 @@ impl Engine {
         let Some(session) = self.clients.sessions.get_mut(id) else {
             return;
         };
+        let known = !gone && protocol.takes_direct() && session.claimed && session.confirmed;
         let name = Some(session.name.as_bytes())
-            .filter(|name| !gone && protocol.takes_direct() && is_user_name(name))
+            .filter(|name| known && is_user_name(name))
             .map(|name| String::from_utf8_lossy(name).into_owned());
         if name.is_none() && !session.known_to_mailbox {
             return;

@@ -192,30 +192,49 @@ fn guessing_a_password_is_bounded() {
 }
 
 /// A datagram source that never reads what is sent to it is what a forged source looks like to
-/// the router: its direct message to a registered user who is away is refused, not stored.
+/// the router: its direct message to a registered user who is away is refused, not stored, and
+/// taking the user's name does not divert the user's stored mail to it.
 #[test]
-fn nothing_is_stored_for_a_source_that_never_showed_it_receives() {
+fn nothing_lasting_for_a_source_that_never_showed_it_receives() {
     let dir = data_dir("unconfirmed");
     let m = start(&dir, support::free_tcp_port());
     assert_eq!(m.ask(&["REGISTER", "bob"]), [0]);
+    assert_eq!(m.ask(&["REGISTER", "amy"]), [0]);
+    assert_eq!(m.ask(&["SEND", "amy", "bob", "kept for bob"])[0], 0);
     let forger = Text::new(m.router.addr());
-    assert_eq!(forger.ask("/nick mallory"), "+OK Nickname set to 'mallory'");
-    let refused = forger.ask("/msg bob you have been diverted");
+    assert_eq!(forger.ask("/nick bob"), "+OK Nickname set to 'bob'");
+    assert_eq!(
+        forger.next(Duration::from_millis(300)),
+        None,
+        "bob's mail stays stored"
+    );
+    let other = Text::new(m.router.addr());
+    assert_eq!(other.ask("/nick mallory"), "+OK Nickname set to 'mallory'");
+    let refused = other.ask("/msg amy you have been diverted");
     assert!(
         refused.starts_with("-ERR Confirm your address first"),
         "{refused}"
     );
+    forger.send("/quit");
     let bob = Listener::new();
     assert_eq!(m.ask(&["CONNECT", "bob", &bob.port()]), [0]);
+    let pushes = bob.pushes(1, WAIT);
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0][0], "SEND_MESSAGE");
+    assert_eq!(pushes[0][3], "kept for bob");
+    let amy = Listener::new();
+    assert_eq!(m.ask(&["CONNECT", "amy", &amy.port()]), [0]);
+    let pushes = amy.pushes(2, Duration::from_millis(500));
     assert_eq!(
-        bob.pushes(1, Duration::from_millis(500)),
-        Vec::<Vec<String>>::new()
+        pushes,
+        [vec!["SEND_MESS_ACK".to_string(), "0".to_string()]],
+        "only the acknowledgement of what amy sent bob: nothing stored for her"
     );
-    // Now online, bob is handed what a stranger sends, but nothing is stored for him.
+    // Now online, amy is handed what a stranger sends, but nothing is stored for her.
     assert_eq!(
-        forger.ask("/msg bob hello now"),
-        "+OK Message for bob delivered",
-        "handed to bob's listen port"
+        other.ask("/msg amy hello now"),
+        "+OK Message for amy delivered",
+        "handed to amy's listen port"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

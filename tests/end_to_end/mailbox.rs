@@ -395,6 +395,18 @@ impl Text {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    /// Shows the router that this address receives: asks for its code and sends it back.
+    pub(crate) fn confirm(&self) {
+        let given = self.ask("/confirm");
+        let code = given
+            .strip_prefix("+OK Code ")
+            .unwrap_or_else(|| panic!("no code: {given}"));
+        assert_eq!(
+            self.ask(&format!("/confirm {code}")),
+            "+OK Address confirmed"
+        );
+    }
+
     /// One command and its one reply.
     pub(crate) fn ask(&self, line: &str) -> String {
         self.send(line);
@@ -454,6 +466,7 @@ fn one_namespace_for_text_users_and_mailbox_users() {
         assert_eq!(m.ask(&["SEND", "bob", "carol", text])[0], 0);
     }
     let carol = Text::new(udp);
+    carol.confirm();
     assert_eq!(carol.ask("/nick carol"), "+OK Nickname set to 'carol'");
     assert_eq!(carol.next(WAIT).as_deref(), Some("+MSG <bob> for later 1"));
     assert_eq!(carol.next(WAIT).as_deref(), Some("+MSG <bob> for later 2"));
@@ -463,6 +476,7 @@ fn one_namespace_for_text_users_and_mailbox_users() {
     assert_eq!(m.ask(&["SEND", "bob", "carol", "after quit"])[0], 0);
     assert_eq!(carol.next(Duration::from_millis(300)), None, "quit");
     let carol_again = Text::new(udp);
+    carol_again.confirm();
     assert_eq!(
         carol_again.ask("/nick carol"),
         "+OK Nickname set to 'carol'"
@@ -474,6 +488,7 @@ fn one_namespace_for_text_users_and_mailbox_users() {
     assert_eq!(carol_again.next(Duration::from_millis(300)), None, "once");
     // A name nobody registered reaches whoever goes by it now, and is not stored.
     let dave = Text::new(udp);
+    dave.confirm();
     assert_eq!(dave.ask("/nick dave"), "+OK Nickname set to 'dave'");
     assert_eq!(amy.ask("/msg dave psst"), "+OK Message for dave delivered");
     assert_eq!(dave.next(WAIT).as_deref(), Some("+MSG <amy> psst"));

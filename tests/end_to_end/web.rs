@@ -578,6 +578,13 @@ fn direct_messages_between_browsers_text_users_and_the_mailbox() {
         let (n, _) = bob.recv_from(&mut buf).expect("a line from the router");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
+    // bob shows that his address receives (a forged source cannot), so his name takes mail.
+    let code = bob_line("/confirm");
+    let code = code.strip_prefix("+OK Code ").expect("a code");
+    assert_eq!(
+        bob_line(&format!("/confirm {code}")),
+        "+OK Address confirmed"
+    );
     assert_eq!(bob_line("/nick bob"), "+OK Nickname set to 'bob'");
     // Neither is registered: handed to whoever goes by the name now, without an id.
     send(

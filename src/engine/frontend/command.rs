@@ -172,6 +172,8 @@ pub enum Done {
     },
     /// The session's address has shown it receives.
     Confirmed,
+    /// The code that the session's address must send back (it asked for it).
+    Code(u32),
 }
 
 /// A message as a front-end writes it to a member.

@@ -92,8 +92,7 @@ pub(super) fn decode<'a>(
             None if !arg.is_empty() => Command::SignInToken { token: arg },
             None => return reply_error(scratch, format_args!("-ERR Usage: /login NAME PASSWORD")),
         },
-        Line::Confirm(code) if !code.is_empty() => Command::Confirm { code },
-        Line::Confirm(_) => return reply_error(scratch, format_args!("-ERR Usage: /confirm CODE")),
+        Line::Confirm(code) => Command::Confirm { code },
         Line::Quit if session.is_some() => Command::Quit,
         Line::Quit => return Decoded::Nothing,
         Line::Unknown(word) => {
@@ -214,6 +213,8 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
         }
         Done::SignedIn { name, .. } => line(buf, format_args!("+OK Signed in as '{name}'")),
         Done::Confirmed => line(buf, format_args!("+OK Address confirmed")),
+        // Short: it answers a stranger's 8-byte request (at most 3x its bytes).
+        Done::Code(code) => line(buf, format_args!("+OK Code {code:08x}")),
         Done::Nothing | Done::Quit => None,
     }
 }

@@ -265,7 +265,7 @@ pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
                 j.field("token", token.as_bytes())?;
             }
         }
-        Done::Nothing | Done::Quit | Done::Confirmed => return None,
+        Done::Nothing | Done::Quit | Done::Confirmed | Done::Code(_) => return None,
     }
     j.raw(b"}")?;
     Some(j.len())
