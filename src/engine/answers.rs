@@ -5,6 +5,7 @@
 //! LIST and one WHO answer waiting (asking again meanwhile adds nothing).
 
 use super::frontend::Answer;
+use super::frontend::Person;
 use super::sessions::SessionId;
 use super::{DropReason, Engine, Outbox};
 use crate::proto::Name;
@@ -26,7 +27,7 @@ pub(super) enum Rest {
     /// `names[next..]` of the channel's members.
     Who {
         channel: Name,
-        names: Arc<[Name]>,
+        names: Arc<[Person]>,
         next: usize,
     },
 }
@@ -128,7 +129,7 @@ impl Engine {
         now: Duration,
         id: SessionId,
         channel: Name,
-        names: Arc<[Name]>,
+        names: Arc<[Person]>,
         mut next: usize,
         out: &mut Outbox,
     ) {

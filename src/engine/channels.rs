@@ -2,6 +2,7 @@
 //! to), its life (created by the first join, forgotten when no member and no federation link
 //! needs it), and what is said in it, handed to the federation and fanned out.
 
+use super::frontend::Person;
 use super::members::Members;
 use super::sessions::SessionId;
 use super::tree::Links;
@@ -13,7 +14,7 @@ use smallvec::SmallVec;
 /// A member, as the owner knows it.
 #[derive(Clone, Copy)]
 pub(super) struct Member {
-    name: Name,
+    person: Person,
     /// Its protocol shows who joins and leaves.
     watches: bool,
 }
@@ -103,7 +104,7 @@ impl Engine {
         now: std::time::Duration,
         name: Name,
         session: SessionId,
-        user: Name,
+        user: Person,
         watches: bool,
         out: &mut Outbox,
     ) {
@@ -123,7 +124,7 @@ impl Engine {
         };
         if let Some(known) = channel.members.get_mut(&session) {
             // A rename: shown as the old name leaving and the new one joining.
-            let old = std::mem::replace(&mut known.name, user);
+            let old = std::mem::replace(&mut known.person, user);
             self.announce(name, old, false, out);
             return self.announce(name, user, true, out);
         }
@@ -131,7 +132,7 @@ impl Engine {
         channel.members.insert(
             session,
             Member {
-                name: user,
+                person: user,
                 watches,
             },
         );
@@ -145,7 +146,7 @@ impl Engine {
     }
 
     /// Presence: to every shard with a member that watches it.
-    fn announce(&mut self, name: Name, user: Name, joined: bool, out: &mut Outbox) {
+    fn announce(&mut self, name: Name, user: Person, joined: bool, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
@@ -169,7 +170,7 @@ impl Engine {
         if let Some(member) = channel.members.remove(&session) {
             channel.per_shard[session.home as usize] -= 1;
             channel.watchers[session.home as usize] -= u32::from(member.watches);
-            self.announce(name, member.name, false, out);
+            self.announce(name, member.person, false, out);
         }
         self.collect(name, out);
     }
@@ -239,7 +240,7 @@ impl Engine {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
-        let mut names: Vec<Name> = channel.members.values().map(|m| m.name).collect();
+        let mut names: Vec<Person> = channel.members.values().map(|m| m.person).collect();
         names.sort_unstable();
         let msg = ShardMsg::WhoNames {
             channel: name,

@@ -12,7 +12,7 @@
 
 use super::answers;
 use super::budget::ReplyBudget;
-use super::frontend::{self, Command, Decoded, Delivery, Done, Protocol, Refusal, View};
+use super::frontend::{self, Command, Decoded, Delivery, Done, Person, Protocol, Refusal, View};
 use super::logins::Claim;
 use super::members::Members;
 use super::sessions::{Key, SessionId, Sessions, Standing};
@@ -715,10 +715,18 @@ impl Engine {
         protocol: Protocol,
         out: &mut Outbox,
     ) {
+        let signed_in = self
+            .clients
+            .sessions
+            .get(session)
+            .is_some_and(|s| s.signed_in);
         let msg = ShardMsg::Joined {
             channel,
             session,
-            user: Name::truncating(name.as_bytes()),
+            user: Person {
+                name: Name::truncating(name.as_bytes()),
+                signed_in,
+            },
             watches: protocol.wants_presence(),
         };
         self.send_to_owner(msg, out);
@@ -854,7 +862,7 @@ impl Engine {
     pub(super) fn deliver_presence(
         &mut self,
         channel: Name,
-        user: Name,
+        user: Person,
         joined: bool,
         out: &mut Outbox,
     ) {

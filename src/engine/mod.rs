@@ -290,7 +290,7 @@ pub enum ShardMsg {
     Joined {
         channel: Name,
         session: SessionId,
-        user: Name,
+        user: frontend::Person,
         /// The session's protocol shows who joins and leaves ([`Protocol::wants_presence`]).
         watches: bool,
     },
@@ -326,7 +326,7 @@ pub enum ShardMsg {
     WhoNames {
         channel: Name,
         session: SessionId,
-        names: Arc<[Name]>,
+        names: Arc<[frontend::Person]>,
     },
     /// Receiving shard -> owner: a neighbor's datagram.
     FromNeighbor {
@@ -347,7 +347,7 @@ pub enum ShardMsg {
     /// Owner -> every shard with members that watch presence: `user` joined or left.
     Presence {
         channel: Name,
-        user: Name,
+        user: frontend::Person,
         joined: bool,
     },
     /// Owner -> every shard: directory updates.

@@ -91,6 +91,26 @@ fn a_registered_name_is_its_owners_alone_on_every_front_end() {
         (&json!("login"), &json!("amy"))
     );
     assert!(ok["token"].is_string(), "a token to sign in again: {ok}");
+    // WHO and presence show who is signed in.
+    let mut anonymous = connect(ws_port, true);
+    assert_eq!(next_event(&mut anonymous)["type"], "welcome");
+    send(&mut anonymous, json!({"type": "nick", "name": "zed"}));
+    assert_eq!(wait_for(&mut anonymous, "ok")["name"], "zed");
+    send(&mut anonymous, json!({"type": "join", "channel": "Common"}));
+    assert_eq!(wait_for(&mut anonymous, "ok")["channel"], "Common");
+    send(&mut browser, json!({"type": "join", "channel": "Common"}));
+    let mut joined = wait_for(&mut anonymous, "presence");
+    if joined["user"] == "zed" {
+        joined = wait_for(&mut anonymous, "presence"); // its own join came first
+    }
+    assert_eq!(
+        (&joined["user"], &joined["signed_in"]),
+        (&json!("amy"), &json!(true))
+    );
+    send(&mut anonymous, json!({"type": "who", "channel": "Common"}));
+    let members = wait_for(&mut anonymous, "members");
+    assert_eq!(members["users"], json!(["amy", "zed"]));
+    assert_eq!(members["signed_in"], json!(["amy"]));
 
     // The mailbox's protocol has no password: it cannot act as amy.
     assert_eq!(m.ask(&["REGISTER", "amy"]), [1], "registered already");

@@ -87,7 +87,7 @@ fn a_browser_and_a_duckchat_user_share_a_channel() {
         [
             serde_json::json!({"type":"ok","request":"nick","name":"bob"}),
             serde_json::json!({"type":"ok","request":"join","channel":"Common"}),
-            serde_json::json!({"type":"presence","channel":"Common","user":"bob","event":"joined"}),
+            serde_json::json!({"type":"presence","channel":"Common","user":"bob","event":"joined","signed_in":false}),
         ]
     );
     one.out.clear();
@@ -131,7 +131,7 @@ fn a_browser_and_a_duckchat_user_share_a_channel() {
     assert_eq!(
         one.take(bob),
         [
-            serde_json::json!({"type":"members","channel":"Common","users":["amy","bob"],"last":true}),
+            serde_json::json!({"type":"members","channel":"Common","users":["amy","bob"],"signed_in":[],"last":true}),
             serde_json::json!({"type":"channels","channels":["Common"],"last":true}),
         ]
     );
@@ -230,12 +230,12 @@ fn browsers_see_who_joins_and_leaves() {
         one.take(bob),
         [
             serde_json::json!({"type":"ok","request":"join","channel":"Common"}),
-            serde_json::json!({"type":"presence","channel":"Common","user":"127.0.0.1:50002","event":"joined"}),
+            serde_json::json!({"type":"presence","channel":"Common","user":"127.0.0.1:50002","event":"joined","signed_in":false}),
         ]
     );
     one.out.clear();
     one.frame(bob, Protocol::Web, r#"{"type":"nick","name":"bob"}"#);
-    let presence = |user: &str, event: &str| serde_json::json!({"type":"presence","channel":"Common","user":user,"event":event});
+    let presence = |user: &str, event: &str| serde_json::json!({"type":"presence","channel":"Common","user":user,"event":event,"signed_in":false});
     assert_eq!(
         one.take(bob),
         [

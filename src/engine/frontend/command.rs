@@ -134,6 +134,14 @@ pub enum Refusal {
     BadToken,
 }
 
+/// A member of a channel as WHO lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Person {
+    pub name: Name,
+    /// Signed in to the account of this name.
+    pub signed_in: bool,
+}
+
 /// What the mailbox reports to a session, in a front-end's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectEvent<'a> {

@@ -111,7 +111,7 @@ pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize
     match answer {
         Answer::List { names, .. } => duckchat::encode_txt_list(buf, names.iter()).ok(),
         Answer::Who { channel, names, .. } => {
-            duckchat::encode_txt_who(buf, channel, names.iter()).ok()
+            duckchat::encode_txt_who(buf, channel, names.iter().map(|p| &p.name)).ok()
         }
     }
 }

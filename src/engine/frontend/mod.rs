@@ -13,7 +13,7 @@ mod text;
 mod web;
 mod web_compat;
 
-pub use command::{Command, Decoded, Delivery, DirectEvent, Done, Refusal, Settings, View};
+pub use command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal, Settings, View};
 
 use super::{Endpoint, Outbox};
 use crate::proto::duckchat::{type_code_order, Endian};
@@ -50,7 +50,7 @@ pub enum Answer<'n> {
     },
     Who {
         channel: &'n Name,
-        names: &'n [Name],
+        names: &'n [Person],
         last: bool,
     },
 }
@@ -194,7 +194,7 @@ impl Protocol {
     pub fn encode_presence(
         self,
         channel: &Name,
-        user: &Name,
+        user: &Person,
         joined: bool,
         buf: &mut [u8],
     ) -> Option<usize> {

@@ -4,7 +4,7 @@
 //! first `nick` or `join` (named after its address until it picks a nick) and ends with the
 //! connection; a bad frame gets an `error` event, never a silent disconnect.
 
-use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Refusal};
+use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal};
 use super::json::Json;
 use super::{Answer, SCRATCH};
 use crate::engine::direct::DirectOutcome;
@@ -370,7 +370,7 @@ fn direct_refused(outcome: DirectOutcome, to: &str) -> arrayvec::ArrayString<128
 /// `{"type":"presence","channel","user","event":"joined"|"left"}`.
 pub(super) fn encode_presence(
     channel: &Name,
-    user: &Name,
+    user: &Person,
     joined: bool,
     buf: &mut [u8],
 ) -> Option<usize> {
@@ -378,10 +378,14 @@ pub(super) fn encode_presence(
     j.raw(b"{\"type\":\"presence\",")?;
     j.field("channel", channel.as_bytes())?;
     j.raw(b",")?;
-    j.field("user", user.as_bytes())?;
+    j.field("user", user.name.as_bytes())?;
     j.raw(b",")?;
     j.field("event", if joined { b"joined" } else { b"left" })?;
-    j.raw(b"}")?;
+    j.raw(if user.signed_in {
+        b",\"signed_in\":true}"
+    } else {
+        b",\"signed_in\":false}"
+    })?;
     Some(j.len())
 }
 
@@ -391,17 +395,20 @@ pub(super) const NAMES_PER_ANSWER: usize = 256;
 /// At most this many bytes: a name is printable, so escaping at most doubles it.
 pub(super) fn answer_len(answer: &Answer<'_>) -> usize {
     let names = match answer {
-        Answer::List { names, .. } | Answer::Who { names, .. } => names.len(),
+        Answer::List { names, .. } => names.len(),
+        Answer::Who { names, .. } => names.len(),
     };
-    128 + (names + 1) * (2 * Name::CAPACITY + 3)
+    // Each name may be listed twice: in `users`, and in `signed_in`.
+    128 + (names + 1) * 2 * (2 * Name::CAPACITY + 3)
 }
 
 pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
     let mut j = Json::new(buf);
-    let (names, last) = match *answer {
+    let last = match *answer {
         Answer::List { names, last } => {
             j.raw(b"{\"type\":\"channels\",\"channels\":")?;
-            (names, last)
+            j.strings(names.iter().map(Name::as_bytes))?;
+            last
         }
         Answer::Who {
             channel,
@@ -411,10 +418,17 @@ pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize
             j.raw(b"{\"type\":\"members\",")?;
             j.field("channel", channel.as_bytes())?;
             j.raw(b",\"users\":")?;
-            (names, last)
+            j.strings(names.iter().map(|p| p.name.as_bytes()))?;
+            j.raw(b",\"signed_in\":")?;
+            j.strings(
+                names
+                    .iter()
+                    .filter(|p| p.signed_in)
+                    .map(|p| p.name.as_bytes()),
+            )?;
+            last
         }
     };
-    j.strings(names.iter().map(Name::as_bytes))?;
     j.raw(if last {
         b",\"last\":true}"
     } else {
