@@ -461,13 +461,10 @@ impl Engine {
             self.counters.dropped(DropReason::NameRegistered);
             return Err(Refusal::NameRegistered(name));
         }
-        if key.1.default_name(key.0).is_some() {
+        if let Some(default) = key.1.default_name(key.0) {
             let id = match id {
                 Some(id) => id,
-                None => {
-                    let default = key.1.default_name(key.0).unwrap_or(name);
-                    self.open(now, key, default, out)?
-                }
+                None => self.open(now, key, default, out)?,
             };
             if let Some(session) = self.clients.sessions.get_mut(id) {
                 session.pending_name = Some(name);
@@ -573,7 +570,9 @@ impl Engine {
     }
 
     /// Begins a session: refused (counted) when its IP address holds its maximum; when the
-    /// table is full, the longest-silent session makes room (counted).
+    /// table is full, a session makes room (counted): the longest-silent of those that never
+    /// did more than begin, else of the others, never one signed in (the newcomer is anonymous;
+    /// if every session is signed in, it is refused).
     pub(super) fn open(
         &mut self,
         now: Duration,
@@ -582,20 +581,23 @@ impl Engine {
         out: &mut Outbox,
     ) -> Result<SessionId, Refusal> {
         let limits = &self.cfg.limits;
-        if self.clients.sessions.len() >= limits.sessions_per_shard {
-            // The newcomer is anonymous: it may push out a session that did less than it
-            // will, never one signed in.
-            let Some(victim) = self.clients.sessions.evictable() else {
-                self.counters.dropped(DropReason::SessionLimit);
-                return Err(Refusal::TooManySessions);
-            };
-            self.counters.sessions_evicted.inc();
-            self.close(victim, out);
-        }
-        let limits = &self.cfg.limits;
+        let victim = match self.clients.sessions.len() >= limits.sessions_per_shard {
+            false => None,
+            true => match self.clients.sessions.evictable() {
+                Some(victim) => Some(victim),
+                None => {
+                    self.counters.dropped(DropReason::SessionLimit);
+                    return Err(Refusal::TooManySessions);
+                }
+            },
+        };
         if !self.clients.admit(key.0.ip(), limits.sessions_per_ip) {
             self.counters.dropped(DropReason::IpLimit);
             return Err(Refusal::TooManySessions);
+        }
+        if let Some(victim) = victim {
+            self.counters.sessions_evicted.inc();
+            self.close(victim, out);
         }
         let session = Session {
             name,

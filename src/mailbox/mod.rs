@@ -469,16 +469,12 @@ async fn serve_shards(shared: Arc<Shared>) {
                     shared.counters.session_sends.fetch_add(1, Relaxed);
                     // From a session that has not shown it receives, nothing is stored: a
                     // registered recipient gets it only if it is online now.
-                    let registered = shared.store.is_registered(&to);
-                    let stored = match (may_store, registered) {
-                        (false, Ok(true)) => None,
-                        _ => Some(shared.store.send_from_session(
-                            from.clone(),
-                            to.clone(),
-                            text.clone(),
-                            source,
-                        )),
-                    };
+                    let storable =
+                        may_store || !matches!(shared.store.is_registered(&to), Ok(true));
+                    let stored = storable.then(|| {
+                        let (from, to, text) = (from.clone(), to.clone(), text.clone());
+                        shared.store.send_from_session(from, to, text, source)
+                    });
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         let Some(stored) = stored else {
