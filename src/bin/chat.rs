@@ -134,20 +134,25 @@ impl Link {
         self.send(&buf[..n])
     }
 
-    /// The router asks a text session to show that it receives before it registers, signs in
-    /// or leaves a message (docs/accounts.md): the client sends the code back, then the line
-    /// that was refused, as a person would.
+    /// The router gives a text session its code when asked (`/confirm` at start), or asks for
+    /// it before the session registers, signs in or leaves a message (docs/accounts.md): the
+    /// client sends the code back, then the line that was refused, as a person would.
     fn confirm_if_asked(&self, reply: &[u8]) {
         const ASKED: &[u8] = b"-ERR Confirm your address first: /confirm ";
-        let Some(code) = reply.strip_prefix(ASKED) else {
-            return;
+        const GIVEN: &[u8] = b"+OK Code ";
+        let (code, refused) = match (reply.strip_prefix(ASKED), reply.strip_prefix(GIVEN)) {
+            (Some(code), _) => (code, true),
+            (None, Some(code)) => (code, false),
+            (None, None) => return,
         };
         let mut confirm = b"/confirm ".to_vec();
         confirm.extend_from_slice(code);
-        let again = self.last_line.lock().map(|l| l.clone()).unwrap_or_default();
         let _ = self.send(&confirm);
-        if !again.is_empty() {
-            let _ = self.send(&again);
+        if refused {
+            let again = self.last_line.lock().map(|l| l.clone()).unwrap_or_default();
+            if !again.is_empty() {
+                let _ = self.send(&again);
+            }
         }
     }
 

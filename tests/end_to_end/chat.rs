@@ -177,6 +177,40 @@ fn text_mode_registers_and_confirms_its_address_by_itself() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The README's mailbox example: a message stored for bob reaches `chat --text` when it takes
+/// the name, because the client showed first that its address receives.
+#[test]
+fn text_mode_receives_stored_mail_for_its_nick() {
+    let dir = std::env::temp_dir().join(format!("chat-router-chat-mail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mailbox_port = support::free_tcp_port();
+    let mailbox = format!("127.0.0.1:{mailbox_port}");
+    let port = free_port();
+    let mut router = Router::start(
+        port,
+        &[],
+        &["--mailbox", &mailbox, "--data-dir", dir.to_str().unwrap()],
+    );
+    router.wait_for_line("mailbox on", WAIT);
+    let ask = |request: &[u8]| -> Vec<u8> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", mailbox_port)).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut answer).unwrap();
+        answer
+    };
+    assert_eq!(ask(b"REGISTER\0amy\0"), [0]);
+    assert_eq!(ask(b"REGISTER\0bob\0"), [0]);
+    assert_eq!(ask(b"SEND\0amy\0bob\0hello bob\0")[0], 0);
+    let mut bob = Person::start(&["--text", "127.0.0.1", &port.to_string()]);
+    bob.types("/nick bob");
+    bob.sees("+MSG <amy> hello bob");
+    bob.leaves();
+    drop(router);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn no_server_yet_is_said_once_and_the_client_carries_on() {
     // As when a person starts the client before the server: UDP sends go on.
