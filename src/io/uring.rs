@@ -21,6 +21,9 @@ const GROUP: u16 = 0;
 const RECV: u64 = 1;
 const WAKE: u64 = 2;
 const SEND: u64 = 3;
+/// Refused tries (1 ms apart) to collect a batch's send completions before the process stops
+/// rather than return with sends the kernel still reads (see `Uring::send`).
+const SEND_PATIENCE: u32 = 1000;
 
 /// Receive buffers and the ring the kernel takes them from.
 struct BufRing {
@@ -272,14 +275,24 @@ impl Uring {
                 return sent;
             }
             let mut done = 0;
+            let mut refusals = 0u32;
             while done < batch {
                 if let Err(e) = self.ring.submit_and_wait(1) {
                     if e.raw_os_error() != Some(libc::EINTR)
                         && e.raw_os_error() != Some(libc::EBUSY)
                     {
-                        // Should not happen; account for the rest instead of spinning.
-                        sent.failed += (batch - done) as u64;
-                        break;
+                        // Should not happen. Returning now would leave the kernel with sends
+                        // that read the slots and the caller's bytes after this returns (the
+                        // SAFETY promise above), so keep collecting, resting between tries;
+                        // a ring that refuses for a whole second is broken: abort the process
+                        // (a panic would unwind and free them) rather than let the kernel
+                        // read freed memory.
+                        refusals += 1;
+                        if refusals >= SEND_PATIENCE {
+                            eprintln!("router: io_uring cannot collect send completions: {e}");
+                            std::process::abort();
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                 }
                 for cqe in self.ring.completion() {
