@@ -38,22 +38,28 @@ const RESERVED: u64 = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {
     pub web: usize,
+    /// The mailbox's connections from clients.
     pub mailbox: usize,
+    /// The mailbox's pushes: its own connections to clients' listen ports.
+    pub pushes: usize,
     pub metrics: usize,
 }
 
 impl Budgets {
     /// The shares of a process that may open `nofile` descriptors: a reserve for the rest of
     /// the process (a quarter, at most [`RESERVED`]), a few for the metrics endpoint, then two
-    /// thirds for browsers and one third for the mailbox.
+    /// thirds for browsers and one third for the mailbox (three quarters of it for its
+    /// clients' connections, a quarter for its pushes).
     pub fn from_limit(nofile: u64) -> Self {
         let reserve = (nofile / 4).min(RESERVED);
         let metrics = 16u64.min(nofile / 16);
         let shared = nofile.saturating_sub(reserve + metrics);
         let web = shared * 2 / 3;
+        let mailbox = (shared - web) * 3 / 4;
         Budgets {
             web: web as usize,
-            mailbox: (shared - web) as usize,
+            mailbox: mailbox as usize,
+            pushes: (shared - web - mailbox) as usize,
             metrics: metrics as usize,
         }
     }
@@ -301,11 +307,14 @@ mod tests {
     fn budgets_share_the_limit() {
         let b = Budgets::from_limit(20_000);
         assert_eq!(b.metrics, 16);
-        assert_eq!(b.web + b.mailbox + b.metrics, 20_000 - 512);
-        assert!(b.web > b.mailbox);
+        assert_eq!(b.web + b.mailbox + b.pushes + b.metrics, 20_000 - 512);
+        assert!(b.web > b.mailbox && b.mailbox > b.pushes);
         let small = Budgets::from_limit(400);
-        assert_eq!(small.web + small.mailbox + small.metrics, 300);
-        assert!(small.metrics >= 1 && small.mailbox >= 1);
+        assert_eq!(
+            small.web + small.mailbox + small.pushes + small.metrics,
+            300
+        );
+        assert!(small.metrics >= 1 && small.mailbox >= 1 && small.pushes >= 1);
     }
 
     #[test]

@@ -404,7 +404,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
     let mailbox = match (&cfg.mailbox, link, opened) {
         (Some(mailbox_cfg), Some(link), Some(opened)) => {
             let gate = gate(budgets.mailbox, gate::MAILBOX_PER_IP);
-            match mailbox::start(mailbox_cfg.clone(), opened, link, gate) {
+            match mailbox::start(mailbox_cfg.clone(), opened, link, gate, budgets.pushes) {
                 Ok(server) => Some(server),
                 Err(source) => {
                     shared.halt();

@@ -217,6 +217,10 @@ pub(super) async fn to_every_shard(shared: &Shared, event: &FromMailbox) {
 
 /// A push, counted: true when it went.
 async fn push_counted(shared: &Shared, addr: SocketAddr, bytes: &[u8]) -> bool {
+    // A push holds a descriptor: at most the mailbox's share of them at once, the rest wait.
+    let Ok(_permit) = shared.pushes.acquire().await else {
+        return false;
+    };
     let ok = push_to(addr, bytes).await.is_ok();
     let counter = match ok {
         true => &shared.counters.pushes,

@@ -107,6 +107,8 @@ struct Shared {
     tokens: AtomicU64,
     accounts: Mutex<accounts::Accounts>,
     hashers: accounts::Hashers,
+    /// Pushes under way at once, within the mailbox's share of the descriptors.
+    pushes: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -217,6 +219,7 @@ pub fn start(
     opened: Opened,
     link: Arc<Link>,
     gate: Arc<Gate>,
+    pushes: usize,
 ) -> std::io::Result<MailboxServer> {
     let Opened {
         store, accounts, ..
@@ -236,6 +239,7 @@ pub fn start(
         tokens: AtomicU64::new(0),
         accounts: Mutex::new(accounts::Accounts::new(accounts)),
         hashers: accounts::Hashers::default(),
+        pushes: tokio::sync::Semaphore::new(pushes.max(1)),
     });
     let gate_counters = gate.counters.clone();
     let tls = cfg.tls.clone();
