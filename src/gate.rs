@@ -2,15 +2,19 @@
 //! metrics endpoint): each listener has its own share of the process's file descriptors
 //! ([`Budgets`]), so a flood of connections to one never starves the others; one source
 //! address holds at most a few of them; a connection must finish its handshake (or send its
-//! first request) within a deadline; and an accept that fails (EMFILE and the like) waits a
-//! little before the next, so the loop never spins. Every refusal is counted ([`GateCounters`]).
+//! first request) within a deadline; when the share is spent, a newcomer takes the place of the
+//! oldest connection still in its handshake, so holding connections open from many addresses
+//! locks no one out (a real client finishes its handshake at once); and an accept that fails
+//! (EMFILE and the like) waits a little before the next, so the loop never spins. Every
+//! refusal is counted ([`GateCounters`]).
 
 use crate::tls::{Stream, Tls};
-use std::collections::HashMap;
+use futures_util::task::AtomicWaker;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -76,6 +80,8 @@ pub struct GateCounters {
     pub refused_per_ip: AtomicU64,
     /// Closed: no handshake within the deadline.
     pub handshake_timeouts: AtomicU64,
+    /// Closed in its handshake to make room for a newcomer (the budget was spent).
+    pub evicted: AtomicU64,
     /// Accepts the kernel refused (descriptors exhausted), each followed by a rest.
     pub accept_errors: AtomicU64,
 }
@@ -84,12 +90,13 @@ impl std::fmt::Display for GateCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "accepted={} refused_budget={} refused_per_ip={} handshake_timeouts={} \
+            "accepted={} refused_budget={} refused_per_ip={} handshake_timeouts={} evicted={} \
              accept_errors={}",
             self.accepted.load(Relaxed),
             self.refused_budget.load(Relaxed),
             self.refused_per_ip.load(Relaxed),
             self.handshake_timeouts.load(Relaxed),
+            self.evicted.load(Relaxed),
             self.accept_errors.load(Relaxed),
         )
     }
@@ -106,27 +113,67 @@ pub struct GateConfig {
     pub handshake: Duration,
 }
 
-/// The connections a listener holds, by source address.
+/// The connections a listener holds.
 pub struct Gate {
     cfg: GateConfig,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<Open>,
     pub counters: Arc<GateCounters>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Connections in their handshake, oldest first (some may have finished or gone since:
+    /// they are skipped when met).
+    handshaking: VecDeque<Arc<Handshake>>,
+}
+
+/// A connection's handshake, as the gate and the connection both see it.
+#[derive(Default)]
+pub struct Handshake {
+    done: AtomicBool,
+    evicted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Handshake {
+    /// The connection finished its handshake: it is never evicted from now on.
+    pub fn finish(&self) {
+        self.done.store(true, Relaxed);
+    }
+
+    /// Ready once the gate has chosen this connection to make room (it is then to close).
+    pub fn poll_evicted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        match self.evicted.load(Relaxed) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Resolves once the gate has chosen this connection to make room.
+    pub async fn evicted(&self) {
+        std::future::poll_fn(|cx| self.poll_evicted(cx)).await
+    }
 }
 
 /// A connection's place in its listener's budget, given back when it is dropped.
 pub struct Pass {
     gate: Arc<Gate>,
     ip: IpAddr,
+    pub handshake: Arc<Handshake>,
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
+        self.handshake.finish(); // gone: nothing left to evict
         let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.ip) {
+        open.total -= 1;
+        if let Some(n) = open.per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                open.1.remove(&self.ip);
+                open.per_ip.remove(&self.ip);
             }
         }
     }
@@ -136,7 +183,7 @@ impl Gate {
     pub fn new(cfg: GateConfig) -> Arc<Self> {
         Arc::new(Self {
             cfg,
-            open: Mutex::new((0, HashMap::new())),
+            open: Mutex::new(Open::default()),
             counters: Arc::default(),
         })
     }
@@ -145,30 +192,39 @@ impl Gate {
         self.cfg.handshake
     }
 
-    /// A place for a connection from `ip`, or `None` (counted) when the budget or the
-    /// address's share is spent.
+    /// A place for a connection from `ip`, or `None` (counted) when the address's share is
+    /// spent, or the budget is and no connection is left in its handshake to make room. The
+    /// one evicted closes at once; until it has, the listener holds one more than its budget.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Pass> {
         let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.0 >= self.cfg.budget {
+        if open.per_ip.get(&ip).copied().unwrap_or(0) >= self.cfg.per_ip {
+            self.counters.refused_per_ip.fetch_add(1, Relaxed);
+            return None;
+        }
+        if open.total >= self.cfg.budget && !open.evict_oldest(&self.counters) {
             self.counters.refused_budget.fetch_add(1, Relaxed);
             return None;
         }
-        let mine = open.1.entry(ip).or_insert(0);
-        if *mine >= self.cfg.per_ip {
-            self.counters.refused_per_ip.fetch_add(1, Relaxed);
-            if *mine == 0 {
-                open.1.remove(&ip);
-            }
-            return None;
+        *open.per_ip.entry(ip).or_insert(0) += 1;
+        open.total += 1;
+        let handshake = Arc::new(Handshake::default());
+        open.handshaking.push_back(handshake.clone());
+        // Entries of finished handshakes go as they are met at the front, and each admission
+        // looks at the front: the queue stays within about the connections held.
+        while open
+            .handshaking
+            .front()
+            .is_some_and(|h| h.done.load(Relaxed))
+        {
+            open.handshaking.pop_front();
         }
-        *mine += 1;
-        open.0 += 1;
-        debug_assert!(open.0 <= self.cfg.budget && open.1.len() <= open.0);
+        debug_assert!(open.per_ip.len() <= open.total);
         self.counters.accepted.fetch_add(1, Relaxed);
         Some(Pass {
             gate: self.clone(),
             ip,
+            handshake,
         })
     }
 
@@ -191,6 +247,20 @@ impl Gate {
                 }
             }
         }
+    }
+}
+
+impl Open {
+    /// Tells the oldest connection still in its handshake to close; false when there is none.
+    fn evict_oldest(&mut self, counters: &GateCounters) -> bool {
+        while let Some(oldest) = self.handshaking.pop_front() {
+            if !oldest.done.load(Relaxed) && !oldest.evicted.swap(true, Relaxed) {
+                oldest.waker.wake();
+                counters.evicted.fetch_add(1, Relaxed);
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -226,7 +296,7 @@ impl axum::serve::Listener for GatedListener {
         let deadline = Box::pin(tokio::time::sleep(self.gate.handshake()));
         let gated = Gated {
             conn: Stream::new(conn, self.tls.as_ref()),
-            _pass: pass,
+            pass,
             deadline: Some(deadline),
             counters: self.gate.counters.clone(),
         };
@@ -253,7 +323,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Gate
 /// A connection until its handshake is done: reads fail once the deadline passes.
 pub struct Gated {
     conn: Stream,
-    _pass: Pass,
+    pass: Pass,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     counters: Arc<GateCounters>,
 }
@@ -273,6 +343,10 @@ impl AsyncRead for Gated {
                 self.counters.handshake_timeouts.fetch_add(1, Relaxed);
                 return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
             }
+            if self.pass.handshake.poll_evicted(cx).is_ready() {
+                self.deadline = None;
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+            }
         }
         Pin::new(&mut self.conn).poll_read(cx, buf)
     }
@@ -286,6 +360,7 @@ impl AsyncWrite for Gated {
     ) -> Poll<std::io::Result<usize>> {
         if self.deadline.is_some() && bytes.starts_with(SWITCHING) {
             self.deadline = None; // upgraded: the WebSocket's own idle timeout takes over
+            self.pass.handshake.finish();
         }
         Pin::new(&mut self.conn).poll_write(cx, bytes)
     }
@@ -327,18 +402,43 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = gate.admit(a).unwrap();
-        let _second = gate.admit(a).unwrap();
+        let second = gate.admit(a).unwrap();
         assert!(gate.admit(a).is_none(), "the address's share");
-        let _third = gate.admit(b).unwrap();
+        let third = gate.admit(b).unwrap();
+        for pass in [&first, &second, &third] {
+            pass.handshake.finish();
+        }
         assert!(
             gate.admit("10.0.0.3".parse().unwrap()).is_none(),
             "the budget"
         );
         drop(first);
-        assert!(gate.admit(a).is_some(), "given back");
+        let fourth = gate.admit(a).expect("given back");
         let c = &gate.counters;
         assert_eq!(c.refused_per_ip.load(Relaxed), 1);
         assert_eq!(c.refused_budget.load(Relaxed), 1);
         assert_eq!(c.accepted.load(Relaxed), 4);
+        // The budget spent, a newcomer takes the place of the oldest connection still in its
+        // handshake, never of one that finished it.
+        let newcomer = gate.admit("10.0.0.9".parse().unwrap()).expect("room made");
+        assert!(
+            fourth.handshake.evicted.load(Relaxed),
+            "the one still in its handshake"
+        );
+        assert!(!second.handshake.evicted.load(Relaxed));
+        assert_eq!(c.evicted.load(Relaxed), 1);
+        newcomer.handshake.finish();
+        drop(fourth); // closed, as told
+        let refused = gate.admit("10.0.0.10".parse().unwrap());
+        assert!(
+            refused.is_none(),
+            "every connection held finished its handshake"
+        );
+        assert_eq!(c.refused_budget.load(Relaxed), 2);
+        drop(second);
+        assert!(
+            gate.admit("10.0.0.10".parse().unwrap()).is_some(),
+            "given back"
+        );
     }
 }

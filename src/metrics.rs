@@ -163,6 +163,7 @@ impl Collector for Sources {
                 ("budget", &c.refused_budget),
                 ("per_ip", &c.refused_per_ip),
                 ("handshake_timeout", &c.handshake_timeouts),
+                ("evicted", &c.evicted),
                 ("accept_error", &c.accept_errors),
             ] {
                 let labels = [

@@ -14,7 +14,7 @@ pub mod store;
 
 use crate::background::Background;
 use crate::engine::direct::{DirectOutcome, FromMailbox, ToMailbox};
-use crate::gate::{Gate, GateCounters};
+use crate::gate::{Gate, GateCounters, Pass};
 use crate::tls::{Stream, Tls};
 use link::Link;
 use presence::Presence;
@@ -267,8 +267,11 @@ async fn accept(listener: TcpListener, gate: Arc<Gate>, tls: Option<Tls>, shared
         let limit = gate.handshake();
         let counters = gate.counters.clone();
         tokio::spawn(async move {
-            handle(conn, peer, limit, &counters, shared).await;
-            drop(pass);
+            tokio::select! {
+                () = handle(conn, peer, limit, &pass, &counters, shared) => {}
+                // Its place went to a newcomer while it had not sent its request.
+                () = pass.handshake.evicted() => {}
+            }
         });
     }
 }
@@ -279,6 +282,7 @@ async fn handle(
     mut conn: Stream,
     peer: SocketAddr,
     limit: Duration,
+    pass: &Pass,
     counters: &GateCounters,
     shared: Arc<Shared>,
 ) {
@@ -291,6 +295,7 @@ async fn handle(
         }
         Err(Unread::Closed) => return,
     };
+    pass.handshake.finish();
     shared.counters.requests.fetch_add(1, Relaxed);
     let answer = carry_out(request, peer, &shared).await;
     let _ = timeout(REPLY_TIMEOUT, conn.write_all(&answer)).await;

@@ -94,24 +94,19 @@ fn a_flood_of_connections_to_one_listener_starves_no_other() {
     );
     router.wait_for_line("mailbox on", WAIT);
 
-    // More silent connections to WebSocket than its budget, from two addresses.
+    // More silent connections to WebSocket than its budget, from two addresses: each beyond the
+    // budget takes the place of the oldest still in its handshake, so the listener never holds
+    // more than its share, and a browser still gets in while the flood holds.
     let flood = budgets.web + 20;
     let held: Vec<TcpStream> = (0..flood)
         .map(|i| silent([127, 0, 1, 1 + (i % 2) as u8], ws))
         .collect();
-    let web_budget = refused("web", "budget");
-    let scrape = scrape_until(metrics, |s| {
-        metric(
-            s,
-            "chat_router_connections_accepted_total{listener=\"web\"}",
-        ) + metric(s, &web_budget)
-            >= flood as u64
-    });
-    assert_eq!(
-        metric(&scrape, &web_budget),
-        20,
-        "the budget of a raised limit"
-    );
+    let accepted = "chat_router_connections_accepted_total{listener=\"web\"}";
+    let scrape = scrape_until(metrics, |s| metric(s, accepted) >= flood as u64);
+    assert_eq!(metric(&scrape, &refused("web", "evicted")), 20);
+    assert_eq!(metric(&scrape, &refused("web", "budget")), 0);
+    let mut browser = connect(ws, true);
+    assert_eq!(next_event(&mut browser)["type"], "welcome");
     // The mailbox has descriptors of its own: it answers.
     let mut c = TcpStream::connect(("127.0.0.1", mailbox)).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
@@ -128,17 +123,40 @@ fn a_flood_of_connections_to_one_listener_starves_no_other() {
     let scrape = scrape_until(metrics, |s| metric(s, &per_ip) >= 5);
     assert_eq!(metric(&scrape, &per_ip), 5);
 
-    // The flood's connections never finished a handshake: closed at the deadline, after which
-    // a browser gets in.
+    // Holding the mailbox's every connection from many addresses locks no one out: a real
+    // request takes the place of the oldest silent one.
+    let many: Vec<TcpStream> = (0..budgets.mailbox)
+        .map(|i| silent([127, 0, 3 + (i / 200) as u8, 1 + (i % 200) as u8], mailbox))
+        .collect();
+    let accepted = "chat_router_connections_accepted_total{listener=\"mailbox\"}";
+    let held_in_all = (1 + MAILBOX_PER_IP + budgets.mailbox) as u64;
+    scrape_until(metrics, |s| metric(s, accepted) >= held_in_all);
+    let mut c = TcpStream::connect(("127.0.0.1", mailbox)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"REGISTER\0bea\0").unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, [0], "answered while the mailbox's share was held");
+    let scrape = http_get(metrics, "/metrics");
+    assert!(metric(&scrape, &refused("mailbox", "evicted")) >= 1);
+
+    // The flood's connections never finished a handshake: those left are closed at the
+    // deadline.
     let timeouts =
         "chat_router_connections_refused_total{listener=\"web\",reason=\"handshake_timeout\"}";
-    let scrape = scrape_until(metrics, |s| metric(s, timeouts) >= budgets.web as u64);
-    assert_eq!(metric(&scrape, timeouts), budgets.web as u64);
-    let mut browser = connect(ws, true);
-    assert_eq!(next_event(&mut browser)["type"], "welcome");
-    drop((held, mine));
+    let left = budgets.web as u64 - 1; // the browser took one place
+    let scrape = scrape_until(metrics, |s| metric(s, timeouts) >= left);
+    assert_eq!(metric(&scrape, timeouts), left);
+    // The browser, which finished its handshake, was neither evicted nor timed out.
+    browser
+        .send(tungstenite::Message::Text(
+            r#"{"type":"nick","name":"still-here"}"#.into(),
+        ))
+        .unwrap();
+    assert_eq!(next_event(&mut browser)["name"], "still-here");
+    drop((held, mine, many));
     let (_, output) = router.interrupt();
     let report = output.iter().find(|l| l.starts_with("web:")).unwrap();
-    assert!(report.contains(" refused_budget=20 "), "{report}");
+    assert!(report.contains(" evicted=21 "), "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
