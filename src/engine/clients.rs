@@ -525,7 +525,18 @@ impl Engine {
         let Some(nick) = waited else {
             let holds = session.claimed && Name::truncating(session.name.as_bytes()) == name;
             let refusal = Refusal::NameRegistered(session.name);
+            // A text or web session that asked for another name before this answer came: its
+            // earlier `/nick` still gets its one reply.
+            let asked = protocol.default_name(endpoint).is_some();
+            let superseded = Nick::truncating(name.as_bytes());
             match (granted, holds) {
+                (true, false) if asked => {
+                    self.release_name(id, name, out);
+                    self.reply_to_session(now, id, &Refusal::Superseded(superseded), out);
+                }
+                (false, false) if asked => {
+                    self.reply_to_session(now, id, &Refusal::NameTaken(superseded), out);
+                }
                 (true, false) => self.release_name(id, name, out),
                 (false, true) => {
                     session.claimed = false; // the owner holds it for someone else now
@@ -566,6 +577,23 @@ impl Engine {
         };
         if let Some(len) = answer {
             self.send_reply(now, endpoint, &buf[..len], !granted, out);
+        }
+    }
+
+    /// A refusal written in the session's protocol and sent to it.
+    fn reply_to_session(
+        &mut self,
+        now: Duration,
+        id: SessionId,
+        refusal: &Refusal,
+        out: &mut Outbox,
+    ) {
+        let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
+            return;
+        };
+        let mut buf = [0u8; frontend::MAX_REPLY];
+        if let Some(len) = protocol.encode_refusal(refusal, &mut buf) {
+            self.send_reply(now, endpoint, &buf[..len], true, out);
         }
     }
 

@@ -19,6 +19,78 @@ fn line(sim: &mut Sim, client: u16, server: u16, text: &str) {
     sim.send_raw(addr(client), server, text.as_bytes().to_vec());
 }
 
+/// Two `/nick`s at once: the second arrives before the owner shard of the first name has
+/// answered (driven by hand, shard by shard); each still gets its one reply, and the session
+/// goes by the second.
+#[test]
+fn a_nick_overtaken_by_another_still_gets_its_reply() {
+    use chat_router::engine::{Config, Engine, Outbox, ShardMsg};
+    use chat_router::proto::Name;
+    use std::sync::Arc;
+    let cfg = Arc::new(Config::new(addr(4000)));
+    let now = Duration::from_secs(1);
+    let mut shards: Vec<Engine> = (0..2)
+        .map(|i| Engine::new(i, 2, cfg.clone(), 7, now))
+        .collect();
+    // Names owned by the other shard than the client's home (shard 0).
+    let mut names = (0..)
+        .map(|i| format!("n{i}"))
+        .filter(|n| shards[0].owner(&Name::from(n.as_str())) == 1);
+    let (first, second) = (names.next().unwrap(), names.next().unwrap());
+    let client = addr(50100);
+    let mut replies = Vec::new();
+    let mut out = Outbox::default();
+    let deliver = |shards: &mut Vec<Engine>, mut queue: Vec<(u16, ShardMsg)>, out: &mut Outbox| {
+        let mut heard = Vec::new();
+        for _ in 0..1000 {
+            let Some((to, msg)) = (!queue.is_empty()).then(|| queue.remove(0)) else {
+                break;
+            };
+            shards[usize::from(to)].handle_message(now, msg, out);
+            for send in out.sends().iter().filter(|s| s.dst == client) {
+                heard.push(String::from_utf8_lossy(out.bytes(send.payload)).into_owned());
+            }
+            queue.extend(out.take_msgs());
+            out.clear();
+        }
+        assert!(queue.is_empty(), "the shards went quiet");
+        heard
+    };
+    let request = |shards: &mut Vec<Engine>, line: &str, out: &mut Outbox| {
+        shards[0].handle_datagram(now, client, line.as_bytes(), out);
+        let heard: Vec<String> = out
+            .sends()
+            .iter()
+            .filter(|s| s.dst == client)
+            .map(|s| String::from_utf8_lossy(out.bytes(s.payload)).into_owned())
+            .collect();
+        let msgs: Vec<(u16, ShardMsg)> = out.take_msgs().collect();
+        out.clear();
+        (heard, msgs)
+    };
+    let (heard, msgs) = request(&mut shards, "/join 1", &mut out);
+    replies.extend(heard);
+    replies.extend(deliver(&mut shards, msgs, &mut out));
+    assert_eq!(replies, ["+OK You are now in chat room #1"]);
+    replies.clear();
+    // Both requests are handled before any message between the shards moves.
+    let (heard_a, msgs_a) = request(&mut shards, &format!("/nick {first}"), &mut out);
+    let (heard_b, msgs_b) = request(&mut shards, &format!("/nick {second}"), &mut out);
+    replies.extend(heard_a.into_iter().chain(heard_b));
+    replies.extend(deliver(
+        &mut shards,
+        msgs_a.into_iter().chain(msgs_b).collect(),
+        &mut out,
+    ));
+    assert_eq!(
+        replies,
+        [
+            format!("-ERR Nickname '{first}' not set: you asked for another"),
+            format!("+OK Nickname set to '{second}'"),
+        ]
+    );
+}
+
 #[test]
 fn text_commands_get_exactly_one_reply_each() {
     for shards in [1, 3] {

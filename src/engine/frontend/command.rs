@@ -115,6 +115,8 @@ pub enum Refusal {
     NameRegistered(Nick),
     /// Another session of this server goes by the name (which is no account).
     NameTaken(Nick),
+    /// The name was not taken: the session asked for another before it was answered.
+    Superseded(Nick),
     /// The session is signed in to this account and goes by its name.
     SignedInAs(Nick),
     /// A request with a lasting effect (an account, a stored message) from an address that has

@@ -69,6 +69,7 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         | Refusal::BadDirectText
         | Refusal::NoSuchUser
         | Refusal::NameTaken(_)
+        | Refusal::Superseded(_)
         | Refusal::SignedInAs(_)
         | Refusal::Unconfirmed(_)
         | Refusal::WrongCode

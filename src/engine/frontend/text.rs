@@ -181,6 +181,10 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
         // Short: it may answer a stranger's first request (at most 3x its bytes).
         Refusal::NameRegistered(n) => line(buf, format_args!("-ERR '{n}' is registered")),
         Refusal::NameTaken(n) => line(buf, format_args!("-ERR Nickname '{n}' is in use")),
+        Refusal::Superseded(n) => line(
+            buf,
+            format_args!("-ERR Nickname '{n}' not set: you asked for another"),
+        ),
         Refusal::SignedInAs(n) => line(buf, format_args!("-ERR You are signed in as '{n}'")),
         Refusal::Unconfirmed(code) => line(
             buf,

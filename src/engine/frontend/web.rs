@@ -218,6 +218,9 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
             write!(message, "{n} is a registered name: sign in to use it")
         }
         Refusal::NameTaken(n) => write!(message, "the nick {n} is in use"),
+        Refusal::Superseded(n) => {
+            write!(message, "the nick {n} was not set: another was asked for")
+        }
         Refusal::SignedInAs(n) => write!(message, "you are signed in as {n}"),
         // A connection has shown it receives: never asked to confirm.
         Refusal::Unconfirmed(_) | Refusal::WrongCode => write!(message, "unknown request"),
