@@ -51,8 +51,8 @@ pub enum AccountOutcome {
 pub fn is_account_name(name: &[u8]) -> bool {
     name.len() <= MAX_ACCOUNT_NAME
         && proto::is_printable_name(name)
-        && !name.iter().any(|&b| b == b'>' || b.is_ascii_whitespace())
-        && std::str::from_utf8(name).is_ok_and(|s| !s.chars().any(char::is_whitespace))
+        && std::str::from_utf8(name)
+            .is_ok_and(|s| !s.chars().any(|c| c == '>' || c.is_whitespace()))
 }
 
 /// A password the accounts take: [`PASSWORD_BYTES`] bytes of UTF-8 without NUL or line breaks.
@@ -167,19 +167,12 @@ impl Engine {
         let name = String::from_utf8_lossy(name).into_owned();
         let password = Secret(String::from_utf8_lossy(password).into_owned());
         let source = key.0.ip();
-        out.ask_mailbox(match register {
-            true => ToMailbox::Register {
-                session: id,
-                name,
-                password,
-                source,
-            },
-            false => ToMailbox::SignIn {
-                session: id,
-                name,
-                password,
-                source,
-            },
+        out.ask_mailbox(ToMailbox::Account {
+            session: id,
+            name,
+            password,
+            source,
+            register,
         });
         Ok(Done::Nothing)
     }

@@ -47,19 +47,13 @@ pub enum ToMailbox {
         /// The session is signed in to the account `name`.
         signed_in: bool,
     },
-    /// Create the account `name` for the session and sign it in.
-    Register {
+    /// Sign the session in to the account `name`, creating it first when `register`.
+    Account {
         session: SessionId,
         name: String,
         password: Secret,
         source: IpAddr,
-    },
-    /// Sign the session in to the account `name`.
-    SignIn {
-        session: SessionId,
-        name: String,
-        password: Secret,
-        source: IpAddr,
+        register: bool,
     },
     /// Whether the event that carried `token` reached its session (false: it had ended).
     Handed { token: u64, delivered: bool },
@@ -70,10 +64,7 @@ impl ToMailbox {
     pub fn is_control(&self) -> bool {
         matches!(
             self,
-            ToMailbox::Named { .. }
-                | ToMailbox::Handed { .. }
-                | ToMailbox::Register { .. }
-                | ToMailbox::SignIn { .. }
+            ToMailbox::Named { .. } | ToMailbox::Handed { .. } | ToMailbox::Account { .. }
         )
     }
 }
@@ -123,7 +114,7 @@ pub enum FromMailbox {
         id: u32,
         token: u64,
     },
-    /// The answer to the session's [`ToMailbox::Register`] or [`ToMailbox::SignIn`].
+    /// The answer to the session's [`ToMailbox::Account`].
     Account {
         session: SessionId,
         name: String,

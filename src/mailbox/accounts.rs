@@ -1,12 +1,11 @@
 //! Accounts on the mailbox's thread: registration and sign-in for the shards' sessions
-//! ([`ToMailbox::Register`], [`ToMailbox::SignIn`]). Passwords are hashed with argon2id (the
+//! ([`ToMailbox::Account`]). Passwords are hashed with argon2id (the
 //! RustCrypto crate, its default parameters: 19 MiB, two passes) on tokio's blocking threads,
 //! a few at a time, so a flood of attempts costs a bounded share of the CPU and never holds up
 //! the mailbox. Attempts are bounded per name (failures) and per source network (all), so
 //! guessing a password takes years and one network cannot keep the hashers busy.
 //!
-//! [`ToMailbox::Register`]: crate::engine::direct::ToMailbox::Register
-//! [`ToMailbox::SignIn`]: crate::engine::direct::ToMailbox::SignIn
+//! [`ToMailbox::Account`]: crate::engine::direct::ToMailbox::Account
 
 use super::store::{source_network, Registered};
 use super::Shared;
@@ -176,14 +175,15 @@ fn decoy() -> &'static str {
     DECOY.get_or_init(|| hash("\u{0}no password has a NUL").unwrap_or_default())
 }
 
+/// What a session asks with: the account's name, the password, where the request came from.
+pub(super) type Asked = (String, Secret, IpAddr);
+
 /// Registers the account `name` for `session`; on success every shard learns it is an account
 /// (before the session hears it is signed in: they share its home shard's queue).
 pub(super) async fn register(
     shared: &Shared,
     session: SessionId,
-    name: String,
-    password: Secret,
-    source: IpAddr,
+    (name, password, source): Asked,
 ) -> AccountOutcome {
     if !shared.accounts().attempt(&name, source) {
         return AccountOutcome::TooManyAttempts;
@@ -217,12 +217,7 @@ pub(super) async fn register(
 }
 
 /// Checks `password` for the account `name`.
-pub(super) async fn sign_in(
-    shared: &Shared,
-    name: String,
-    password: Secret,
-    source: IpAddr,
-) -> AccountOutcome {
+pub(super) async fn sign_in(shared: &Shared, (name, password, source): Asked) -> AccountOutcome {
     if !shared.accounts().attempt(&name, source) {
         return AccountOutcome::TooManyAttempts;
     }

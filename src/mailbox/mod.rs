@@ -430,35 +430,20 @@ async fn serve_shards(shared: Arc<Shared>) {
                         let _ = waiting.send(delivered);
                     }
                 }
-                ToMailbox::Register {
+                ToMailbox::Account {
                     session,
                     name,
                     password,
                     source,
+                    register,
                 } => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let outcome =
-                            accounts::register(&shared, session, name.clone(), password, source)
-                                .await;
-                        let answer = FromMailbox::Account {
-                            session,
-                            name,
-                            outcome,
+                        let asked = (name.clone(), password, source);
+                        let outcome = match register {
+                            true => accounts::register(&shared, session, asked).await,
+                            false => accounts::sign_in(&shared, asked).await,
                         };
-                        deliver::to_shard(&shared, answer).await;
-                    });
-                }
-                ToMailbox::SignIn {
-                    session,
-                    name,
-                    password,
-                    source,
-                } => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let outcome =
-                            accounts::sign_in(&shared, name.clone(), password, source).await;
                         let answer = FromMailbox::Account {
                             session,
                             name,

@@ -2,6 +2,7 @@
 
 use crate::support;
 
+use crate::mailbox::{data_dir, start};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -153,16 +154,9 @@ fn text_mode_talks_in_rooms() {
 /// the account's name is then refused to a second client.
 #[test]
 fn text_mode_registers_and_confirms_its_address_by_itself() {
-    let dir = std::env::temp_dir().join(format!("chat-router-chat-acct-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mailbox = format!("127.0.0.1:{}", support::free_tcp_port());
-    let port = free_port();
-    let mut router = Router::start(
-        port,
-        &[],
-        &["--mailbox", &mailbox, "--data-dir", dir.to_str().unwrap()],
-    );
-    router.wait_for_line("mailbox on", WAIT);
+    let dir = data_dir("chat-register");
+    let m = start(&dir, support::free_tcp_port());
+    let port = m.router.addr().port();
     let p = port.to_string();
     let mut ann = Person::start(&["--text", "127.0.0.1", &p]);
     ann.types("/register ann a long password");
@@ -173,7 +167,7 @@ fn text_mode_registers_and_confirms_its_address_by_itself() {
     ben.sees("-ERR 'ann' is registered");
     ann.leaves();
     ben.leaves();
-    drop(router);
+    drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -181,33 +175,17 @@ fn text_mode_registers_and_confirms_its_address_by_itself() {
 /// the name, because the client showed first that its address receives.
 #[test]
 fn text_mode_receives_stored_mail_for_its_nick() {
-    let dir = std::env::temp_dir().join(format!("chat-router-chat-mail-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mailbox_port = support::free_tcp_port();
-    let mailbox = format!("127.0.0.1:{mailbox_port}");
-    let port = free_port();
-    let mut router = Router::start(
-        port,
-        &[],
-        &["--mailbox", &mailbox, "--data-dir", dir.to_str().unwrap()],
-    );
-    router.wait_for_line("mailbox on", WAIT);
-    let ask = |request: &[u8]| -> Vec<u8> {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", mailbox_port)).unwrap();
-        c.set_read_timeout(Some(WAIT)).unwrap();
-        c.write_all(request).unwrap();
-        let mut answer = Vec::new();
-        std::io::Read::read_to_end(&mut c, &mut answer).unwrap();
-        answer
-    };
-    assert_eq!(ask(b"REGISTER\0amy\0"), [0]);
-    assert_eq!(ask(b"REGISTER\0bob\0"), [0]);
-    assert_eq!(ask(b"SEND\0amy\0bob\0hello bob\0")[0], 0);
+    let dir = data_dir("chat-mail");
+    let m = start(&dir, support::free_tcp_port());
+    assert_eq!(m.ask(&["REGISTER", "amy"]), [0]);
+    assert_eq!(m.ask(&["REGISTER", "bob"]), [0]);
+    assert_eq!(m.ask(&["SEND", "amy", "bob", "hello bob"])[0], 0);
+    let port = m.router.addr().port();
     let mut bob = Person::start(&["--text", "127.0.0.1", &port.to_string()]);
     bob.types("/nick bob");
     bob.sees("+MSG <amy> hello bob");
     bob.leaves();
-    drop(router);
+    drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

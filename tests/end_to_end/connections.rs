@@ -6,7 +6,7 @@
 
 use crate::mailbox::data_dir;
 use crate::support::{free_port, free_tcp_port, Router, WAIT};
-use crate::web::{connect, next_event};
+use crate::web::{connect, http_get, next_event};
 
 use chat_router::gate::{Budgets, MAILBOX_PER_IP};
 use std::io::{Read, Write};
@@ -21,19 +21,6 @@ fn silent(ip: [u8; 4], port: u16) -> TcpStream {
         .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
         .unwrap();
     socket.into()
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
 }
 
 /// One counter of the scrape: the value of the line that begins with `series`.

@@ -105,7 +105,7 @@ fn sign_in(ws: &mut Ws, nick: &str) {
     panic!("{nick} never listed");
 }
 
-fn http_get(port: u16, path: &str) -> String {
+pub(crate) fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
