@@ -1,5 +1,5 @@
-//! What every TCP listener does before a connection is served (WebSocket, the mailbox, the
-//! metrics endpoint): each listener has its own share of the process's file descriptors
+//! What every TCP listener does before a connection is served (WebSocket, IRC, the mailbox,
+//! the metrics endpoint): each listener has its own share of the process's file descriptors
 //! ([`Budgets`]), so a flood of connections to one never starves the others; one source
 //! address holds at most a few of them; a connection must finish its handshake (or send its
 //! first request) within a deadline; when the share is spent, a newcomer takes the place of the
@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A connection must finish its handshake (WebSocket: the HTTP upgrade; the mailbox: its one
-/// request) within this long, unless the command line says otherwise.
+/// A connection must finish its handshake (WebSocket: the HTTP upgrade; IRC: its
+/// registration; the mailbox: its one request) within this long, unless the command line says otherwise.
 pub const HANDSHAKE: Duration = Duration::from_secs(10);
 /// How long an accept loop rests after the kernel refused an accept (descriptors exhausted).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -31,6 +31,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// office behind one address has a tab or two each), the mailbox (one request per connection,
 /// answered at once: a client holds one or two), the metrics endpoint (a scraper or two).
 pub const WEB_PER_IP: usize = 256;
+/// IRC clients (a person runs one or two; a bouncer a few).
+pub const IRC_PER_IP: usize = 32;
 pub const MAILBOX_PER_IP: usize = 32;
 pub const METRICS_PER_IP: usize = 4;
 
@@ -42,6 +44,7 @@ const RESERVED: u64 = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {
     pub web: usize,
+    pub irc: usize,
     /// The mailbox's connections from clients.
     pub mailbox: usize,
     /// The mailbox's pushes: its own connections to clients' listen ports.
@@ -51,19 +54,21 @@ pub struct Budgets {
 
 impl Budgets {
     /// The shares of a process that may open `nofile` descriptors: a reserve for the rest of
-    /// the process (a quarter, at most [`RESERVED`]), a few for the metrics endpoint, then two
-    /// thirds for browsers and one third for the mailbox (three quarters of it for its
-    /// clients' connections, a quarter for its pushes).
+    /// the process (a quarter, at most [`RESERVED`]), a few for the metrics endpoint, then half
+    /// for browsers, a sixth for IRC clients and one third for the mailbox (three quarters of
+    /// it for its clients' connections, a quarter for its pushes).
     pub fn from_limit(nofile: u64) -> Self {
         let reserve = (nofile / 4).min(RESERVED);
         let metrics = 16u64.min(nofile / 16);
         let shared = nofile.saturating_sub(reserve + metrics);
-        let web = shared * 2 / 3;
-        let mailbox = (shared - web) * 3 / 4;
+        let web = shared / 2;
+        let irc = shared / 6;
+        let mailbox = (shared - web - irc) * 3 / 4;
         Budgets {
             web: web as usize,
+            irc: irc as usize,
             mailbox: mailbox as usize,
-            pushes: (shared - web - mailbox) as usize,
+            pushes: (shared - web - irc - mailbox) as usize,
             metrics: metrics as usize,
         }
     }
@@ -382,14 +387,17 @@ mod tests {
     fn budgets_share_the_limit() {
         let b = Budgets::from_limit(20_000);
         assert_eq!(b.metrics, 16);
-        assert_eq!(b.web + b.mailbox + b.pushes + b.metrics, 20_000 - 512);
-        assert!(b.web > b.mailbox && b.mailbox > b.pushes);
+        assert_eq!(
+            b.web + b.irc + b.mailbox + b.pushes + b.metrics,
+            20_000 - 512
+        );
+        assert!(b.web > b.mailbox && b.mailbox > b.irc && b.irc > b.pushes);
         let small = Budgets::from_limit(400);
         assert_eq!(
-            small.web + small.mailbox + small.pushes + small.metrics,
+            small.web + small.irc + small.mailbox + small.pushes + small.metrics,
             300
         );
-        assert!(small.metrics >= 1 && small.mailbox >= 1 && small.pushes >= 1);
+        assert!(small.metrics >= 1 && small.irc >= 1 && small.mailbox >= 1 && small.pushes >= 1);
     }
 
     #[test]

@@ -12,6 +12,6 @@ pub mod pinned;
 pub mod proto;
 pub mod rng;
 pub mod runtime;
+pub mod streams;
 pub mod tls;
 pub mod utc;
-pub mod web;

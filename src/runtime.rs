@@ -16,8 +16,10 @@ use crate::mesh::Outgoing;
 use crate::metrics::{self, MetricsServer, Sources};
 use crate::pinned::{Pinned, Start};
 use crate::proto::Name;
-use crate::web::bridge::{Bridge, StreamEvent};
-use crate::web::{self, WebConfig, WebServer};
+use crate::streams::bridge::{Bridge, StreamEvent};
+use crate::streams::irc::IrcConfig;
+use crate::streams::web::WebConfig;
+use crate::streams::{self, StreamServer, Transport};
 use crossbeam_queue::ArrayQueue;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -57,8 +59,10 @@ pub struct RuntimeConfig {
     pub cores: usize,
     pub io: IoKind,
     pub stats_every: Option<Duration>,
-    /// Browsers over WebSocket (`--ws`), on their own thread.
+    /// Browsers over WebSocket (`--ws`), on the stream thread.
     pub web: Option<WebConfig>,
+    /// IRC clients (`--irc`), on the stream thread.
+    pub irc: Option<IrcConfig>,
     /// Direct messages with a durable mailbox (`--mailbox`), on their own thread.
     pub mailbox: Option<MailboxConfig>,
     /// Prometheus metrics at `http://ADDR/metrics` (`--metrics`), on their own thread.
@@ -85,11 +89,8 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("--cores {0}: at most {MAX_SHARDS} shards")]
     TooManyShards(usize),
-    #[error("cannot serve WebSocket on {addr}: {source}")]
-    Web {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Streams(#[from] streams::StartError),
     #[error("cannot serve the mailbox on {addr}: {source}")]
     Mailbox {
         addr: SocketAddr,
@@ -106,7 +107,7 @@ pub enum RuntimeError {
 struct Shared {
     queues: Vec<ArrayQueue<ShardMsg>>,
     wakers: Arc<[Waker]>,
-    /// The queues to and from the web thread, with `--ws`.
+    /// The queues to and from the stream thread, with `--ws` or `--irc`.
     bridge: Option<Arc<Bridge>>,
     /// The queues to and from the mailbox's thread, with `--mailbox`.
     mailbox: Option<Arc<Link>>,
@@ -163,11 +164,11 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         router.counters.len(),
         router.backend
     );
-    if let Some(web) = &router.web {
-        println!(
-            "router: serving the chat page on http://{0}/ and WebSocket on ws://{0}/ws",
-            web.local
-        );
+    if let Some(web) = router.local("web") {
+        println!("router: serving the chat page on http://{web}/ and WebSocket on ws://{web}/ws");
+    }
+    if let Some(irc) = router.local("irc") {
+        println!("router: IRC on {irc}");
     }
     if let Some(mailbox) = &router.mailbox {
         println!("router: mailbox on {}", mailbox.local);
@@ -189,8 +190,12 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     };
     println!("router: stopping on {name}; each shard's counters follow");
     let _ = std::io::stdout().flush();
-    let web = router.shared.bridge.clone();
-    let web_gate = router.web.as_ref().map(|w| w.gate.clone());
+    let bridge = router.shared.bridge.clone();
+    let stream_gates: Vec<_> = router
+        .streams
+        .iter()
+        .flat_map(|s| s.listening.iter().map(|l| (l.name, l.gate.clone())))
+        .collect();
     let mailbox = router
         .mailbox
         .as_ref()
@@ -198,8 +203,13 @@ pub fn run(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     for (shard, c) in router.stop().iter().enumerate() {
         println!("shard {shard}: {c}");
     }
-    if let (Some(bridge), Some(gate)) = (web, web_gate) {
-        println!("web: {} {gate}", bridge.counters);
+    // The stream thread's counters (every transport's connections) on the first transport's
+    // line: `web: ...` as it always was where browsers are served.
+    for (i, (name, gate)) in stream_gates.into_iter().enumerate() {
+        match (&bridge, i) {
+            (Some(bridge), 0) => println!("{name}: {} {gate}", bridge.counters),
+            _ => println!("{name}: {gate}"),
+        }
     }
     if let Some((counters, gate)) = mailbox {
         println!("mailbox: {counters} {gate}");
@@ -217,8 +227,8 @@ pub struct Running {
     pub fallback: Option<String>,
     /// One per shard; readable while the shards run.
     pub counters: Vec<Arc<Counters>>,
-    /// The WebSocket server, with `--ws`.
-    pub web: Option<WebServer>,
+    /// The stream thread (browsers, IRC clients), with `--ws` or `--irc`.
+    pub streams: Option<StreamServer>,
     /// The mailbox server, with `--mailbox`.
     pub mailbox: Option<MailboxServer>,
     /// The metrics endpoint, with `--metrics`.
@@ -239,17 +249,22 @@ impl Running {
         &self.threads.thread_ids
     }
 
-    /// The web thread's counters, with `--ws`.
-    pub fn web_counters(&self) -> Option<&crate::web::bridge::WebCounters> {
+    /// The stream thread's counters, with `--ws` or `--irc`.
+    pub fn stream_counters(&self) -> Option<&crate::streams::bridge::StreamCounters> {
         self.shared.bridge.as_ref().map(|b| &b.counters)
+    }
+
+    /// The address stream transport `name` (`web`, `irc`) listens on, if it runs.
+    pub fn local(&self, name: &str) -> Option<SocketAddr> {
+        self.streams.as_ref().and_then(|s| s.local(name))
     }
 
     fn halt(&mut self) {
         if let Some(metrics) = &mut self.metrics {
             metrics.stop();
         }
-        if let Some(web) = &mut self.web {
-            web.stop();
+        if let Some(streams) = &mut self.streams {
+            streams.stop();
         }
         if let Some(mailbox) = &mut self.mailbox {
             mailbox.stop();
@@ -295,7 +310,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         })
         .collect::<Result<Vec<_>, RuntimeError>>()?
         .into();
-    let bridge = cfg.web.as_ref().map(|_| {
+    let bridge = (cfg.web.is_some() || cfg.irc.is_some()).then(|| {
         let wakers = wakers.clone();
         Arc::new(Bridge::new(
             shards,
@@ -387,19 +402,23 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         })
     };
     let mut gates = Vec::new();
-    let web = match (&cfg.web, bridge) {
-        (Some(web_cfg), Some(bridge)) => {
-            match web::start(web_cfg.clone(), bridge, gate(budgets.web, gate::WEB_PER_IP)) {
-                Ok(server) => Some(server),
-                Err(source) => {
-                    shared.halt();
-                    threads.join();
-                    let addr = web_cfg.listen;
-                    return Err(RuntimeError::Web { addr, source });
-                }
+    let mut transports: Vec<(Box<dyn Transport>, Arc<gate::Gate>)> = Vec::new();
+    if let Some(web) = &cfg.web {
+        transports.push((Box::new(web.clone()), gate(budgets.web, web.per_ip)));
+    }
+    if let Some(irc) = &cfg.irc {
+        transports.push((Box::new(irc.clone()), gate(budgets.irc, gate::IRC_PER_IP)));
+    }
+    let streams = match bridge {
+        Some(bridge) => match streams::start(transports, bridge) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                shared.halt();
+                threads.join();
+                return Err(e.into());
             }
-        }
-        _ => None,
+        },
+        None => None,
     };
     let mailbox = match (&cfg.mailbox, link, opened) {
         (Some(mailbox_cfg), Some(link), Some(opened)) => {
@@ -419,8 +438,8 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
     let metrics = match cfg.metrics {
         Some(addr) => {
             let inboxes = shared.clone();
-            if let Some(w) = &web {
-                gates.push(("web", w.gate.clone()));
+            for l in streams.iter().flat_map(|s| &s.listening) {
+                gates.push((l.name, l.gate.clone()));
             }
             if let Some(m) = &mailbox {
                 gates.push(("mailbox", m.gate.clone()));
@@ -448,7 +467,7 @@ pub fn start(cfg: &RuntimeConfig) -> Result<Running, RuntimeError> {
         backend: io_kind.name(),
         fallback,
         counters,
-        web,
+        streams,
         mailbox,
         metrics,
         shared,
@@ -625,7 +644,7 @@ fn wake(waker: &Waker) {
     }
 }
 
-/// Handles what the web thread queued for this shard (a bounded amount).
+/// Handles what the stream thread queued for this shard (a bounded amount).
 fn drain_streams(
     me: usize,
     now: Duration,
@@ -744,21 +763,21 @@ fn flush(
     }
     if let (Some(bridge), false) = (&shared.bridge, out.stream_sends().is_empty()) {
         // One shared copy per payload, however many connections it goes to.
-        let mut last: Option<(crate::engine::PayloadId, web::Text)> = None;
+        let mut last: Option<(crate::engine::PayloadId, streams::Text)> = None;
         for &(conn, payload) in out.stream_sends() {
             let text = match &last {
                 Some((p, text)) if *p == payload => text.clone(),
                 _ => {
-                    let Some(text) = web::text(out.bytes(payload)) else {
+                    let Some(text) = streams::text(out.bytes(payload)) else {
                         continue;
                     };
                     last = Some((payload, text.clone()));
                     text
                 }
             };
-            bridge.to_web(conn, text);
+            bridge.to_stream(conn, text);
         }
-        bridge.wake_web();
+        bridge.wake_streams();
     }
     if !out.sends().is_empty() {
         let sent = backend.send(out.sends().iter().map(|s| Transmit {

@@ -19,7 +19,7 @@ use crate::{machine, LoadError};
 use chat_router::engine::{Config, Federation, Neighbors};
 use chat_router::io::IoKind;
 use chat_router::runtime::{self, RuntimeConfig};
-use chat_router::web::WebConfig;
+use chat_router::streams::web::WebConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ pub fn run(args: &RunArgs) -> Result<RunRecord, LoadError> {
             let browsers = match (args.browsers, &router, args.target_ws) {
                 (0, _, _) => Browsers::none(args.clients),
                 (_, Some(r), _) => {
-                    let ws = r.web.as_ref().map(|w| w.local).ok_or_else(|| {
+                    let ws = r.local("web").ok_or_else(|| {
                         LoadError::Setup("the embedded router serves no WebSocket".into())
                     })?;
                     Browsers::connect(&plan, first_browser, ws)?
@@ -294,11 +294,12 @@ fn start_router(args: &RunArgs, neighbors: Vec<SocketAddr>) -> Result<runtime::R
             listen: localhost,
             origins: Vec::new(),
             server: "loadgen".into(),
-            idle: chat_router::web::IDLE,
+            idle: chat_router::streams::web::IDLE,
             tls: None,
             // Every simulated browser comes from 127.0.0.1.
             per_ip: args.browsers.max(chat_router::gate::WEB_PER_IP),
         }),
+        irc: None,
         mailbox: None,
         handshake: chat_router::gate::HANDSHAKE,
     })?)

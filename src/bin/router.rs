@@ -8,7 +8,8 @@ use chat_router::proto::duckchat::SayLayout;
 use chat_router::proto::group::Key;
 use chat_router::proto::text;
 use chat_router::runtime::{self, RuntimeConfig};
-use chat_router::web::WebConfig;
+use chat_router::streams::irc::IrcConfig;
+use chat_router::streams::web::WebConfig;
 use clap::{CommandFactory, Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -153,6 +154,11 @@ struct Cli {
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     ws_origins: Vec<String>,
 
+    /// Serve IRC clients on this TCP address (docs/irc.md); with --tls-cert, IRC over TLS on
+    /// the same port.
+    #[arg(long, value_name = "ADDR")]
+    irc: Option<String>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (docs/metrics.md) [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -190,7 +196,7 @@ struct Cli {
     auth_key: Option<PathBuf>,
 
     /// A PEM certificate (chain): the WebSocket port then serves https and wss, and the mailbox
-    /// TLS, beside their plain protocols (the first byte of a connection tells which).
+    /// and IRC ports TLS, beside their plain protocols (the first byte of a connection tells which).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
@@ -198,8 +204,8 @@ struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
-    /// A browser's WebSocket upgrade, or a mailbox request, must arrive within this long after
-    /// the connection opens; otherwise it is closed.
+    /// A browser's WebSocket upgrade, an IRC client's registration, or a mailbox request must
+    /// arrive within this long after the connection opens; otherwise it is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
     handshake_timeout: Duration,
 
@@ -405,6 +411,19 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         }),
         None => None,
     };
+    let irc = match &cli.irc {
+        Some(addr) => Some(IrcConfig {
+            listen: config::parse_address(addr)?,
+            tls: tls.clone(),
+            idle: chat_router::streams::irc::IDLE,
+            started: chat_router::utc::utc(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
+        }),
+        None => None,
+    };
     let mailbox = match &cli.mailbox {
         Some(addr) => {
             let mut m = MailboxConfig::new(config::parse_address(addr)?, cli.data_dir.clone());
@@ -421,6 +440,7 @@ fn validate(mut cli: Cli) -> Result<RuntimeConfig, ConfigError> {
         io: cli.io,
         stats_every: cli.stats_every,
         web,
+        irc,
         mailbox,
         handshake: cli.handshake_timeout,
         metrics: cli

@@ -258,11 +258,11 @@ impl Engine {
                     _ => Done::SignedIn { name: nick, token },
                 };
                 protocol
-                    .encode_done(&done, &mut buf)
+                    .encode_done(&self.name_of(id), &done, &mut buf)
                     .map(|len| (len, false))
             }
             refused => protocol
-                .encode_refusal(&Refusal::Account(refused), &mut buf)
+                .encode_refusal(&self.name_of(id), &Refusal::Account(refused), &mut buf)
                 .map(|len| (len, true)),
         };
         if let Some((len, error)) = answer {

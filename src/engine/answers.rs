@@ -27,6 +27,7 @@ pub(super) enum Rest {
     /// `names[next..]` of the channel's members.
     Who {
         channel: Name,
+        brief: bool,
         names: Arc<[Person]>,
         next: usize,
     },
@@ -86,6 +87,7 @@ impl Engine {
         let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
             return;
         };
+        let me = self.name_of(id);
         let per = protocol.names_per_answer(true).clamp(1, 64);
         let mut last = after;
         loop {
@@ -113,7 +115,7 @@ impl Engine {
                 return self.wait(id, Rest::List { after });
             }
             out.send_new(endpoint, bytes, |buf| {
-                protocol.encode_answer(&answer, buf).ok_or(())
+                protocol.encode_answer(&me, &answer, buf).ok_or(())
             });
             if chunk.len() < per {
                 return;
@@ -128,7 +130,7 @@ impl Engine {
         &mut self,
         now: Duration,
         id: SessionId,
-        channel: Name,
+        (channel, brief): (Name, bool),
         names: Arc<[Person]>,
         mut next: usize,
         out: &mut Outbox,
@@ -136,6 +138,7 @@ impl Engine {
         let Some((endpoint, protocol)) = self.clients.sessions.key(id) else {
             return;
         };
+        let me = self.name_of(id);
         let per = protocol.names_per_answer(false).max(1);
         loop {
             let chunk = &names[next..(next + per).min(names.len())];
@@ -143,6 +146,7 @@ impl Engine {
                 channel: &channel,
                 names: chunk,
                 last: next + chunk.len() >= names.len(),
+                brief,
             };
             let Some(bytes) = protocol.answer_len(&answer) else {
                 return;
@@ -150,13 +154,14 @@ impl Engine {
             if endpoint.spoofable() && !self.clients.replies.allow(now, endpoint.ip(), bytes) {
                 let rest = Rest::Who {
                     channel,
+                    brief,
                     names,
                     next,
                 };
                 return self.wait(id, rest);
             }
             out.send_new(endpoint, bytes, |buf| {
-                protocol.encode_answer(&answer, buf).ok_or(())
+                protocol.encode_answer(&me, &answer, buf).ok_or(())
             });
             next += chunk.len();
             if next >= names.len() {
@@ -198,11 +203,12 @@ impl Engine {
                 }
                 Rest::Who {
                     channel,
+                    brief,
                     names,
                     next,
                 } => {
                     session.who_waiting = false;
-                    self.answer_who(now, id, channel, names, next, out);
+                    self.answer_who(now, id, (channel, brief), names, next, out);
                 }
             }
         }

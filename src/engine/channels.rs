@@ -236,7 +236,13 @@ impl Engine {
     /// WHO: the channel's members, sorted, sent to the asking user's home shard, which
     /// answers (the owner never sends to a client). A channel removed since its home shard saw
     /// it in the directory gets no answer.
-    pub(super) fn who_names(&mut self, name: Name, session: SessionId, out: &mut Outbox) {
+    pub(super) fn who_names(
+        &mut self,
+        name: Name,
+        session: SessionId,
+        brief: bool,
+        out: &mut Outbox,
+    ) {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
@@ -246,6 +252,7 @@ impl Engine {
             channel: name,
             session,
             names: names.into(),
+            brief,
         };
         self.send_to_shard(session.home, msg, out);
     }

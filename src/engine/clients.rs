@@ -169,6 +169,10 @@ impl Engine {
         out: &mut Outbox,
     ) {
         let (key, id) = self.session_of(endpoint, protocol, request);
+        // Who the replies are for, as the session was named when it asked.
+        let me = id.map_or(Nick::from(frontend::IRC_UNREGISTERED), |id| {
+            self.name_of(id)
+        });
         let view = id
             .and_then(|id| self.clients.sessions.get(id))
             .map(|s| View {
@@ -181,7 +185,7 @@ impl Engine {
         let command = match decoded {
             Decoded::Drop(reason) => return self.counters.dropped(reason),
             Decoded::Malformed => return self.counters.decode_errors.inc(),
-            Decoded::Nothing | Decoded::Error(_) | Decoded::Command(_) => {
+            Decoded::Nothing | Decoded::Error(_) | Decoded::Reply(_) | Decoded::Command(_) => {
                 if let Some(id) = id {
                     self.clients.sessions.touch(id, now);
                     // More than a login: no longer what a forged source makes by the thousand.
@@ -193,6 +197,9 @@ impl Engine {
                     Decoded::Command(command) => command,
                     Decoded::Error(reply) => {
                         return self.reply(now, key, request.len(), reply, true, out)
+                    }
+                    Decoded::Reply(reply) => {
+                        return self.reply(now, key, request.len(), reply, false, out)
                     }
                     _ => return,
                 }
@@ -218,9 +225,9 @@ impl Engine {
                 if let Some(s) = session.and_then(|id| self.clients.sessions.get_mut(id)) {
                     s.errors_in_a_row = 0;
                 }
-                (protocol.encode_done(done, &mut scratch), false)
+                (protocol.encode_done(&me, done, &mut scratch), false)
             }
-            Err(refusal) => (protocol.encode_refusal(refusal, &mut scratch), true),
+            Err(refusal) => (protocol.encode_refusal(&me, refusal, &mut scratch), true),
         };
         if let Some(len) = len {
             self.reply(now, key, request.len(), &scratch[..len], error, out);
@@ -337,7 +344,7 @@ impl Engine {
                 }
                 Ok(Done::Nothing)
             }
-            Command::Who { channel } => {
+            Command::Who { channel, brief } => {
                 // A channel the user is in exists even before the owner's directory update
                 // for it arrives; the owner handles the JOIN before this WHO (one queue).
                 let member = self.require_member(id, &channel).is_ok();
@@ -353,6 +360,7 @@ impl Engine {
                     let msg = ShardMsg::Who {
                         channel,
                         session: id,
+                        brief,
                     };
                     self.send_to_owner(msg, out);
                 }
@@ -541,7 +549,7 @@ impl Engine {
                 (false, true) => {
                     session.claimed = false; // the owner holds it for someone else now
                     let mut buf = [0u8; frontend::MAX_REPLY];
-                    if let Some(len) = protocol.encode_refusal(&refusal, &mut buf) {
+                    if let Some(len) = protocol.encode_refusal(&session.name, &refusal, &mut buf) {
                         self.send_reply(now, endpoint, &buf[..len], true, out);
                     }
                     self.counters.logins_replaced.inc();
@@ -552,6 +560,7 @@ impl Engine {
             return;
         };
         session.pending_name = None;
+        let was = session.name;
         let mut buf = [0u8; frontend::MAX_REPLY];
         let answer = if granted {
             let old = session
@@ -567,17 +576,25 @@ impl Engine {
             if let Some(old) = old.filter(|old| *old != name) {
                 self.release_name(id, old, out);
             }
-            protocol.encode_done(&Done::Named(nick), &mut buf)
+            protocol.encode_done(&was, &Done::Named(nick), &mut buf)
         } else {
             let refusal = match self.accounts.is_account(nick.as_bytes()) {
                 true => Refusal::NameRegistered(nick),
                 false => Refusal::NameTaken(nick),
             };
-            protocol.encode_refusal(&refusal, &mut buf)
+            protocol.encode_refusal(&was, &refusal, &mut buf)
         };
         if let Some(len) = answer {
             self.send_reply(now, endpoint, &buf[..len], !granted, out);
         }
+    }
+
+    /// The name of session `id`, as its replies address it (`*` when it is gone).
+    pub(super) fn name_of(&self, id: SessionId) -> Nick {
+        self.clients
+            .sessions
+            .get(id)
+            .map_or(Nick::from(frontend::IRC_UNREGISTERED), |s| s.name)
     }
 
     /// A refusal written in the session's protocol and sent to it.
@@ -592,7 +609,7 @@ impl Engine {
             return;
         };
         let mut buf = [0u8; frontend::MAX_REPLY];
-        if let Some(len) = protocol.encode_refusal(refusal, &mut buf) {
+        if let Some(len) = protocol.encode_refusal(&self.name_of(id), refusal, &mut buf) {
             self.send_reply(now, endpoint, &buf[..len], true, out);
         }
     }
@@ -816,9 +833,10 @@ impl Engine {
         session.channels.retain(|c| *c != channel);
         self.remove_local(channel, id);
         let mut buf = [0u8; frontend::MAX_REPLY];
-        if let Some(len) = key
-            .1
-            .encode_refusal(&Refusal::ServerChannelLimit(channel), &mut buf)
+        let me = self.name_of(id);
+        if let Some(len) =
+            key.1
+                .encode_refusal(&me, &Refusal::ServerChannelLimit(channel), &mut buf)
         {
             self.send_reply(now, key.0, &buf[..len], true, out);
         }
@@ -837,7 +855,8 @@ impl Engine {
             return;
         };
         let mut buf = [0u8; frontend::MAX_REPLY];
-        if let Some(len) = protocol.encode_refusal(&Refusal::Backlog(channel), &mut buf) {
+        let me = self.name_of(id);
+        if let Some(len) = protocol.encode_refusal(&me, &Refusal::Backlog(channel), &mut buf) {
             self.send_reply(now, endpoint, &buf[..len], true, out);
         }
     }
@@ -878,8 +897,20 @@ impl Engine {
             let payload = out.payload(protocol.max_chat(), |buf| {
                 protocol.encode_chat(&delivery, buf).ok_or(())
             });
-            if let Some(payload) = payload {
+            let Some(payload) = payload else { continue };
+            if protocol.echoes_own_chat() || stamp.origin != Origin::Here {
                 for &(_, endpoint) in members.iter() {
+                    out.send_to(endpoint, payload);
+                }
+                continue;
+            }
+            // Names are one per server: the member who goes by the sender's name said it.
+            let sessions = &self.clients.sessions;
+            for &(id, endpoint) in members.iter() {
+                if sessions
+                    .get(id)
+                    .is_none_or(|s| s.name.as_bytes() != chat.user())
+                {
                     out.send_to(endpoint, payload);
                 }
             }

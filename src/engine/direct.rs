@@ -265,6 +265,7 @@ impl Engine {
         let delivered = match self.clients.sessions.key(id) {
             None => false,
             Some((endpoint, protocol)) => {
+                let me = self.name_of(id);
                 let unix_ms = self.cfg.epoch_unix_ms + now.as_millis() as u64;
                 let shown = match &event {
                     FromMailbox::Sent { to, outcome, .. } => DirectEvent::Sent {
@@ -289,9 +290,9 @@ impl Engine {
                         ..
                     } => {
                         let refusal = Refusal::Unconfirmed(self.accounts.code(endpoint));
-                        protocol.encode_refusal(&refusal, &mut buf)
+                        protocol.encode_refusal(&me, &refusal, &mut buf)
                     }
-                    _ => protocol.encode_direct(&shown, &mut buf),
+                    _ => protocol.encode_direct(&me, &shown, &mut buf),
                 };
                 if let Some(len) = encoded {
                     match shown {

@@ -66,7 +66,7 @@ mod tree;
 pub use chat::{Chat, Origin, Stamp};
 pub use counters::{Counter, Counters, DropReason, Histogram};
 pub use endpoint::Endpoint;
-pub use frontend::Protocol;
+pub use frontend::{Protocol, IRC_SERVER, IRC_UNREGISTERED};
 pub use group::{Cluster, Member, Order, MAX_SERVERS};
 pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};
@@ -321,12 +321,15 @@ pub enum ShardMsg {
     Who {
         channel: Name,
         session: SessionId,
+        /// Names only ([`frontend::Command::Who`]).
+        brief: bool,
     },
     /// Owner -> home: the members' names, sorted, for the home shard to answer WHO with.
     WhoNames {
         channel: Name,
         session: SessionId,
         names: Arc<[frontend::Person]>,
+        brief: bool,
     },
     /// Receiving shard -> owner: a neighbor's datagram.
     FromNeighbor {
@@ -822,12 +825,17 @@ impl Engine {
             ShardMsg::SayRefused { channel, session } => {
                 self.say_refused(now, channel, session, out)
             }
-            ShardMsg::Who { channel, session } => self.who_names(channel, session, out),
+            ShardMsg::Who {
+                channel,
+                session,
+                brief,
+            } => self.who_names(channel, session, brief, out),
             ShardMsg::WhoNames {
                 channel,
                 session,
                 names,
-            } => self.answer_who(now, session, channel, names, 0, out),
+                brief,
+            } => self.answer_who(now, session, (channel, brief), names, 0, out),
             ShardMsg::FromNeighbor { neighbor, s2s } => self.neighbor_s2s(now, neighbor, s2s, out),
             ShardMsg::FromPeer { peer, datagram } => self.peer_message(now, peer, &datagram, out),
             ShardMsg::Deliver {

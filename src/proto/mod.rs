@@ -6,6 +6,7 @@
 pub mod duckchat;
 mod fixed;
 pub mod group;
+pub mod irc;
 pub mod text;
 
 pub use fixed::{FixedStr, Name, Nick, Text};

@@ -40,8 +40,11 @@ pub enum Command<'a> {
         text: &'a [u8],
     },
     List,
+    /// The members of `channel`; `brief`: their names only (IRC's NAMES, where WHO lists more),
+    /// which the answer carries back to the front-end.
     Who {
         channel: Name,
+        brief: bool,
     },
     KeepAlive,
     /// Send `text` to the user named `to` (through the mailbox, see [`crate::engine::direct`]).
@@ -79,6 +82,8 @@ pub enum Decoded<'a> {
     /// Wrong in the protocol's own terms: the error reply, as the front-end wrote it (into the
     /// scratch buffer it was given).
     Error(&'a [u8]),
+    /// A request the front-end answers itself (IRC's TOPIC, AWAY, MODE): the reply.
+    Reply(&'a [u8]),
     /// Not a request at all, dropped for this reason.
     Drop(DropReason),
     /// Bytes that do not parse.

@@ -41,6 +41,7 @@ pub(super) fn decode<'a>(request: &'a [u8], session: Option<View<'_>>) -> Decode
         Inbound::List => Command::List,
         Inbound::Who { channel } => Command::Who {
             channel: Name::truncating(channel),
+            brief: false,
         },
         Inbound::KeepAlive => Command::KeepAlive,
         Inbound::S2sJoin { .. } | Inbound::S2sLeave { .. } | Inbound::S2sSay(_) => {
@@ -145,7 +146,7 @@ pub(super) fn log_command(
             Lossy(text)
         )),
         Command::List => out.log(format_args!("{local} {src} recv Request list {user}")),
-        Command::Who { channel } => out.log(format_args!(
+        Command::Who { channel, .. } => out.log(format_args!(
             "{local} {src} recv Request who {user} {channel}"
         )),
         Command::KeepAlive => out.log(format_args!("{local} {src} recv Request keep alive {user}")),

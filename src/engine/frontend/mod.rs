@@ -8,19 +8,21 @@
 
 mod command;
 mod duckchat;
+mod irc;
 mod json;
 mod text;
 mod web;
 mod web_compat;
 
 pub use command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal, Settings, View};
+pub use irc::{SERVER as IRC_SERVER, UNREGISTERED as IRC_UNREGISTERED};
 
 use super::{Endpoint, Outbox};
 use crate::proto::duckchat::{type_code_order, Endian};
 use crate::proto::{Name, Nick};
 
 /// The largest reply a front-end writes to a request (an error or a confirmation).
-pub const MAX_REPLY: usize = 256;
+pub const MAX_REPLY: usize = 512;
 /// The scratch buffer a front-end may decode into (an unescaped text, an error reply).
 pub const SCRATCH: usize = 4096;
 const _: () = assert!(MAX_REPLY <= SCRATCH && crate::proto::text::MAX_MESSAGE <= SCRATCH);
@@ -38,6 +40,8 @@ pub enum Protocol {
     Web,
     /// The original browser client of seed 002, over WebSocket.
     WebCompat,
+    /// IRC clients, over TCP.
+    Irc,
 }
 
 /// A LIST or WHO answer, or a part of one: at most [`Protocol::names_per_answer`] names;
@@ -52,16 +56,19 @@ pub enum Answer<'n> {
         channel: &'n Name,
         names: &'n [Person],
         last: bool,
+        /// Names only ([`Command::Who`]).
+        brief: bool,
     },
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 5] = [
+    pub const ALL: [Protocol; 6] = [
         Protocol::DuckChat,
         Protocol::DuckChatBig,
         Protocol::Text,
         Protocol::Web,
         Protocol::WebCompat,
+        Protocol::Irc,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -88,7 +95,7 @@ impl Protocol {
         match self {
             Protocol::DuckChat => Some(Protocol::DuckChatBig),
             Protocol::DuckChatBig => Some(Protocol::DuckChat),
-            Protocol::Text | Protocol::Web | Protocol::WebCompat => None,
+            Protocol::Text | Protocol::Web | Protocol::WebCompat | Protocol::Irc => None,
         }
     }
 
@@ -106,6 +113,7 @@ impl Protocol {
             Protocol::Text => text::decode(settings, request, session, scratch),
             Protocol::Web => web::decode(request, scratch),
             Protocol::WebCompat => web_compat::decode(request),
+            Protocol::Irc => irc::decode(request, session, scratch),
         }
     }
 
@@ -117,6 +125,7 @@ impl Protocol {
             Protocol::Text => Some(text::default_name(endpoint)),
             Protocol::Web => Some(web::default_name(endpoint)),
             Protocol::WebCompat => Some(web_compat::default_name(endpoint)),
+            Protocol::Irc => Some(irc::default_name(endpoint)),
         }
     }
 
@@ -124,13 +133,19 @@ impl Protocol {
     pub fn auto_join(self) -> Option<Name> {
         match self {
             Protocol::WebCompat => Some(Name::from(super::COMMON)),
-            Protocol::DuckChat | Protocol::DuckChatBig | Protocol::Text | Protocol::Web => None,
+            Protocol::DuckChat
+            | Protocol::DuckChatBig
+            | Protocol::Text
+            | Protocol::Web
+            | Protocol::Irc => None,
         }
     }
 
-    /// The reply to a command the core refused.
-    pub fn encode_refusal(self, refusal: &Refusal, buf: &mut [u8]) -> Option<usize> {
+    /// The reply to a command the core refused, for the session named `me` (before the
+    /// command; `*` for none).
+    pub fn encode_refusal(self, me: &Nick, refusal: &Refusal, buf: &mut [u8]) -> Option<usize> {
         match self {
+            Protocol::Irc => irc::encode_refusal(me, refusal, buf),
             Protocol::DuckChat => duckchat::encode_refusal(refusal, buf),
             Protocol::DuckChatBig => big(buf, |buf| duckchat::encode_refusal(refusal, buf)),
             Protocol::Text => text::encode_refusal(refusal, buf),
@@ -139,9 +154,11 @@ impl Protocol {
         }
     }
 
-    /// The reply to a command that succeeded, if the protocol confirms it.
-    pub fn encode_done(self, done: &Done, buf: &mut [u8]) -> Option<usize> {
+    /// The reply to a command that succeeded, if the protocol confirms it, for the session
+    /// named `me` (before the command).
+    pub fn encode_done(self, me: &Nick, done: &Done, buf: &mut [u8]) -> Option<usize> {
         match self {
+            Protocol::Irc => irc::encode_done(me, done, buf),
             Protocol::DuckChat | Protocol::DuckChatBig | Protocol::WebCompat => None,
             Protocol::Text => text::encode_done(done, buf),
             Protocol::Web => web::encode_done(done, buf),
@@ -155,6 +172,7 @@ impl Protocol {
             Protocol::Text => text::MAX_CHAT,
             Protocol::Web => web::MAX_CHAT,
             Protocol::WebCompat => web_compat::MAX_CHAT,
+            Protocol::Irc => irc::MAX_CHAT,
         }
     }
 
@@ -168,17 +186,31 @@ impl Protocol {
             Protocol::Text => text::encode_chat(delivery.chat, buf),
             Protocol::Web => web::encode_chat(delivery, buf),
             Protocol::WebCompat => web_compat::encode_chat(delivery, buf),
+            Protocol::Irc => irc::encode_chat(delivery, buf),
         }
+    }
+
+    /// Whether the protocol's users receive what they said themselves in a channel (IRC
+    /// clients show their own lines and expect no echo).
+    pub fn echoes_own_chat(self) -> bool {
+        !matches!(self, Protocol::Irc)
     }
 
     /// Whether the protocol's users send and receive direct messages (with a mailbox).
     pub fn takes_direct(self) -> bool {
-        matches!(self, Protocol::Text | Protocol::Web)
+        matches!(self, Protocol::Text | Protocol::Web | Protocol::Irc)
     }
 
-    /// What the mailbox reports to a session, for a protocol that [`Protocol::takes_direct`].
-    pub fn encode_direct(self, event: &DirectEvent<'_>, buf: &mut [u8]) -> Option<usize> {
+    /// What the mailbox reports to the session named `me`, for a protocol that
+    /// [`Protocol::takes_direct`].
+    pub fn encode_direct(
+        self,
+        me: &Nick,
+        event: &DirectEvent<'_>,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         match self {
+            Protocol::Irc => irc::encode_direct(me, event, buf),
             Protocol::Text => text::encode_direct(event, buf),
             Protocol::Web => web::encode_direct(event, buf),
             Protocol::DuckChat | Protocol::DuckChatBig | Protocol::WebCompat => None,
@@ -187,7 +219,7 @@ impl Protocol {
 
     /// Whether the protocol tells its users who joins and leaves their channels.
     pub fn wants_presence(self) -> bool {
-        matches!(self, Protocol::Web)
+        matches!(self, Protocol::Web | Protocol::Irc)
     }
 
     /// `user` joined (or left) `channel`, for a protocol that [`Protocol::wants_presence`].
@@ -200,6 +232,7 @@ impl Protocol {
     ) -> Option<usize> {
         match self {
             Protocol::Web => web::encode_presence(channel, user, joined, buf),
+            Protocol::Irc => irc::encode_presence(channel, user, joined, buf),
             Protocol::DuckChat | Protocol::DuckChatBig | Protocol::Text | Protocol::WebCompat => {
                 None
             }
@@ -211,6 +244,7 @@ impl Protocol {
         match self {
             Protocol::DuckChat | Protocol::DuckChatBig => duckchat::names_per_answer(list),
             Protocol::Web => web::NAMES_PER_ANSWER,
+            Protocol::Irc => irc::NAMES_PER_ANSWER,
             Protocol::Text | Protocol::WebCompat => 1,
         }
     }
@@ -221,12 +255,15 @@ impl Protocol {
         match self {
             Protocol::DuckChat | Protocol::DuckChatBig => Some(duckchat::answer_len(answer)),
             Protocol::Web => Some(web::answer_len(answer)),
+            Protocol::Irc => Some(irc::answer_len(answer)),
             Protocol::Text | Protocol::WebCompat => None,
         }
     }
 
-    pub fn encode_answer(self, answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
+    /// A LIST or WHO answer for the session named `me`.
+    pub fn encode_answer(self, me: &Nick, answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
         match self {
+            Protocol::Irc => irc::encode_answer(me, answer, buf),
             Protocol::DuckChat => duckchat::encode_answer(answer, buf),
             Protocol::DuckChatBig => big(buf, |buf| duckchat::encode_answer(answer, buf)),
             Protocol::Web => web::encode_answer(answer, buf),
@@ -249,7 +286,7 @@ impl Protocol {
             Protocol::DuckChat | Protocol::DuckChatBig => {
                 duckchat::log_command(settings, endpoint, user, command, out)
             }
-            Protocol::Text | Protocol::Web | Protocol::WebCompat => {
+            Protocol::Text | Protocol::Web | Protocol::WebCompat | Protocol::Irc => {
                 text::log_command(settings, endpoint, outcome, out)
             }
         }
@@ -261,10 +298,9 @@ impl Protocol {
             Protocol::DuckChat | Protocol::DuckChatBig => {
                 out.log(format_args!("{} {endpoint} user timed out", settings.local))
             }
-            Protocol::Text | Protocol::Web | Protocol::WebCompat => out.log(format_args!(
-                "{} Client {endpoint} timed out",
-                settings.prefix()
-            )),
+            Protocol::Text | Protocol::Web | Protocol::WebCompat | Protocol::Irc => out.log(
+                format_args!("{} Client {endpoint} timed out", settings.prefix()),
+            ),
         }
     }
 }

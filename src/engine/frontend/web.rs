@@ -92,7 +92,10 @@ pub(super) fn decode<'a>(request: &'a [u8], scratch: &'a mut [u8; SCRATCH]) -> D
             Err(why) => return error(scratch, why),
         },
         Request::Who { channel: c } => match channel(&c) {
-            Ok(channel) => Command::Who { channel },
+            Ok(channel) => Command::Who {
+                channel,
+                brief: false,
+            },
             Err(why) => return error(scratch, why),
         },
         Request::List => Command::List,
@@ -417,6 +420,7 @@ pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize
             channel,
             names,
             last,
+            ..
         } => {
             j.raw(b"{\"type\":\"members\",")?;
             j.field("channel", channel.as_bytes())?;

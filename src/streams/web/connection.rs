@@ -2,16 +2,17 @@
 //! a bounded queue, and it is pinged, timed out when silent, and closed with a reason when it
 //! cannot keep up or sends what is refused.
 
-use super::bridge::StreamEvent;
-use super::{Handle, Shared, SUBPROTOCOL};
-use crate::engine::{Endpoint, Protocol};
+use super::{Shared, SUBPROTOCOL};
+use crate::engine::Protocol;
+use crate::streams::bridge::StreamEvent;
+use crate::streams::Text;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{interval, timeout, Instant};
 
 /// The largest frame or message a browser may send (a request is far smaller).
@@ -22,8 +23,6 @@ pub const BUFFER: usize = 4 * 1024;
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// Events written in one batch, with one flush.
 const BATCH: usize = 64;
-/// Events waiting to be written to one connection before it is closed as too slow.
-pub const QUEUE: usize = 1024;
 /// A connection that sends nothing (not even a pong) for this long is closed, unless
 /// `--ws-idle` says otherwise; it is pinged three times meanwhile.
 pub const IDLE: Duration = Duration::from_secs(75);
@@ -32,28 +31,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a close frame may wait behind what the browser has not read yet.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(30);
 const TOO_SLOW: &str = "too slow: more than 1024 events waiting";
-/// How long an event waits for room in its shard's queue before it is given up (the router
-/// is stopping or hopelessly overloaded).
-const SHARD_PATIENCE: Duration = Duration::from_secs(10);
+const _: () = assert!(crate::streams::QUEUE == 1024);
 
 pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
-    let bridge = &shared.bridge;
-    bridge.counters.connections.fetch_add(1, Relaxed);
-    let conn = shared.next_conn.fetch_add(1, Relaxed);
-    let endpoint = Endpoint::Stream { conn, peer };
-    let (events, mut queued) = mpsc::channel(QUEUE);
-    let (kick, mut kicked) = oneshot::channel();
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            conn,
-            Handle {
-                events,
-                kick: Some(kick),
-            },
-        );
+    let hub = &shared.hub;
+    let bridge = &hub.bridge;
+    let mut connection = hub.connect(peer);
+    let (conn, endpoint) = (connection.conn, connection.endpoint);
     // With the subprotocol, JSON from the start; without, the original client until a first
     // frame shows otherwise.
     let asked_json = socket.protocol().is_some_and(|p| p == SUBPROTOCOL);
@@ -67,7 +51,8 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
         Protocol::Web => format!(r#"{{"type":"welcome","server":{}}}"#, json_string(server)),
         _ => format!("Welcome to ChatServer {server}!"),
     };
-    to_shard(&shared, conn, StreamEvent::Opened(endpoint, protocol)).await;
+    hub.to_shard(conn, StreamEvent::Opened(endpoint, protocol))
+        .await;
     let mut first = true;
     let mut heard = Instant::now();
     let idle = shared.cfg.idle;
@@ -82,12 +67,12 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
                     Some(Ok(Message::Text(text))) => {
                         bridge.counters.frames_in.fetch_add(1, Relaxed);
                         if first && protocol == Protocol::WebCompat && is_json_request(&text) {
-                            to_shard(&shared, conn, StreamEvent::Closed(endpoint, protocol)).await;
+                            hub.to_shard(conn, StreamEvent::Closed(endpoint, protocol)).await;
                             protocol = Protocol::Web;
                         }
                         first = false;
                         let event = StreamEvent::Frame(endpoint, protocol, text.as_bytes().into());
-                        to_shard(&shared, conn, event).await;
+                        hub.to_shard(conn, event).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let refusal = r#"{"type":"error","message":"frames must be text: JSON requests"}"#;
@@ -103,19 +88,19 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
                     }
                 }
             }
-            event = queued.recv() => match event {
+            event = connection.events.recv() => match event {
                 // A write waits for the browser to read; a kick meanwhile ends the wait (what
                 // was written stays buffered ahead of the close frame).
                 Some(message) => tokio::select! {
-                    sent = send_batch(&mut socket, message, &mut queued) => outcome = sent,
-                    _ = &mut kicked => {
+                    sent = send_batch(&mut socket, message, &mut connection.events) => outcome = sent,
+                    _ = &mut connection.kicked => {
                         let _ = close(&mut socket, 1013, TOO_SLOW).await;
                         break;
                     }
                 },
                 None => break,
             },
-            _ = &mut kicked => {
+            _ = &mut connection.kicked => {
                 let _ = close(&mut socket, 1013, TOO_SLOW).await;
                 break;
             }
@@ -132,12 +117,7 @@ pub(super) async fn run(mut socket: WebSocket, peer: SocketAddr, shared: Arc<Sha
     if outcome == Err(WriteFailed::TooSlow) {
         bridge.counters.closed_slow.fetch_add(1, Relaxed);
     }
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&conn);
-    to_shard(&shared, conn, StreamEvent::Closed(endpoint, protocol)).await;
+    hub.disconnect(&connection, protocol).await;
 }
 
 /// Why a write did not complete.
@@ -153,14 +133,14 @@ enum WriteFailed {
 /// flush, which the browser must take within [`WRITE_TIMEOUT`].
 async fn send_batch(
     socket: &mut WebSocket,
-    first: Message,
-    queued: &mut mpsc::Receiver<Message>,
+    first: Text,
+    queued: &mut mpsc::Receiver<Text>,
 ) -> Result<(), WriteFailed> {
     let gather = async {
-        socket.feed(first).await?;
+        socket.feed(Message::Text(first)).await?;
         for _ in 1..BATCH {
             let Ok(next) = queued.try_recv() else { break };
-            socket.feed(next).await?;
+            socket.feed(Message::Text(next)).await?;
         }
         socket.flush().await
     };
@@ -201,22 +181,6 @@ fn refusal(e: axum::Error) -> (u16, &'static str) {
         Some(tungstenite::Error::Utf8(_)) => (1007, "refused: text frames must be UTF-8"),
         Some(tungstenite::Error::Protocol(_)) => (1002, "refused: not a valid WebSocket frame"),
         _ => (1011, "refused: the connection failed"),
-    }
-}
-
-/// Queues the event for the connection's shard, waiting while that queue is full (the
-/// connection's own frames wait with it: back-pressure on the browser, never a lost event).
-async fn to_shard(shared: &Shared, conn: u64, mut event: StreamEvent) {
-    let deadline = Instant::now() + SHARD_PATIENCE;
-    loop {
-        match shared.bridge.to_shard(conn, event) {
-            Ok(()) => return,
-            Err(back) if Instant::now() < deadline => {
-                event = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Err(_) => return,
-        }
     }
 }
 

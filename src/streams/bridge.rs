@@ -1,6 +1,6 @@
-//! The queues between the web thread and the shards. Each connection belongs to one shard (its
+//! The queues between the stream thread (`super`) and the shards. Each connection belongs to one shard (its
 //! id modulo the shard count), which gets every event of that connection in order through its
-//! own bounded queue; what the shards send back goes through one bounded queue to the web
+//! own bounded queue; what the shards send back goes through one bounded queue to the stream
 //! thread, which hands each event to its connection.
 
 use crate::engine::{Endpoint, Protocol};
@@ -9,10 +9,10 @@ use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::sync::Notify;
 
-/// Events in flight from the web thread to one shard.
+/// Events in flight from the stream thread to one shard.
 pub const TO_SHARD_DEPTH: usize = 16_384;
-/// Events in flight from all shards to the web thread.
-pub const TO_WEB_DEPTH: usize = 65_536;
+/// Events in flight from all shards to the stream thread.
+pub const TO_STREAMS_DEPTH: usize = 65_536;
 
 /// What happened on a connection, for its shard.
 #[derive(Debug)]
@@ -22,9 +22,9 @@ pub enum StreamEvent {
     Closed(Endpoint, Protocol),
 }
 
-/// The web side's counters (the shards count what they do with the events).
+/// The stream side's counters (the shards count what they do with the events).
 #[derive(Debug, Default)]
-pub struct WebCounters {
+pub struct StreamCounters {
     pub connections: AtomicU64,
     pub frames_in: AtomicU64,
     pub events_out: AtomicU64,
@@ -34,11 +34,11 @@ pub struct WebCounters {
     pub closed_idle: AtomicU64,
     /// Events for connections already gone.
     pub events_unrouted: AtomicU64,
-    /// Events the shards could not queue for the web thread (it fell behind).
+    /// Events the shards could not queue for the stream thread (it fell behind).
     pub events_dropped: AtomicU64,
 }
 
-impl std::fmt::Display for WebCounters {
+impl std::fmt::Display for StreamCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -57,12 +57,12 @@ impl std::fmt::Display for WebCounters {
 
 pub struct Bridge {
     to_shards: Vec<ArrayQueue<StreamEvent>>,
-    to_web: ArrayQueue<(u64, Utf8Bytes)>,
-    /// Wakes the web thread's dispatcher when `to_web` has something.
-    pub(super) web_wake: Notify,
+    to_streams: ArrayQueue<(u64, Utf8Bytes)>,
+    /// Wakes the stream thread's dispatcher when `to_streams` has something.
+    pub(super) stream_wake: Notify,
     /// Wakes shard `i` when its queue has something (the runtime's eventfd protocol).
     wake_shard: Box<dyn Fn(usize) + Send + Sync>,
-    pub counters: WebCounters,
+    pub counters: StreamCounters,
 }
 
 impl Bridge {
@@ -71,10 +71,10 @@ impl Bridge {
             to_shards: (0..shards)
                 .map(|_| ArrayQueue::new(TO_SHARD_DEPTH))
                 .collect(),
-            to_web: ArrayQueue::new(TO_WEB_DEPTH),
-            web_wake: Notify::new(),
+            to_streams: ArrayQueue::new(TO_STREAMS_DEPTH),
+            stream_wake: Notify::new(),
             wake_shard,
-            counters: WebCounters::default(),
+            counters: StreamCounters::default(),
         }
     }
 
@@ -100,20 +100,20 @@ impl Bridge {
         !self.to_shards[shard].is_empty()
     }
 
-    /// An event from a shard for connection `conn`; dropped and counted when the web thread
+    /// An event from a shard for connection `conn`; dropped and counted when the stream thread
     /// has fallen too far behind.
-    pub fn to_web(&self, conn: u64, text: Utf8Bytes) {
-        if self.to_web.push((conn, text)).is_err() {
+    pub fn to_stream(&self, conn: u64, text: Utf8Bytes) {
+        if self.to_streams.push((conn, text)).is_err() {
             self.counters.events_dropped.fetch_add(1, Relaxed);
         }
     }
 
-    /// After a batch of [`Bridge::to_web`]: wakes the web thread.
-    pub fn wake_web(&self) {
-        self.web_wake.notify_one();
+    /// After a batch of [`Bridge::to_stream`]: wakes the stream thread.
+    pub fn wake_streams(&self) {
+        self.stream_wake.notify_one();
     }
 
-    pub(super) fn next_for_web(&self) -> Option<(u64, Utf8Bytes)> {
-        self.to_web.pop()
+    pub(super) fn next_for_stream(&self) -> Option<(u64, Utf8Bytes)> {
+        self.to_streams.pop()
     }
 }
