@@ -16,11 +16,12 @@ use super::bridge::StreamEvent;
 use super::{Connection, Hub, Text, Transport};
 use crate::engine::Protocol;
 use crate::engine::{IRC_SERVER as SERVER, IRC_UNREGISTERED};
-use crate::gate::{Gate, Pass};
+use crate::gate::{Gate, GateCounters, Pass};
 use crate::proto::irc::{self, Message};
 use crate::tls::{Stream, Tls};
 use futures_util::future::LocalBoxFuture;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -36,6 +37,8 @@ const BATCH: usize = 64;
 /// SASL's credentials arrive in pieces of 400 base64 bytes; a PLAIN exchange needs few.
 const SASL_PIECE: usize = 400;
 const MAX_SASL: usize = 4 * SASL_PIECE;
+/// Lines kept from a client between its registration and its welcome, at most.
+const EARLY_LINES: usize = 32;
 /// The read buffer grows to at most one line.
 const READ_CHUNK: usize = 4096;
 
@@ -71,7 +74,7 @@ impl Transport for IrcConfig {
                 // Lines are small and latency matters: no Nagle delay.
                 let _ = tcp.set_nodelay(true);
                 let stream = Stream::new(tcp, cfg.tls.as_ref());
-                let client = Client::new(cfg.clone(), hub.clone(), peer);
+                let client = Client::new(cfg.clone(), hub.clone(), peer, gate.counters.clone());
                 tokio::spawn(client.run(stream, pass, gate.handshake()));
             }
         })
@@ -111,6 +114,14 @@ struct Client {
     welcomed: bool,
     /// Lines waiting to be written.
     out: Vec<u8>,
+    /// What came for the client before its welcome (mail waiting for an account SASL signed
+    /// in to): written right after the welcome, where clients expect it.
+    held: Vec<u8>,
+    /// Lines the client sent after its registration but before its welcome (clients that do
+    /// not wait for 001 before their JOIN): forwarded right after the welcome.
+    early: Vec<Vec<u8>>,
+    /// The listener's counters (a registration that times out is counted there).
+    gate: Arc<GateCounters>,
     closing: Option<&'static str>,
 }
 
@@ -121,7 +132,7 @@ const TOO_SLOW: &str = "Too slow: more than 1024 events waiting";
 const TOO_LONG: &str = "Line too long";
 
 impl Client {
-    fn new(cfg: Arc<IrcConfig>, hub: Arc<Hub>, peer: SocketAddr) -> Self {
+    fn new(cfg: Arc<IrcConfig>, hub: Arc<Hub>, peer: SocketAddr, gate: Arc<GateCounters>) -> Self {
         let connection = hub.connect(peer);
         Client {
             cfg,
@@ -137,6 +148,9 @@ impl Client {
             registering: false,
             welcomed: false,
             out: Vec::with_capacity(512),
+            held: Vec::new(),
+            early: Vec::new(),
+            gate,
             closing: None,
         }
     }
@@ -174,6 +188,7 @@ impl Client {
                 },
                 _ = &mut self.connection.kicked => self.closing = Some(TOO_SLOW),
                 _ = &mut registration, if !self.welcomed => {
+                    self.gate.handshake_timeouts.fetch_add(1, Relaxed);
                     self.closing = Some("Registration timeout");
                 }
                 _ = pass.handshake.evicted(), if !self.welcomed => {
@@ -269,6 +284,15 @@ impl Client {
             b"AUTHENTICATE" => self.authenticate(&message).await,
             _ if !self.registering => {
                 self.line(format_args!(":{SERVER} 451 {me} :You have not registered"));
+            }
+            // Another nick, after the registration's was refused.
+            b"NICK" if !self.welcomed => self.forward(line).await,
+            _ if !self.welcomed => {
+                if self.early.len() < EARLY_LINES {
+                    self.early.push(line.to_vec());
+                } else {
+                    self.line(format_args!(":{SERVER} 451 {me} :You have not registered"));
+                }
             }
             b"JOIN" | b"PART" | b"PRIVMSG" | b"NOTICE" => self.forward_each(&message).await,
             _ => self.forward(line).await,
@@ -459,6 +483,8 @@ impl Client {
                     if !self.welcomed {
                         self.welcome();
                         pass.handshake.finish();
+                        let held = std::mem::take(&mut self.held);
+                        self.out.extend_from_slice(&held);
                         continue;
                     }
                 }
@@ -471,12 +497,22 @@ impl Client {
                     self.sasl = Sasl::Idle;
                     sasl_answered = true;
                 }
+                // Chat before the welcome waits for it.
+                b"PRIVMSG" | b"NOTICE" | b"JOIN" | b"PART" if !self.welcomed => {
+                    self.held.extend_from_slice(line);
+                    continue;
+                }
                 _ => {}
             }
             self.out.extend_from_slice(line);
         }
         if sasl_answered {
             self.try_register().await;
+        }
+        if self.welcomed && !self.early.is_empty() {
+            for line in std::mem::take(&mut self.early) {
+                self.take_line(&line).await;
+            }
         }
     }
 

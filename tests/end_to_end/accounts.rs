@@ -26,7 +26,7 @@ fn confirm(client: &Text, refused: &str) {
 }
 
 /// A text client signed in to a new account `name`.
-fn register(m: &Mailbox, name: &str, password: &str) -> Text {
+pub(crate) fn register(m: &Mailbox, name: &str, password: &str) -> Text {
     let client = Text::new(m.router.addr());
     let line = format!("/register {name} {password}");
     confirm(&client, &client.ask(&line));

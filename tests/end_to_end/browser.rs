@@ -1,5 +1,5 @@
 //! The chat page in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`
-//! from npm; `.ci/install-browser` installs both, as `.ci/run` does): two pages on two
+//! from npm; `.ci/install-test-tools` installs both, as `.ci/run` does): two pages on two
 //! federated routers chat, one router is killed, the page on it reconnects to the other and
 //! the conversation goes on with nothing shown twice, and a direct message typed as `/msg` on
 //! one page shows on the other; and two pages sign up, sign in and talk over https and wss with a
@@ -17,7 +17,7 @@ fn scripts() -> std::path::PathBuf {
     assert!(
         Path::new("/usr/bin/chromium").exists()
             && dir.join("node_modules/playwright-core").exists(),
-        "this test needs Debian's chromium and playwright-core: run .ci/install-browser"
+        "this test needs Debian's chromium and playwright-core: run .ci/install-test-tools"
     );
     dir
 }

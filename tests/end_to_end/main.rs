@@ -10,6 +10,7 @@ mod browser;
 mod chat;
 mod connections;
 mod hostile;
+mod irc;
 mod mailbox;
 mod router;
 mod tls;

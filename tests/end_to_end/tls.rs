@@ -19,7 +19,7 @@ use tungstenite::Message;
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A self-signed certificate for localhost, written as PEM into `dir`; its DER for clients.
-fn certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+pub(crate) fn certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
@@ -28,7 +28,7 @@ fn certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
 }
 
 /// A TLS connection to `port` that trusts `cert` alone.
-fn tls_connect(port: u16, cert: &rustls::pki_types::CertificateDer<'static>) -> Tls {
+pub(crate) fn tls_connect(port: u16, cert: &rustls::pki_types::CertificateDer<'static>) -> Tls {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     #[allow(deprecated)] // the test client's crypto, as the server's (see src/tls.rs)
