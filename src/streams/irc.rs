@@ -196,6 +196,7 @@ impl Client {
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() > self.cfg.idle {
+                        self.hub.bridge.counters.closed_idle.fetch_add(1, Relaxed);
                         self.closing = Some(PING_TIMEOUT);
                     } else {
                         self.line(format_args!("PING :{SERVER}"));
