@@ -529,3 +529,37 @@ fn write_fifo(path: &std::path::Path, line: &str) {
     let mut fifo = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     fifo.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
+
+/// Garbage on the IRC port: lines of random bytes are answered or ignored, never a crash; a
+/// line longer than IRC allows closes that connection only.
+#[test]
+fn garbage_and_overlong_lines_hurt_no_one() {
+    let (_router, port) = start(&["--cores", "2"]);
+    let mut watcher = Irc::registered(port, "watcher");
+    watcher.join("#Common");
+    let mut noisy = Irc::registered(port, "noisy");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..300 {
+        let mut line = Vec::new();
+        for _ in 0..(x % 60) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let alphabet = b"#: ,\0\x01\xffaZ!@PRIVMSG JOIN";
+            line.push(alphabet[(x % alphabet.len() as u64) as usize]);
+        }
+        line.extend_from_slice(b"\r\n");
+        noisy.stream.write_all(&line).unwrap();
+    }
+    noisy.send("PING :still-here");
+    noisy.expect(|l| l == ":chat-router PONG chat-router :still-here");
+    noisy.send(&"x".repeat(5000));
+    noisy.expect(|l| l.contains("[Line too long]"));
+    assert_eq!(noisy.line(), None, "closed");
+    // The others go on.
+    let mut later = Irc::registered(port, "later");
+    later.join("#Common");
+    watcher.expect(|l| l == ":later!later@chat-router JOIN #Common");
+    later.send("PRIVMSG #Common :all well");
+    watcher.expect(|l| l == ":later!later@chat-router PRIVMSG #Common :all well");
+}

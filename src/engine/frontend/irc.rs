@@ -766,3 +766,81 @@ impl std::fmt::Display for Lossy<'_> {
         Nickish(self.0).fmt(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Chat;
+
+    fn chat_lines(user: &[u8], text: &[u8]) -> Vec<String> {
+        let channel = Name::from("Common");
+        let chat = Chat::new(user, text);
+        let delivery = Delivery {
+            channel: &channel,
+            chat: &chat,
+            id: 1,
+            origin: None,
+            unix_ms: 0,
+        };
+        let mut buf = [0u8; MAX_CHAT];
+        let len = encode_chat(&delivery, &mut buf).expect("fits");
+        let text = std::str::from_utf8(&buf[..len]).unwrap();
+        assert!(text.ends_with("\r\n"));
+        text.split_terminator("\r\n").map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_long_message_is_split_into_lines_irc_can_carry() {
+        let text = "é".repeat(500); // 1000 bytes, two per character
+        let lines = chat_lines(b"amy", text.as_bytes());
+        assert_eq!(lines.len(), 3);
+        let mut joined = String::new();
+        for line in &lines {
+            assert!(line.len() + 2 <= irc::MAX_LINE, "{}", line.len());
+            let said = line
+                .strip_prefix(":amy!amy@chat-router PRIVMSG #Common :")
+                .unwrap();
+            joined.push_str(said);
+        }
+        assert_eq!(joined, text, "cut between characters, nothing lost");
+    }
+
+    #[test]
+    fn nobody_writes_irc_lines_into_another_users_connection() {
+        let lines = chat_lines(b"duck user", b"hi\r\nQUIT :bye\0x\xff");
+        assert_eq!(
+            lines,
+            [":duck_user!duck_user@chat-router PRIVMSG #Common :hi  QUIT :bye x\u{FFFD}"]
+        );
+    }
+
+    #[test]
+    fn numerics_name_their_target() {
+        let mut buf = [0u8; 512];
+        let me = Nick::from("amy");
+        let len = encode_refusal(&me, &Refusal::NoChannel(Name::from("x")), &mut buf).unwrap();
+        assert_eq!(&buf[..len], b":chat-router 403 amy #x :No such channel\r\n");
+        let len = encode_done(&me, &Done::Named(Nick::from("amelia")), &mut buf).unwrap();
+        assert_eq!(&buf[..len], b":amy!amy@chat-router NICK :amelia\r\n");
+    }
+
+    #[test]
+    fn sasl_plain_becomes_a_sign_in() {
+        let mut scratch = [0u8; SCRATCH];
+        let encoded = base64::engine::general_purpose::STANDARD.encode(b"\0amy\0secret pw");
+        let line = format!("AUTHENTICATE {encoded}");
+        match decode(line.as_bytes(), None, &mut scratch) {
+            Decoded::Command(Command::SignIn { name, password }) => {
+                assert_eq!((name, password), (&b"amy"[..], &b"secret pw"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut scratch = [0u8; SCRATCH];
+        let other = base64::engine::general_purpose::STANDARD.encode(b"bob\0amy\0pw");
+        let line = format!("AUTHENTICATE {other}");
+        assert!(
+            matches!(decode(line.as_bytes(), None, &mut scratch), Decoded::Reply(r) if r.starts_with(b":chat-router 904")),
+            "acting for another account is refused"
+        );
+    }
+}
