@@ -1,10 +1,13 @@
 //! Thin, safe wrappers over the syscalls the runtime needs besides datagram I/O: sockets with
-//! SO_REUSEPORT, socket addresses, eventfd wake-ups, signal waiting and OS randomness.
+//! SO_REUSEPORT (through socket2, which offers them safely), socket addresses in the kernel's
+//! layout (what io_uring and sendmmsg take), the drop count of a socket (SO_MEMINFO, which
+//! socket2 does not offer), eventfd wake-ups, signal waiting and OS randomness.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use socket2::{Domain, SockRef, Socket, Type};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -15,29 +18,13 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_int_opt(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and the length passed is its size.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    check(ret).map(drop)
-}
-
 /// Asks for a receive buffer of `bytes` (the kernel caps it at net.core.rmem_max): room for a
 /// burst that arrives while the owner is not scheduled.
-pub fn set_receive_buffer(fd: RawFd, bytes: i32) -> io::Result<()> {
-    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+pub fn set_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    // SAFETY: the caller's descriptor is open for the duration of this call (the borrow
+    // lives only within it).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    SockRef::from(&fd).set_recv_buffer_size(bytes)
 }
 
 /// Datagrams the kernel dropped at this socket since it was opened (its receive queue was
@@ -64,48 +51,23 @@ pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
 /// to the same address and the kernel spreads clients across them; without, the bind fails
 /// while any other socket holds the address (how a router makes sure the port is its own).
 pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
-    let family = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2); the result is checked before use.
-    let raw = check(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking().cloexec(), None)?;
     if reuseport {
-        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        socket.set_reuse_port(true)?;
     }
     // Large buffers absorb bursts; the kernel caps them at net.core.*mem_max, which is fine.
-    let _ = set_receive_buffer(raw, 8 << 20);
-    let _ = set_int_opt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let len = write_sockaddr(&addr, &mut storage);
-    // SAFETY: `storage` holds a valid address of `len` bytes.
-    check(unsafe { libc::bind(raw, &storage as *const _ as *const libc::sockaddr, len) })?;
-    Ok(fd)
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// The address a socket is bound to (to learn the port after binding port 0).
 pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `storage` and `len` are valid for writes of the stated size.
-    check(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut len,
-        )
-    })?;
-    read_sockaddr(&storage).ok_or_else(|| io::Error::other("unknown address family"))
+    SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("unknown address family"))
 }
 
 /// Writes `addr` into `storage`; returns the length to pass to the kernel.
