@@ -51,7 +51,7 @@ mod clients;
 mod counters;
 pub mod direct;
 mod endpoint;
-mod frontend;
+pub mod frontend;
 pub mod group;
 mod idset;
 mod logins;
