@@ -49,7 +49,8 @@ fn with_serde(d: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
 fn web_json(c: &mut Criterion) {
     let channel = Name::from("Common");
     let short = Chat::new(b"alice", b"the quick brown fox jumps over the lazy dog");
-    let long_text = "a line with \"quotes\", a tab\tand some UTF-8: h\u{e9}llo w\u{f6}rld. ".repeat(12);
+    let long_text =
+        "a line with \"quotes\", a tab\tand some UTF-8: h\u{e9}llo w\u{f6}rld. ".repeat(12);
     let long = Chat::new(b"alice", long_text.as_bytes());
     let mut buf = vec![0u8; 8192];
     for (name, chat) in [("44 bytes", &short), ("long, escapes", &long)] {

@@ -2,7 +2,6 @@ pub mod background;
 pub mod check;
 pub mod config;
 pub mod engine;
-pub mod fuzz;
 pub mod gate;
 pub mod io;
 pub mod mailbox;

@@ -1,2 +1,5 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| chat_router::fuzz::duckchat(data));
+#[path = "../harness.rs"]
+#[allow(dead_code)] // each target runs one of the harnesses
+mod harness;
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::duckchat(data));

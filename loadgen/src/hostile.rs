@@ -10,7 +10,7 @@
 //!   lines and datagrams shaped like a server's replies, and chat lines forged from the
 //!   router's own address.
 
-use chat_router::io::spoof::Spoofer;
+use crate::spoof::Spoofer;
 use chat_router::proto::duckchat::{self, Inbound, SayLayout};
 use chat_router::rng::Rng;
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod reflector;
 pub mod report;
 pub mod scenario;
+pub mod spoof;
 pub mod stamp;
 pub mod tracker;
 pub mod traffic;

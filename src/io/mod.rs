@@ -7,7 +7,6 @@
 //! take now is dropped and reported, never waited for (a shard serves everyone else meanwhile).
 
 mod mmsg;
-pub mod spoof;
 pub mod sys;
 mod uring;
 

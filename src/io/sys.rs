@@ -3,10 +3,10 @@
 //! layout (what io_uring and sendmmsg take), the drop count of a socket (SO_MEMINFO, which
 //! socket2 does not offer), eventfd wake-ups, signal waiting and OS randomness.
 
+use socket2::{Domain, SockRef, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use socket2::{Domain, SockRef, Socket, Type};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -51,7 +51,11 @@ pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
 /// to the same address and the kernel spreads clients across them; without, the bind fails
 /// while any other socket holds the address (how a router makes sure the port is its own).
 pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking().cloexec(), None)?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
     if reuseport {
         socket.set_reuse_port(true)?;
     }

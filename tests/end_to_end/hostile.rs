@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use chat_router::io::spoof::Spoofer;
+use crate::spoof::Spoofer;
 use chat_router::proto::duckchat;
 use std::net::SocketAddrV4;
 use support::{free_port, say_text, Client, Router};

@@ -5,6 +5,11 @@
 
 mod support;
 
+/// Datagrams with forged sources: loadgen's own (a tool of the load generator, not the
+/// router's library).
+#[path = "../../loadgen/src/spoof.rs"]
+mod spoof;
+
 mod accounts;
 mod browser;
 mod chat;

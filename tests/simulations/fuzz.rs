@@ -1,6 +1,9 @@
-//! The fuzz harnesses (`chat_router::fuzz`) on the stable toolchain: every input of the
+//! The fuzz harnesses (`fuzz/harness.rs`, included here) on the stable toolchain: every input of the
 //! committed corpus (`fuzz/corpus/<target>/`, grown by cargo-fuzz), then a fixed number of
 //! random and mutated inputs per target from a fixed seed, so a run is reproducible.
+
+#[path = "../../fuzz/harness.rs"]
+mod harness;
 
 use chat_router::rng::Rng;
 use std::path::Path;
@@ -8,10 +11,10 @@ use std::path::Path;
 type Harness = fn(&[u8]);
 
 const TARGETS: [(&str, Harness, usize); 4] = [
-    ("duckchat", chat_router::fuzz::duckchat, 200_000),
-    ("text", chat_router::fuzz::text, 200_000),
-    ("group", chat_router::fuzz::group, 200_000),
-    ("engine", chat_router::fuzz::engine, 20_000),
+    ("duckchat", harness::duckchat, 200_000),
+    ("text", harness::text, 200_000),
+    ("group", harness::group, 200_000),
+    ("engine", harness::engine, 20_000),
 ];
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {

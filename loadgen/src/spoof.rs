@@ -1,12 +1,16 @@
-//! Datagrams with a forged source address, for the attacks the test suite and `loadgen hostile`
-//! replay: a raw IPv4 socket (`IP_HDRINCL`, so root or CAP_NET_RAW) writes the IP and UDP
-//! headers itself. The kernel fills in the IP checksum and id; the UDP checksum is left at 0,
-//! which IPv4 allows.
+//! Datagrams with a forged source address, for the attacks `loadgen --scenario hostile` and
+//! the test suite (`tests/end_to_end/hostile.rs`, which includes this file) replay: a raw IPv4
+//! socket (`IPPROTO_RAW`, which implies `IP_HDRINCL`; root or CAP_NET_RAW) writes the IP and
+//! UDP headers itself. The kernel fills in the IP checksum and id; the UDP checksum is left at
+//! 0, which IPv4 allows. socket2 opens and writes the socket, so none of it is unsafe.
 
-use super::sys;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// IP protocol numbers (IANA): a raw socket of the first, datagrams of the second.
+const IPPROTO_RAW: i32 = 255;
+const IPPROTO_UDP: u8 = 17;
 
 const IP_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
@@ -14,27 +18,20 @@ const UDP_HEADER: usize = 8;
 pub const MAX_PAYLOAD: usize = 1472;
 
 pub struct Spoofer {
-    fd: OwnedFd,
+    socket: Socket,
     packet: Vec<u8>,
 }
 
 impl Spoofer {
     /// Fails with PermissionDenied without root or CAP_NET_RAW.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is checked, then owned.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_RAW)))?;
         Ok(Self {
-            fd,
+            socket,
             packet: Vec::with_capacity(IP_HEADER + UDP_HEADER + MAX_PAYLOAD),
         })
     }
 
-    /// Sends `payload` to `dst` as if `src` had sent it.
     pub fn send(&mut self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> io::Result<()> {
         if payload.len() > MAX_PAYLOAD {
             return Err(io::Error::new(
@@ -47,7 +44,7 @@ impl Spoofer {
         p.clear();
         p.extend_from_slice(&[0x45, 0]); // IPv4, 20-byte header; no TOS
         p.extend_from_slice(&total.to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]); // id, frag, ttl, proto, checksum
+        p.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0]); // id, frag, ttl, proto, checksum
         p.extend_from_slice(&src.ip().octets());
         p.extend_from_slice(&dst.ip().octets());
         p.extend_from_slice(&src.port().to_be_bytes());
@@ -56,22 +53,8 @@ impl Spoofer {
         p.extend_from_slice(&[0, 0]); // no UDP checksum
         p.extend_from_slice(payload);
         // SAFETY: all-zero is a valid sockaddr_storage.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = sys::write_sockaddr(&SocketAddr::V4(dst), &mut storage);
-        // SAFETY: `p` and `storage` are valid for reads of the lengths passed.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                p.as_ptr() as *const libc::c_void,
-                p.len(),
-                0,
-                &storage as *const _ as *const libc::sockaddr,
-                len,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.socket
+            .send_to(p, &SockAddr::from(SocketAddr::V4(dst)))?;
         Ok(())
     }
 }

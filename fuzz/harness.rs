@@ -1,17 +1,18 @@
 //! Fuzz harnesses: one function per decoder and one for the engine as a whole, each taking
-//! arbitrary bytes. `fuzz/` runs them under cargo-fuzz (coverage-guided, nightly); the test
-//! suite replays `fuzz/corpus/` through them and runs each on random and mutated inputs for a
+//! arbitrary bytes. The fuzz targets beside this file run them under cargo-fuzz
+//! (coverage-guided, nightly); the test suite (`tests/simulations/fuzz.rs`, which includes this
+//! file: it is no part of the router's library) replays `fuzz/corpus/` through them and runs each on random and mutated inputs for a
 //! fixed time, so the attacks found stay fixed on the stable toolchain too.
 //!
 //! A harness panics only when an invariant breaks: a decoder that panics, an encoder whose
 //! output does not read back as what was encoded, or an engine that holds more than its
 //! limits allow or sends a source without a session more bytes than it sent.
 
-use crate::engine::{
+use chat_router::engine::{
     Cluster, Config, Engine, Federation, Member, Neighbors, Order, Outbox, ShardMsg,
 };
-use crate::proto::duckchat::{self, SayLayout};
-use crate::proto::{group, text};
+use chat_router::proto::duckchat::{self, SayLayout};
+use chat_router::proto::{group, text};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub fn text(data: &[u8]) {
             }
         }
         text::Line::Nick(nick) if text::check_nick(nick).is_ok() => {
-            assert!(crate::proto::is_printable_name(nick) && !nick.contains(&b'>'));
+            assert!(chat_router::proto::is_printable_name(nick) && !nick.contains(&b'>'));
         }
         _ => {}
     }
@@ -150,7 +151,7 @@ pub fn engine(data: &[u8]) {
         });
         if stranger && !shards[home].has_session(&src) {
             assert!(
-                sent_to_src <= crate::engine::AMPLIFICATION * datagram.len(),
+                sent_to_src <= chat_router::engine::AMPLIFICATION * datagram.len(),
                 "{sent_to_src} bytes to a stranger for {datagram:?}"
             );
         }
