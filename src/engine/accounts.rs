@@ -285,8 +285,19 @@ impl Engine {
         session.signed_in = true;
         session.claimed = true;
         session.pending_name = None;
+        debug_assert!(
+            proto::is_printable_name(name.as_bytes()),
+            "an account's name is printable"
+        );
         let channels = session.channels.clone();
         self.clients.sessions.raise(id, Standing::SignedIn);
+        debug_assert!(
+            self.clients
+                .sessions
+                .get(id)
+                .is_some_and(|s| s.signed_in && s.name == name),
+            "signed in under the account's name"
+        );
         for channel in channels {
             self.member_joined_at_owner(channel, id, name, protocol, out);
         }
@@ -304,6 +315,10 @@ impl Engine {
     pub(super) fn account_created(&mut self, name: &str, by: SessionId, out: &mut Outbox) {
         let name = Name::truncating(name.as_bytes());
         self.accounts.since.insert(name);
+        debug_assert!(
+            self.accounts.is_account(name.as_bytes()),
+            "a new account is known at once"
+        );
         if self.owner(&name) == self.shard {
             self.evict_holders(name, Some(by), out);
         }

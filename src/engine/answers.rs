@@ -65,12 +65,21 @@ impl Waiting {
         }
         self.name_bytes += bytes;
         self.answers.push_back((client, rest));
+        debug_assert!(self.answers.len() <= MAX_WAITING && self.name_bytes <= MAX_WAITING_NAMES);
         true
     }
 
     fn pop(&mut self) -> Option<(SessionId, Rest)> {
         let (client, rest) = self.answers.pop_front()?;
+        debug_assert!(
+            self.name_bytes >= rest.name_bytes(),
+            "names counted in bytes"
+        );
         self.name_bytes -= rest.name_bytes();
+        debug_assert!(
+            !self.answers.is_empty() || self.name_bytes == 0,
+            "bytes of no answer"
+        );
         Some((client, rest))
     }
 }
@@ -89,6 +98,7 @@ impl Engine {
         };
         let me = self.name_of(id);
         let per = protocol.names_per_answer(true).clamp(1, 64);
+        debug_assert!(per >= 1);
         let mut last = after;
         loop {
             let from = last.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
@@ -140,6 +150,7 @@ impl Engine {
         };
         let me = self.name_of(id);
         let per = protocol.names_per_answer(false).max(1);
+        debug_assert!(next <= names.len(), "an answer goes on past its names");
         loop {
             let chunk = &names[next..(next + per).min(names.len())];
             let answer = Answer::Who {

@@ -39,6 +39,7 @@ impl Bucket {
                 });
             }
         }
+        debug_assert!(self.tokens <= burst, "more tokens than the burst");
         if self.tokens >= n {
             self.tokens -= n;
             true

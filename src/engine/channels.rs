@@ -138,6 +138,14 @@ impl Engine {
         );
         channel.per_shard[session.home as usize] += 1;
         channel.watchers[session.home as usize] += u32::from(watches);
+        debug_assert!(
+            channel.watchers[session.home as usize] <= channel.per_shard[session.home as usize],
+            "more watchers than members on a shard"
+        );
+        debug_assert!(
+            channel.per_shard.iter().map(|&n| n as usize).sum::<usize>() == channel.members.len(),
+            "per-shard counts add up to the members"
+        );
         let subscribed = channel.links.subscribed;
         self.announce(name, user, true, out);
         if !subscribed && matches!(self.federation, Strategy::Tree(_)) {
@@ -153,6 +161,10 @@ impl Engine {
         let shards: SmallVec<[u16; 16]> = (0..self.shards)
             .filter(|&s| channel.watchers[s as usize] > 0)
             .collect();
+        debug_assert!(
+            shards.iter().all(|&s| s < self.shards),
+            "presence to no shard"
+        );
         for shard in shards {
             let msg = ShardMsg::Presence {
                 channel: name,
@@ -168,8 +180,16 @@ impl Engine {
             return;
         };
         if let Some(member) = channel.members.remove(&session) {
+            debug_assert!(
+                channel.per_shard[session.home as usize] > 0,
+                "a member uncounted"
+            );
             channel.per_shard[session.home as usize] -= 1;
             channel.watchers[session.home as usize] -= u32::from(member.watches);
+            debug_assert!(
+                channel.members.get(&session).is_none(),
+                "a member left twice"
+            );
             self.announce(name, member.person, false, out);
         }
         self.collect(name, out);

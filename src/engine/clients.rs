@@ -138,11 +138,17 @@ impl Clients {
             return false;
         }
         *n += 1;
+        debug_assert!(*n as usize <= limit, "an address over its sessions");
         true
     }
 
     fn release(&mut self, ip: IpAddr) {
+        debug_assert!(
+            self.per_ip.contains_key(&ip),
+            "released an address never admitted"
+        );
         if let Some(n) = self.per_ip.get_mut(&ip) {
+            debug_assert!(*n > 0, "an address counted at zero sessions");
             *n -= 1;
             if *n == 0 {
                 self.per_ip.remove(&ip);
@@ -560,6 +566,7 @@ impl Engine {
             return;
         };
         session.pending_name = None;
+        debug_assert!(session.pending_name.is_none());
         let was = session.name;
         let mut buf = [0u8; frontend::MAX_REPLY];
         let answer = if granted {
@@ -662,6 +669,12 @@ impl Engine {
             false => Standing::Active,
         };
         let id = self.clients.sessions.insert(key, now, standing, session);
+        debug_assert_eq!(id.home, self.shard, "a session lives on its home shard");
+        debug_assert_eq!(
+            self.clients.sessions.find(&key),
+            Some(id),
+            "a new session is found by its key"
+        );
         if let Some(channel) = key.1.auto_join() {
             self.join(id, channel, out)?;
         }
@@ -697,9 +710,13 @@ impl Engine {
     /// Removes the session from every channel and forgets it.
     fn close(&mut self, id: SessionId, out: &mut Outbox) {
         self.announce_name(id, true, out);
-        let Some(((endpoint, _), session)) = self.clients.sessions.remove(id) else {
+        let Some(((endpoint, protocol), session)) = self.clients.sessions.remove(id) else {
             return;
         };
+        debug_assert!(
+            self.clients.sessions.find(&(endpoint, protocol)).is_none(),
+            "a closed session is still found by its key"
+        );
         if session.claimed {
             self.release_name(id, Name::truncating(session.name.as_bytes()), out);
         }
@@ -802,6 +819,10 @@ impl Engine {
         for members in &mut local.by_protocol {
             members.remove(&id);
         }
+        debug_assert!(
+            local.by_protocol.iter().all(|m| m.get(&id).is_none()),
+            "a removed member is still listed"
+        );
         if local.is_empty() {
             self.clients.local.remove(&channel);
         }
@@ -831,6 +852,7 @@ impl Engine {
             return;
         }
         session.channels.retain(|c| *c != channel);
+        debug_assert!(!session.channels.contains(&channel));
         self.remove_local(channel, id);
         let mut buf = [0u8; frontend::MAX_REPLY];
         let me = self.name_of(id);
@@ -873,6 +895,7 @@ impl Engine {
         let Some(local) = self.clients.local.get(&channel) else {
             return;
         };
+        debug_assert!(!local.is_empty(), "an empty local member list is kept");
         let origin = match stamp.origin {
             Origin::Here => Some(self.cfg.local),
             Origin::Member(i) => self
@@ -930,6 +953,7 @@ impl Engine {
         let Some(local) = self.clients.local.get(&channel) else {
             return;
         };
+        debug_assert!(!local.is_empty(), "an empty local member list is kept");
         for protocol in Protocol::ALL.into_iter().filter(|p| p.wants_presence()) {
             let members = &local.by_protocol[protocol.index()];
             if members.is_empty() {

@@ -184,6 +184,8 @@ impl Engine {
         let Some(session) = self.clients.sessions.get(id) else {
             return Err(Refusal::NotLoggedIn);
         };
+        debug_assert_eq!(id.home, self.shard, "mail is sent from the session's home");
+        debug_assert!(is_user_name(to) && is_direct_text(text));
         let source = self
             .clients
             .sessions

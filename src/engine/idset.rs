@@ -66,11 +66,14 @@ impl IdSet {
         }
         if self.len == self.ring.len() {
             let oldest = self.ring[self.next];
-            if let Ok(cell) = self.find(oldest) {
+            let found = self.find(oldest);
+            debug_assert!(found.is_ok(), "the oldest id is in the table");
+            if let Ok(cell) = found {
                 self.remove_cell(cell);
             }
             self.len -= 1;
         }
+        debug_assert!(self.len < self.ring.len(), "room for the new id");
         // Probe again: removal may have shifted cells.
         let Err(cell) = self.find(id) else {
             unreachable!("id was absent a moment ago")
@@ -80,12 +83,19 @@ impl IdSet {
         self.table[cell] = slot as u32 + 1;
         self.next = (self.next + 1) & (self.ring.len() - 1);
         self.len += 1;
+        debug_assert_eq!(
+            self.find(id),
+            Ok(cell),
+            "a new id is found where it was put"
+        );
+        debug_assert!(self.len <= self.ring.len());
         Ok(slot)
     }
 
     /// Backward-shift deletion: keeps every probe chain unbroken without tombstones.
     fn remove_cell(&mut self, mut hole: usize) {
         let mask = self.table.len() - 1;
+        debug_assert!(self.table.len().is_power_of_two() && self.table[hole] != 0);
         let mut i = hole;
         loop {
             i = (i + 1) & mask;

@@ -57,6 +57,10 @@ impl Engine {
         out: &mut Outbox,
     ) {
         let owner = self.owner(&name);
+        debug_assert_eq!(
+            session.home, self.shard,
+            "a claim comes from the session's home"
+        );
         let msg = ShardMsg::ClaimName {
             name,
             session,
@@ -98,12 +102,23 @@ impl Engine {
             }
             Claim::FirstWins => !others,
         };
+        debug_assert_eq!(
+            self.owner(&name),
+            self.shard,
+            "claims go to the name's owner"
+        );
         if granted {
             let holders = self.logins.holders.entry(name).or_default();
             holders.account = claim == Claim::Account;
             if !holders.sessions.contains(&session) {
                 holders.sessions.push(session);
             }
+            // One session holds a name that is no account; an account's, any number of them.
+            debug_assert!(
+                holders.account || holders.sessions.len() == 1,
+                "{name} held by {} sessions",
+                holders.sessions.len()
+            );
         } else if self
             .logins
             .holders
@@ -135,6 +150,10 @@ impl Engine {
             .filter(|&s| Some(s) != keep)
             .collect();
         holders.sessions.retain(|s| Some(*s) == keep);
+        debug_assert!(
+            holders.sessions.len() <= 1,
+            "only the one kept holds the name"
+        );
         if holders.sessions.is_empty() {
             self.logins.holders.remove(&name);
         }
@@ -147,6 +166,10 @@ impl Engine {
     pub(super) fn name_released(&mut self, name: Name, session: SessionId) {
         if let Some(holders) = self.logins.holders.get_mut(&name) {
             holders.sessions.retain(|s| *s != session);
+            debug_assert!(
+                !holders.sessions.contains(&session),
+                "released and still held"
+            );
             if holders.sessions.is_empty() {
                 self.logins.holders.remove(&name);
             }

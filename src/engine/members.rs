@@ -45,6 +45,11 @@ impl<K: Copy + Eq + Hash, V> Members<K, V> {
         }
         self.index.insert(key, self.list.len() as u32);
         self.list.push((key, value));
+        debug_assert_eq!(self.index.len(), self.list.len());
+        debug_assert!(
+            self.list.len() < u32::MAX as usize,
+            "members indexed by u32"
+        );
         true
     }
 

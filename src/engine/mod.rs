@@ -572,7 +572,15 @@ pub struct Engine {
     logins: logins::Logins,
     accounts: accounts::Accounts,
     timers: timers::Timers,
+    /// Steps since the last full check of the invariants (debug builds: [`Engine::invariants`]).
+    #[cfg(debug_assertions)]
+    steps: u32,
 }
+
+/// Debug builds check the whole census and the owners' counts every this many steps (the
+/// cheap invariants are checked after every step).
+#[cfg(debug_assertions)]
+const DEEP_CHECK_EVERY: u32 = 256;
 
 /// The federation this server takes part in, with its state.
 enum Strategy {
@@ -649,6 +657,8 @@ impl Engine {
             timers,
             owner_hash,
             cfg,
+            #[cfg(debug_assertions)]
+            steps: 0,
         };
         let common = Name::from(COMMON);
         engine.clients.directory.insert(common);
@@ -909,6 +919,59 @@ impl Engine {
                 None => self.timers.stop(Timer::Retransmit),
             }
         }
+        #[cfg(debug_assertions)]
+        self.invariants();
+    }
+
+    /// What holds after every step (debug builds, so every test and the simulator check it):
+    /// nothing left on the loopback, every table within its limit, a timer armed for work that
+    /// waits, and, every [`DEEP_CHECK_EVERY`] steps, the census against the limits and each
+    /// owned channel's per-shard counts against its members.
+    #[cfg(debug_assertions)]
+    fn invariants(&mut self) {
+        let limits = &self.cfg.limits;
+        assert!(self.loopback.is_empty(), "a step left messages to itself");
+        assert!(
+            self.clients.sessions.len() <= limits.sessions_per_shard,
+            "sessions over the limit"
+        );
+        assert!(
+            self.channels.owned_count() <= limits.channels.max(1),
+            "owned channels over the limit"
+        );
+        assert!(
+            self.logins.len() <= limits.sessions_per_shard * usize::from(self.shards),
+            "held names over the limit"
+        );
+        assert_eq!(
+            self.clients.pacing(),
+            self.timers.get(Timer::Pace).is_some(),
+            "answers wait exactly when the pace timer is armed"
+        );
+        assert!(
+            self.timers.get(Timer::Sweep).is_some(),
+            "the expiry sweep is always armed"
+        );
+        if let Strategy::Group(g) = &self.federation {
+            assert_eq!(
+                g.next_timer().is_some(),
+                self.timers.get(Timer::Retransmit).is_some(),
+                "the cluster's timer is armed exactly when it has one"
+            );
+        }
+        self.steps += 1;
+        if self.steps < DEEP_CHECK_EVERY {
+            return;
+        }
+        self.steps = 0;
+        if let Err(e) = self.census().check(limits, self.shards) {
+            panic!("shard {}: {e}", self.shard);
+        }
+        assert!(
+            self.channels.counts_agree(),
+            "shard {}: an owned channel's per-shard counts disagree with its members",
+            self.shard
+        );
     }
 
     /// This server, a DuckChat neighbor or a cluster server: never sent a reply, which it would

@@ -55,6 +55,7 @@ impl Outbox {
         self.arena.resize(start + max, 0);
         match encode(&mut self.arena[start..]) {
             Ok(n) => {
+                assert!(n <= max, "an encoder wrote past what it asked for");
                 self.arena.truncate(start + n);
                 self.payloads.push((start as u32, n as u32));
                 Some(PayloadId(self.payloads.len() as u32 - 1))
@@ -67,6 +68,10 @@ impl Outbox {
     }
 
     pub fn send(&mut self, dst: SocketAddr, payload: PayloadId) {
+        debug_assert!(
+            (payload.0 as usize) < self.payloads.len(),
+            "a send of no payload"
+        );
         self.sends.push(Send { dst, payload });
     }
 
@@ -74,7 +79,13 @@ impl Outbox {
     pub fn send_to(&mut self, dst: Endpoint, payload: PayloadId) {
         match dst {
             Endpoint::Udp(addr) => self.send(addr, payload),
-            Endpoint::Stream { conn, .. } => self.stream_sends.push((conn, payload)),
+            Endpoint::Stream { conn, .. } => {
+                debug_assert!(
+                    (payload.0 as usize) < self.payloads.len(),
+                    "a send of no payload"
+                );
+                self.stream_sends.push((conn, payload))
+            }
         }
     }
 

@@ -195,8 +195,17 @@ impl<S> Sessions<S> {
         entry.last_seen = now;
         entry.standing = standing;
         entry.session = Some(session);
-        self.index.insert(key, slot);
+        let replaced = self.index.insert(key, slot);
+        debug_assert!(replaced.is_none(), "two sessions for one key");
         self.push_newest(slot);
+        debug_assert_eq!(
+            self.lists[standing as usize].newest, slot,
+            "the newest session"
+        );
+        debug_assert!(
+            self.free.len() + self.len() == self.slots.len(),
+            "slots leak"
+        );
         self.id(slot)
     }
 
@@ -206,7 +215,8 @@ impl<S> Sessions<S> {
             return false;
         }
         let entry = &mut self.slots[id.slot as usize];
-        self.index.remove(&entry.key);
+        let removed = self.index.remove(&entry.key);
+        debug_assert_eq!(removed, Some(id.slot), "a session's key finds its slot");
         entry.key = key;
         self.index.insert(key, id.slot);
         true
@@ -214,14 +224,21 @@ impl<S> Sessions<S> {
 
     /// Forgets the session; its slot's next occupant gets a new generation.
     pub(super) fn remove(&mut self, id: SessionId) -> Option<(Key, S)> {
+        let before = self.len();
         self.entry(id)?;
         let entry = &mut self.slots[id.slot as usize];
         let session = entry.session.take()?;
         let key = entry.key;
         entry.generation = entry.generation.wrapping_add(1);
-        self.index.remove(&key);
+        let removed = self.index.remove(&key);
+        debug_assert_eq!(removed, Some(id.slot), "a session's key finds its slot");
         self.unlink(id.slot);
         self.free.push(id.slot);
+        debug_assert_eq!(self.len() + 1, before, "one session fewer");
+        debug_assert!(
+            self.free.len() + self.len() == self.slots.len(),
+            "slots leak"
+        );
         Some((key, session))
     }
 
@@ -258,6 +275,10 @@ impl<S> Sessions<S> {
             (e.newer, e.older, e.standing)
         };
         let list = &mut self.lists[standing as usize];
+        debug_assert!(
+            list.newest != NIL && list.oldest != NIL,
+            "unlinked from an empty list"
+        );
         match newer {
             NIL => list.newest = older,
             n => self.slots[n as usize].older = older,
@@ -276,6 +297,7 @@ impl<S> Sessions<S> {
         if previous == NIL {
             list.oldest = slot;
         }
+        debug_assert!(previous != slot, "a session listed twice");
         let e = &mut self.slots[slot as usize];
         e.newer = NIL;
         e.older = previous;

@@ -58,6 +58,10 @@ impl Timers {
                 due.push(timer);
             }
         }
+        debug_assert!(
+            self.next().is_none_or(|at| at > now),
+            "a due timer left armed"
+        );
         due
     }
 }

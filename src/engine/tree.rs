@@ -52,6 +52,14 @@ impl Links {
                 last_first: None,
             }),
         }
+        debug_assert_eq!(
+            self.neighbors
+                .iter()
+                .filter(|s| s.neighbor == neighbor)
+                .count(),
+            1,
+            "a neighbor subscribed once"
+        );
     }
 
     /// `neighbor` brought a message first, now.
@@ -70,6 +78,7 @@ impl Links {
 
     fn forget(&mut self, neighbor: u16) {
         self.neighbors.retain(|s| s.neighbor != neighbor);
+        debug_assert!(self.neighbors.iter().all(|s| s.neighbor != neighbor));
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -233,6 +242,10 @@ impl Engine {
             .map(|s| s.neighbor)
             .filter(|&n| Some(n) != except)
             .collect();
+        debug_assert!(
+            except.is_none_or(|e| !targets.contains(&e)),
+            "a SAY back where it came from"
+        );
         let say = S2sSay {
             id,
             user: user.as_bytes(),
@@ -534,6 +547,10 @@ impl Engine {
         let Some(tree) = self.tree() else {
             return;
         };
+        debug_assert!(
+            usize::from(neighbor) < tree.cfg.peers().len(),
+            "no such neighbor"
+        );
         let dst = tree.cfg.peers()[usize::from(neighbor)].addr;
         let format = tree.formats[usize::from(neighbor)];
         if self.cfg.verbose {

@@ -102,6 +102,12 @@ impl OutStream {
         let mut frames = self.spare.pop().unwrap_or_default();
         frames.clear();
         std::mem::swap(&mut frames, &mut self.pending);
+        debug_assert!(
+            self.unacked
+                .back()
+                .is_none_or(|s| s.seq + 1 == self.next_seq),
+            "sequence numbers without a gap"
+        );
         self.unacked.push_back(Sent {
             seq: self.next_seq,
             frames,
@@ -124,6 +130,10 @@ impl OutStream {
             n += 1;
         }
         let from = self.unacked.len() - n;
+        debug_assert!(
+            self.unacked.range(..from).all(|s| s.transmitted),
+            "datagrams go out in sequence"
+        );
         for s in self.unacked.range_mut(from..) {
             s.transmitted = true;
             s.sent_at = now;
@@ -132,6 +142,10 @@ impl OutStream {
         if n > 0 {
             self.timer.get_or_insert(now + self.rto);
         }
+        debug_assert!(
+            self.unacked.is_empty() || self.timer.is_some(),
+            "unacknowledged, no timer"
+        );
         n
     }
 
@@ -142,6 +156,7 @@ impl OutStream {
         if seq < oldest.seq || seq >= self.next_seq {
             return None; // old news, or acknowledges what was never sent: confused or hostile
         }
+        debug_assert!(oldest.seq <= seq && seq < self.next_seq);
         while self.unacked.front().is_some_and(|s| s.seq <= seq) {
             if let Some(sent) = self.unacked.pop_front() {
                 if !sent.retransmitted && sent.seq == seq && sent.transmitted {
@@ -150,6 +165,10 @@ impl OutStream {
                 self.spare.push(sent.frames);
             }
         }
+        debug_assert!(
+            self.unacked.front().is_none_or(|s| s.seq > seq),
+            "acknowledged, still kept"
+        );
         if !self.unacked.front().is_some_and(|s| s.transmitted) {
             self.timer = None;
             self.recover = 0;
@@ -202,6 +221,7 @@ impl OutStream {
         }
         let srtt = self.srtt.unwrap_or(rtt);
         self.rto = (srtt + self.rttvar * 4 + ACK_DELAY).clamp(MIN_RTO, MAX_RTO);
+        debug_assert!((MIN_RTO..=MAX_RTO).contains(&self.rto));
     }
 }
 
@@ -245,19 +265,26 @@ impl InStream {
         if seq - self.next >= HOLD {
             return Arrival::TooFar;
         }
-        match self.held.entry(seq) {
+        debug_assert!(seq > self.next && seq - self.next < HOLD);
+        let arrival = match self.held.entry(seq) {
             btree_map::Entry::Occupied(_) => Arrival::Duplicate,
             btree_map::Entry::Vacant(e) => {
                 e.insert(datagram.into());
                 Arrival::Held
             }
-        }
+        };
+        debug_assert!(self.held.len() <= HOLD as usize, "held beyond the window");
+        arrival
     }
 
     /// The next held datagram, once everything before it has been handled.
     pub fn pop_ready(&mut self) -> Option<Box<[u8]>> {
         let datagram = self.held.remove(&self.next)?;
         self.next += 1;
+        debug_assert!(
+            self.held.keys().next().is_none_or(|&s| s >= self.next),
+            "held a handled one"
+        );
         Some(datagram)
     }
 

@@ -178,6 +178,7 @@ impl TotalOrder {
             return false;
         };
         self.agreed = self.agreed.max(priority);
+        debug_assert!(!held.deliverable, "agreed twice");
         held.deliverable = true;
         self.holdback.insert(
             Key {
@@ -192,13 +193,24 @@ impl TotalOrder {
     }
 
     fn deliver_from_head(&mut self, ready: &mut Vec<(MsgId, Chat)>) {
+        let mut last: Option<(u64, u16)> = None;
         while let Some(entry) = self.holdback.first_entry() {
             if !entry.get().deliverable {
                 break;
             }
-            let id = entry.key().id;
+            let key = entry.key();
+            // Total order: priorities (and proposers among equals) never go back.
+            debug_assert!(last.is_none_or(|l| l <= (key.priority, key.proposer)));
+            last = Some((key.priority, key.proposer));
+            let id = key.id;
             ready.push((id, entry.remove().chat));
         }
+        debug_assert!(
+            self.holdback
+                .first_key_value()
+                .is_none_or(|(_, h)| !h.deliverable),
+            "a deliverable message left at the head"
+        );
     }
 
     /// Messages held back (tentative and agreed but blocked).
