@@ -1,11 +1,12 @@
 //! The owner shard's half: each channel's members (for WHO and to know which shards to fan out
 //! to), its life (created by the first join, forgotten when no member and no federation link
-//! needs it), and what is said in it, handed to the federation and fanned out.
+//! needs it), and what is said in it, handed to the federation and fanned out. What a
+//! federation keeps about a channel (the tree's links, the cluster's rooms) is the federation's
+//! own, asked for through [`Engine::federation_needs`].
 
 use super::frontend::Person;
 use super::members::Members;
 use super::sessions::SessionId;
-use super::tree::Links;
 use super::{Chat, DropReason, Engine, Origin, Outbox, ShardMsg, Stamp, Strategy, COMMON};
 use crate::proto::Name;
 use ahash::AHashMap;
@@ -27,14 +28,6 @@ pub(super) struct Channel {
     per_shard: SmallVec<[u32; 8]>,
     /// Members that watch presence, per home shard: presence goes only where someone shows it.
     watchers: SmallVec<[u32; 8]>,
-    /// The channel's place in the DuckChat tree (unused by other federations).
-    pub(super) links: Links,
-}
-
-impl Channel {
-    fn unused(&self) -> bool {
-        self.members.is_empty() && self.links.is_empty()
-    }
 }
 
 pub(super) struct Channels {
@@ -85,7 +78,6 @@ impl Channels {
             members: Members::default(),
             per_shard: SmallVec::from_elem(0, shards),
             watchers: SmallVec::from_elem(0, shards),
-            links: Links::default(),
         });
     }
 }
@@ -146,9 +138,8 @@ impl Engine {
             channel.per_shard.iter().map(|&n| n as usize).sum::<usize>() == channel.members.len(),
             "per-shard counts add up to the members"
         );
-        let subscribed = channel.links.subscribed;
         self.announce(name, user, true, out);
-        if !subscribed && matches!(self.federation, Strategy::Tree(_)) {
+        if self.tree_wants_subscription(&name) {
             self.subscribe(now, name, out);
         }
     }
@@ -197,13 +188,13 @@ impl Engine {
 
     /// Forgets the channel once no member and no neighbor needs it (`Common` stays).
     pub(super) fn collect(&mut self, name: Name, out: &mut Outbox) {
-        let Some(channel) = self.channels.owned.get_mut(&name) else {
+        let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
-        if !channel.unused() {
+        if !channel.members.is_empty() || self.federation_needs(&name) {
             return;
         }
-        channel.links.subscribed = false;
+        self.federation_forget(&name);
         if name.as_bytes() != COMMON.as_bytes() {
             self.channels.owned.remove(&name);
             self.broadcast(ShardMsg::ChannelRemoved(name), out);

@@ -968,6 +968,11 @@ impl Engine {
             panic!("shard {}: {e}", self.shard);
         }
         assert!(
+            self.tree_links_are_owned(),
+            "shard {}: a place in the tree for a channel it does not own",
+            self.shard
+        );
+        assert!(
             self.channels.counts_agree(),
             "shard {}: an owned channel's per-shard counts disagree with its members",
             self.shard

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::proto::duckchat::{self, Endian, Inbound, S2sSay, SayLayout};
 use crate::proto::{Name, Text};
+use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -98,9 +99,12 @@ pub struct Format {
 /// The "neighbor" that brings a local user's message first.
 const HERE: u16 = u16::MAX;
 
-/// The tree's state on one shard, beyond each channel's [`Links`].
+/// The tree's state on one shard.
 pub(super) struct Tree {
     cfg: Neighbors,
+    /// Each channel's place in the tree, for channels this shard owns (an entry only while
+    /// the channel exists).
+    links: AHashMap<Name, Links>,
     /// Each neighbor's [`Format`], by its index.
     formats: Vec<Format>,
     /// Recent S2S_SAY ids, for loop detection.
@@ -123,6 +127,7 @@ impl Tree {
         let seen = IdSet::new(recent_ids, id_hash);
         Self {
             cfg: cfg.clone(),
+            links: AHashMap::new(),
             formats,
             first_from: vec![HERE; seen.capacity()].into_boxed_slice(),
             seen,
@@ -163,6 +168,42 @@ impl Engine {
         self.tree().map_or(0, Tree::neighbors)
     }
 
+    /// The channel's place in the tree, if it has one.
+    fn links(&self, name: &Name) -> Option<&Links> {
+        self.tree()?.links.get(name)
+    }
+
+    fn links_mut(&mut self, name: &Name) -> Option<&mut Links> {
+        self.tree_mut()?.links.get_mut(name)
+    }
+
+    /// Whether a channel that just got a member should join the tree (it is not in it yet).
+    pub(super) fn tree_wants_subscription(&self, name: &Name) -> bool {
+        self.tree().is_some() && !self.links(name).is_some_and(|l| l.subscribed)
+    }
+
+    /// Whether the federation still needs a channel that has no members (a neighbor is in its
+    /// tree).
+    pub(super) fn federation_needs(&self, name: &Name) -> bool {
+        self.links(name).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Whether every channel with a place in the tree is a channel this shard owns (the
+    /// invariants of debug builds).
+    #[cfg(debug_assertions)]
+    pub(super) fn tree_links_are_owned(&self) -> bool {
+        self.tree()
+            .is_none_or(|t| t.links.keys().all(|n| self.channels.owned.contains_key(n)))
+    }
+
+    /// The channel is forgotten (or, `Common`, left with no members): so is its place in the
+    /// tree.
+    pub(super) fn federation_forget(&mut self, name: &Name) {
+        if let Some(tree) = self.tree_mut() {
+            tree.links.remove(name);
+        }
+    }
+
     /// Joins the channel's tree: S2S_JOIN to every neighbor, each recorded as subscribed
     /// (they will all join in turn). That includes the neighbor whose S2S_JOIN started it, if
     /// one did: the spec forwards a join to the others only, but a neighbor refreshing a
@@ -170,12 +211,16 @@ impl Engine {
     /// from us meanwhile.
     pub(super) fn subscribe(&mut self, now: Duration, name: Name, out: &mut Outbox) {
         let neighbors = self.neighbor_count();
-        let Some(channel) = self.channels.owned.get_mut(&name) else {
+        if !self.channels.owned.contains_key(&name) {
+            return;
+        }
+        let Some(tree) = self.tree_mut() else {
             return;
         };
-        channel.links.subscribed = true;
+        let links = tree.links.entry(name).or_default();
+        links.subscribed = true;
         for n in 0..neighbors {
-            channel.links.record(n, now);
+            links.record(n, now);
         }
         for n in 0..neighbors {
             self.send_s2s(
@@ -191,8 +236,8 @@ impl Engine {
     /// The neighbors in `channel`'s tree on this shard (its owner has them), for simulations
     /// that check the trees of a federation.
     pub fn tree_links(&self, channel: &Name) -> Option<Vec<SocketAddr>> {
-        let channel = self.channels.owned.get(channel)?;
-        let addrs = channel.links.neighbors.iter();
+        self.channels.owned.get(channel)?;
+        let addrs = self.links(channel).into_iter().flat_map(|l| &l.neighbors);
         Some(addrs.map(|s| self.neighbor_addr(s.neighbor)).collect())
     }
 
@@ -232,11 +277,10 @@ impl Engine {
         except: Option<u16>,
         out: &mut Outbox,
     ) {
-        let Some(channel) = self.channels.owned.get(&name) else {
+        let Some(links) = self.links(&name) else {
             return;
         };
-        let targets: SmallVec<[u16; 8]> = channel
-            .links
+        let targets: SmallVec<[u16; 8]> = links
             .neighbors
             .iter()
             .map(|s| s.neighbor)
@@ -265,14 +309,14 @@ impl Engine {
                     return self.counters.dropped(DropReason::ChannelLimit);
                 }
                 self.ensure_channel(name, out);
-                let Some(channel) = self.channels.owned.get_mut(&name) else {
+                if !self.channels.owned.contains_key(&name) {
                     return;
-                };
-                if !channel.links.subscribed {
-                    return self.subscribe(now, name, out);
                 }
-                let known = channel.links.neighbors.iter().any(|s| s.neighbor == from);
-                channel.links.record(from, now);
+                let Some(links) = self.links_mut(&name).filter(|l| l.subscribed) else {
+                    return self.subscribe(now, name, out);
+                };
+                let known = links.neighbors.iter().any(|s| s.neighbor == from);
+                links.record(from, now);
                 if !known {
                     // A link comes back (a refresh after loop detection cut it, or the
                     // neighbor restarted): join back at once, so that it carries messages both
@@ -285,10 +329,10 @@ impl Engine {
                 }
             }
             S2s::Leave { channel: name } => {
-                let Some(channel) = self.channels.owned.get_mut(&name) else {
+                let Some(links) = self.links_mut(&name) else {
                     return;
                 };
-                if channel.links.subscribed && channel.links.in_use(from, now) {
+                if links.subscribed && links.in_use(from, now) {
                     // The neighbor cut a link that just carried a flood here: keep it, and
                     // ask for it back (it joins back at once).
                     let join = Inbound::S2sJoin {
@@ -296,7 +340,7 @@ impl Engine {
                     };
                     return self.send_s2s(from, join, out);
                 }
-                channel.links.forget(from);
+                links.forget(from);
                 self.collect(name, out);
             }
             S2s::Say {
@@ -320,12 +364,8 @@ impl Engine {
                     // reaches no one. A link that another flood is using now (IN_USE) stays,
                     // unanswered: it is not redundant, only crossed by two floods.
                     self.counters.duplicates.inc();
-                    let crossed = first != from
-                        && self
-                            .channels
-                            .owned
-                            .get(&name)
-                            .is_some_and(|c| c.links.in_use(from, now));
+                    let crossed =
+                        first != from && self.links(&name).is_some_and(|l| l.in_use(from, now));
                     if crossed {
                         return;
                     }
@@ -333,16 +373,19 @@ impl Engine {
                         channel: name.as_bytes(),
                     };
                     self.send_s2s(from, leave, out);
-                    if let Some(channel) = self.channels.owned.get_mut(&name) {
-                        channel.links.forget(from);
+                    if let Some(links) = self.links_mut(&name) {
+                        links.forget(from);
                         self.collect(name, out);
                     }
                     return;
                 }
-                let needed = self.channels.owned.get(&name).is_some_and(|c| {
-                    c.links.subscribed
-                        && (!c.members.is_empty()
-                            || c.links.neighbors.iter().any(|s| s.neighbor != from))
+                let members = self
+                    .channels
+                    .owned
+                    .get(&name)
+                    .is_some_and(|c| !c.members.is_empty());
+                let needed = self.links(&name).is_some_and(|l| {
+                    l.subscribed && (members || l.neighbors.iter().any(|s| s.neighbor != from))
                 });
                 if !needed {
                     // Prune: no one here or beyond wants this channel from us.
@@ -350,14 +393,14 @@ impl Engine {
                         channel: name.as_bytes(),
                     };
                     self.send_s2s(from, leave, out);
-                    if let Some(channel) = self.channels.owned.get_mut(&name) {
-                        channel.links.forget(from);
+                    if let Some(links) = self.links_mut(&name) {
+                        links.forget(from);
                         self.collect(name, out);
                     }
                     return;
                 }
-                if let Some(channel) = self.channels.owned.get_mut(&name) {
-                    channel.links.carried(from, now);
+                if let Some(links) = self.links_mut(&name) {
+                    links.carried(from, now);
                 }
                 self.forward_say(id, name, user, text, Some(from), out);
                 let stamp = Stamp {
@@ -396,8 +439,8 @@ impl Engine {
         };
         let timeout = tree.cfg.timeout;
         let mut expired = std::mem::take(&mut tree.expired);
-        for (name, channel) in &self.channels.owned {
-            for s in &channel.links.neighbors {
+        for (name, links) in &tree.links {
+            for s in &links.neighbors {
                 if now.saturating_sub(s.last_join) > timeout {
                     expired.push((*name, s.neighbor));
                 }
@@ -412,8 +455,8 @@ impl Engine {
                     self.cfg.local
                 ));
             }
-            if let Some(channel) = self.channels.owned.get_mut(&name) {
-                channel.links.forget(neighbor);
+            if let Some(links) = self.links_mut(&name) {
+                links.forget(neighbor);
                 self.collect(name, out);
             }
         }
@@ -425,10 +468,10 @@ impl Engine {
     /// Soft state: S2S_JOIN for every subscribed channel to every neighbor.
     fn refresh_subscriptions(&mut self, out: &mut Outbox) {
         let names: Vec<Name> = self
-            .channels
-            .owned
-            .iter()
-            .filter(|(_, c)| c.links.subscribed)
+            .tree()
+            .into_iter()
+            .flat_map(|t| &t.links)
+            .filter(|(_, l)| l.subscribed)
             .map(|(n, _)| *n)
             .collect();
         for name in names {
