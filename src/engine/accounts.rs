@@ -10,6 +10,7 @@
 //! nothing for addresses that never answer. A connection showed it in its handshake.
 
 use super::direct::{Secret, ToMailbox};
+pub use super::frontend::AccountOutcome;
 use super::frontend::{Done, Refusal};
 use super::logins::Claim;
 use super::sessions::{Key, SessionId, Standing};
@@ -24,26 +25,6 @@ use std::time::Duration;
 pub const MAX_ACCOUNT_NAME: usize = Name::CAPACITY;
 /// A password is this many bytes, at least and at most.
 pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=128;
-
-/// What the accounts answered a session's registration or sign-in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountOutcome {
-    /// The account was created (and the session is signed in to it).
-    Registered,
-    SignedIn,
-    /// The name is registered already (an account, or an open account of the mailbox).
-    Taken,
-    /// No account by that name, or the wrong password: the answer does not say which.
-    WrongPassword,
-    /// Too many attempts for this name or from this network lately.
-    TooManyAttempts,
-    /// A limit of the store refused a new account.
-    Full,
-    /// Too many passwords are being checked now: try again.
-    Busy,
-    /// The store could not be read or written.
-    Failed,
-}
 
 /// A name that can be an account: 1 to [`MAX_ACCOUNT_NAME`] bytes of printable UTF-8 without
 /// whitespace (a `/msg` names its recipient by its first word) or `>` (text deliveries end the

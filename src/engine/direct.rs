@@ -3,8 +3,8 @@
 //! answers, pushes direct messages and reports deliveries back to the session's home shard
 //! ([`FromMailbox`]). The store and its disk stay on the mailbox's thread: a shard only queues.
 
-use super::accounts::AccountOutcome;
-use super::frontend::{self, DirectEvent, Refusal};
+pub use super::frontend::DirectOutcome;
+use super::frontend::{self, AccountOutcome, DirectEvent, Refusal};
 use super::{Engine, Outbox, SessionId};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -67,26 +67,6 @@ impl ToMailbox {
             ToMailbox::Named { .. } | ToMailbox::Handed { .. } | ToMailbox::Account { .. }
         )
     }
-}
-
-/// What became of a direct message a session sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirectOutcome {
-    /// Stored under this id, to be delivered when its recipient is connected (now, if it is).
-    Stored(u32),
-    /// The recipient is not registered but was connected: handed over, not stored.
-    Delivered,
-    /// Nobody goes by that name: not registered, not connected.
-    NoSuchUser,
-    /// A limit of the store refused it.
-    Full,
-    /// The mailbox's queue was full: try again.
-    Busy,
-    /// The store could not write it.
-    Failed,
-    /// The recipient is registered and not online, and the session has not shown it receives,
-    /// so nothing may be stored for it.
-    Unconfirmed,
 }
 
 /// What the mailbox sends a session.

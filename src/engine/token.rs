@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// A token as the router writes it (the name is at most 31 bytes: it fits).
-pub type Token = arrayvec::ArrayString<256>;
+pub use super::frontend::Token;
 /// A token longer than this is refused unread.
 pub const MAX_TOKEN: usize = 2048;
 /// How long a token the router signs lasts.

@@ -4,12 +4,53 @@
 //! front-end writes back in its own format, as it writes deliveries and LIST and WHO answers.
 //! Nothing here names a wire format.
 
-use crate::engine::accounts::AccountOutcome;
-use crate::engine::direct::DirectOutcome;
-use crate::engine::token::Token;
 use crate::engine::{Chat, DropReason};
 use crate::proto::{Name, Nick};
 use std::net::SocketAddr;
+
+/// A sign-in token as the core hands it to a front-end ([`crate::engine::token`] signs and
+/// checks them).
+pub type Token = arrayvec::ArrayString<256>;
+
+/// What became of a direct message a session sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectOutcome {
+    /// Stored under this id, to be delivered when its recipient is connected (now, if it is).
+    Stored(u32),
+    /// The recipient is not registered but was connected: handed over, not stored.
+    Delivered,
+    /// Nobody goes by that name: not registered, not connected.
+    NoSuchUser,
+    /// A limit of the store refused it.
+    Full,
+    /// The mailbox's queue was full: try again.
+    Busy,
+    /// The store could not write it.
+    Failed,
+    /// The recipient is registered and not online, and the session has not shown it receives,
+    /// so nothing may be stored for it.
+    Unconfirmed,
+}
+
+/// What the accounts answered a session's registration or sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountOutcome {
+    /// The account was created (and the session is signed in to it).
+    Registered,
+    SignedIn,
+    /// The name is registered already (an account, or an open account of the mailbox).
+    Taken,
+    /// No account by that name, or the wrong password: the answer does not say which.
+    WrongPassword,
+    /// Too many attempts for this name or from this network lately.
+    TooManyAttempts,
+    /// A limit of the store refused a new account.
+    Full,
+    /// Too many passwords are being checked now: try again.
+    Busy,
+    /// The store could not be read or written.
+    Failed,
+}
 
 /// What a front-end may know of the session a request comes from.
 #[derive(Debug, Clone, Copy)]

@@ -8,10 +8,10 @@
 //! A PRIVMSG to a nick is a direct message (the mailbox). IRC clients show their own lines
 //! themselves, so a channel message is not sent back to the IRC user who said it.
 
+use super::command::DirectOutcome;
 use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal, View};
 use super::text::account_refusal;
 use super::{Answer, SCRATCH};
-use crate::engine::direct::DirectOutcome;
 use crate::engine::Endpoint;
 use crate::proto::irc::{self, Message};
 use crate::proto::{Name, Nick};

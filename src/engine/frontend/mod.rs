@@ -14,7 +14,10 @@ mod text;
 mod web;
 mod web_compat;
 
-pub use command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal, Settings, View};
+pub use command::{
+    AccountOutcome, Command, Decoded, Delivery, DirectEvent, DirectOutcome, Done, Person, Refusal,
+    Settings, Token, View,
+};
 pub use irc::{SERVER as IRC_SERVER, UNREGISTERED as IRC_UNREGISTERED};
 
 use super::{Endpoint, Outbox};

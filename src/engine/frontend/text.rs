@@ -3,10 +3,10 @@
 //! command gets one `+OK` or `-ERR` line (`/quit` none), and a session is in at most one room:
 //! room N is the channel named `N`, shared with DuckChat users.
 
+use super::command::AccountOutcome;
+use super::command::DirectOutcome;
 use super::command::{Command, Decoded, DirectEvent, Done, Refusal, Settings, View};
 use super::SCRATCH;
-use crate::engine::accounts::AccountOutcome;
-use crate::engine::direct::DirectOutcome;
 use crate::engine::lossy::Lossy;
 use crate::engine::{Chat, DropReason, Endpoint, Outbox};
 use crate::proto::text::{self, Line, NickError, RoomError};

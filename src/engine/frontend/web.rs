@@ -4,10 +4,10 @@
 //! first `nick` or `join` (named after its address until it picks a nick) and ends with the
 //! connection; a bad frame gets an `error` event, never a silent disconnect.
 
+use super::command::DirectOutcome;
 use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal};
 use super::json::Json;
 use super::{Answer, SCRATCH};
-use crate::engine::direct::DirectOutcome;
 use crate::engine::Endpoint;
 use crate::proto::{text, Name, Nick};
 use serde::Deserialize;
