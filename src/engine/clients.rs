@@ -241,10 +241,10 @@ impl Engine {
     }
 
     /// The session a request is for, and its key, where the request's byte order may not show
-    /// (see [`Protocol::byte_order_twin`]). A DuckChat LOGIN reads the same in both orders: a
-    /// LOGIN from an endpoint whose session is big-endian is that session's, and a session
-    /// begun by a LOGIN is moved to the big-endian protocol when the client's next request
-    /// shows that order (before it can be in any channel, so no member list names it yet).
+    /// (see [`Protocol::byte_order_twin`]): a request that does not show it, from an endpoint
+    /// whose session is of the twin order, is that session's; and a session begun in the
+    /// default order is moved to its twin when the client's next request shows that order
+    /// (before it can be in any channel, so no member list names it yet).
     /// One lookup when the endpoint has a session of the request's protocol.
     fn session_of(
         &mut self,
@@ -261,11 +261,11 @@ impl Engine {
         let Some(id) = sessions.find(&(endpoint, twin)) else {
             return (key, None);
         };
-        if crate::proto::duckchat::type_code(request) == Some(0) {
+        if !protocol.shows_byte_order(request) {
             return ((endpoint, twin), Some(id));
         }
         let fresh = sessions.get(id).is_some_and(|s| s.channels.is_empty());
-        if protocol == Protocol::DuckChatBig && fresh && sessions.rekey(id, key) {
+        if !protocol.is_default_order() && fresh && sessions.rekey(id, key) {
             return (key, Some(id));
         }
         (key, None)

@@ -102,6 +102,23 @@ impl Protocol {
         }
     }
 
+    /// Whether `request` shows its byte order, for a protocol with a [`Protocol::byte_order_twin`]
+    /// (a DuckChat LOGIN's type code, 0, reads the same in both orders).
+    pub fn shows_byte_order(self, request: &[u8]) -> bool {
+        match self {
+            Protocol::DuckChat | Protocol::DuckChatBig => {
+                crate::proto::duckchat::type_code(request) != Some(0)
+            }
+            Protocol::Text | Protocol::Web | Protocol::WebCompat | Protocol::Irc => true,
+        }
+    }
+
+    /// Whether this is the order a request that does not show its own is taken in (sessions
+    /// move from it to its twin once the client shows the other, never back).
+    pub fn is_default_order(self) -> bool {
+        self != Protocol::DuckChatBig
+    }
+
     /// One request; what the front-end writes while decoding (an error reply, an unescaped
     /// text) goes to `scratch`.
     pub fn decode<'a>(
