@@ -100,7 +100,8 @@ struct Client {
     peer: SocketAddr,
     /// The nick the client asked for (before its registration), then the one it has.
     nick: Option<Vec<u8>>,
-    user: Option<Vec<u8>>,
+    /// USER was sent (its fields are not kept: every line names a user `nick!nick@server`).
+    user: bool,
     /// CAP LS was sent and CAP END not yet: the registration waits.
     negotiating: bool,
     /// The client asked for the `sasl` capability.
@@ -140,7 +141,7 @@ impl Client {
             connection,
             peer,
             nick: None,
-            user: None,
+            user: false,
             negotiating: false,
             sasl_enabled: false,
             sasl: Sasl::Idle,
@@ -261,8 +262,8 @@ impl Client {
                 self.line(format_args!(":{SERVER} 462 {me} :You may not reregister"));
             }
             b"USER" => match message.param(0) {
-                Some(user) if !user.is_empty() => {
-                    self.user = Some(user.to_vec());
+                Some(name) if !name.is_empty() => {
+                    self.user = true;
                     self.try_register().await;
                 }
                 _ => self.line(format_args!(
@@ -404,7 +405,7 @@ impl Client {
     /// client in to it, is its nick.
     async fn try_register(&mut self) {
         let waiting = self.negotiating || matches!(self.sasl, Sasl::Receiving(_) | Sasl::Checking);
-        if self.registering || waiting || self.user.is_none() {
+        if self.registering || waiting || !self.user {
             return;
         }
         let Some(nick) = self.account.clone().or_else(|| self.nick.clone()) else {
@@ -521,14 +522,13 @@ impl Client {
     fn welcome(&mut self) {
         self.welcomed = true;
         let me = self.me();
-        let user = Word(self.user.as_deref().unwrap_or(b"user")).to_string();
-        let host = self.peer.ip();
         let version = env!("CARGO_PKG_VERSION");
         let started = self.cfg.started.clone();
         let max_channel = crate::proto::Name::CAPACITY + 1;
         let max_nick = irc::MAX_NICK;
         self.line(format_args!(
-            ":{SERVER} 001 {me} :Welcome to the {SERVER} IRC network, {me}!{user}@{host}"
+            // The client's mask as every line of the server writes it.
+            ":{SERVER} 001 {me} :Welcome to the {SERVER} IRC network, {me}!{me}@{SERVER}"
         ));
         self.line(format_args!(
             ":{SERVER} 002 {me} :Your host is {SERVER}, running version {version}"
