@@ -66,7 +66,7 @@ mod tree;
 pub use chat::{Chat, Origin, Stamp};
 pub use counters::{Counter, Counters, DropReason, Histogram};
 pub use endpoint::Endpoint;
-pub use frontend::{Protocol, IRC_SERVER, IRC_UNREGISTERED};
+pub use frontend::{IrcWord, Protocol, IRC_SERVER, IRC_UNREGISTERED};
 pub use group::{Cluster, Member, Order, MAX_SERVERS};
 pub use idset::IdSet;
 pub use outbox::{Outbox, PayloadId, Send};

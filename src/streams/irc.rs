@@ -15,7 +15,7 @@
 use super::bridge::StreamEvent;
 use super::{Connection, Hub, Text, Transport};
 use crate::engine::Protocol;
-use crate::engine::{IRC_SERVER as SERVER, IRC_UNREGISTERED};
+use crate::engine::{IrcWord as Word, IRC_SERVER as SERVER, IRC_UNREGISTERED};
 use crate::gate::{Gate, GateCounters, Pass};
 use crate::proto::irc::{self, Message};
 use crate::tls::{Stream, Tls};
@@ -586,19 +586,4 @@ fn second_word(bytes: &[u8]) -> &[u8] {
     };
     let end = after.iter().position(|&b| b == b' ').unwrap_or(after.len());
     &after[..end]
-}
-
-/// A client's bytes as one word of a reply: lossy UTF-8, no space or line break.
-struct Word<'a>(&'a [u8]);
-
-impl std::fmt::Display for Word<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in String::from_utf8_lossy(self.0).chars() {
-            match c {
-                ' ' | '\r' | '\n' | '\0' => f.write_str("_")?,
-                c => std::fmt::Write::write_char(f, c)?,
-            }
-        }
-        Ok(())
-    }
 }

@@ -111,7 +111,7 @@ pub(super) fn decode<'a>(
             let brief = message.is("NAMES");
             let Some(channel) = message.param(0).and_then(channel) else {
                 // A nick, a mask, or nothing: only channels are listed here.
-                let target = Lossy(message.param(0).unwrap_or(b"*"));
+                let target = Word(message.param(0).unwrap_or(b"*"));
                 let (code, what) = if brief {
                     ("366", "NAMES")
                 } else {
@@ -125,7 +125,7 @@ pub(super) fn decode<'a>(
         }
         b"LIST" => Command::List,
         b"PING" => {
-            let token = Lossy(message.param(0).unwrap_or(b""));
+            let token = Word(message.param(0).unwrap_or(b""));
             return reply(scratch, |w| {
                 line(w, format_args!(":{SERVER} PONG {SERVER} :{token}"))
             });
@@ -134,7 +134,7 @@ pub(super) fn decode<'a>(
             let Some(target) = message.param(0) else {
                 return need_more_params(scratch, me, command);
             };
-            let target = Lossy(target);
+            let target = Word(target);
             return reply(scratch, |w| match message.param(1) {
                 None => numeric(w, "331", me, format_args!("{target} :No topic is set")),
                 Some(_) => numeric(
@@ -163,7 +163,7 @@ pub(super) fn decode<'a>(
         }
         b"MODE" => return mode(&message, me, scratch),
         b"WHOIS" => {
-            let target = Lossy(
+            let target = Word(
                 message
                     .param(message.params.len().saturating_sub(1))
                     .unwrap_or(b"*"),
@@ -178,7 +178,7 @@ pub(super) fn decode<'a>(
             })
         }
         _ => {
-            let command = Lossy(&command[..command.len().min(32)]);
+            let command = Word(&command[..command.len().min(32)]);
             return reply(scratch, |w| {
                 numeric(w, "421", me, format_args!("{command} :Unknown command"))
             });
@@ -197,7 +197,7 @@ fn nick<'a>(message: &Message<'a>, me: &str, scratch: &'a mut [u8; SCRATCH]) -> 
             name: Nick::truncating(name),
         }),
         Some(name) => {
-            let name = Lossy(&name[..name.len().min(64)]);
+            let name = Word(&name[..name.len().min(64)]);
             reply(scratch, |w| {
                 numeric(w, "432", me, format_args!("{name} :Erroneous nickname"))
             })
@@ -256,7 +256,7 @@ fn mode<'a>(message: &Message<'a>, me: &str, scratch: &'a mut [u8; SCRATCH]) -> 
         return need_more_params(scratch, me, message.command);
     };
     let change = message.param(1);
-    let target_text = Lossy(target);
+    let target_text = Word(target);
     if target.starts_with(b"#") {
         return reply(scratch, |w| match change {
             None => numeric(w, "324", me, format_args!("{target_text} +n")),
@@ -298,14 +298,14 @@ fn channel(target: &[u8]) -> Option<Name> {
 }
 
 fn no_such_channel<'a>(scratch: &'a mut [u8; SCRATCH], me: &str, target: &[u8]) -> Decoded<'a> {
-    let target = Lossy(&target[..target.len().min(64)]);
+    let target = Word(&target[..target.len().min(64)]);
     reply(scratch, |w| {
         numeric(w, "403", me, format_args!("{target} :No such channel"))
     })
 }
 
 fn need_more_params<'a>(scratch: &'a mut [u8; SCRATCH], me: &str, command: &[u8]) -> Decoded<'a> {
-    let command = Lossy(&command[..command.len().min(32)]);
+    let command = Word(&command[..command.len().min(32)]);
     reply(scratch, |w| {
         numeric(
             w,
@@ -547,7 +547,7 @@ pub(super) fn encode_answer(me: &Nick, answer: &Answer<'_>, buf: &mut [u8]) -> O
         } => {
             let channel = Chan(channel);
             for person in names {
-                let nick = Nickish(person.name.as_bytes());
+                let nick = Word(person.name.as_bytes());
                 numeric(
                     w,
                     "352",
@@ -576,7 +576,7 @@ pub(super) fn encode_direct(me: &Nick, event: &DirectEvent<'_>, buf: &mut [u8]) 
                 w,
                 "401",
                 me_str,
-                format_args!("{} :No such nick/channel", Nickish(to.as_bytes())),
+                format_args!("{} :No such nick/channel", Word(to.as_bytes())),
             ),
             DirectOutcome::Full => notice(
                 w,
@@ -688,19 +688,29 @@ struct Clean<'a>(&'a [u8]);
 
 impl std::fmt::Display for Clean<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    '\0' | '\r' | '\n' => f.write_str(" ")?,
-                    c => std::fmt::Write::write_char(f, c)?,
-                }
-            }
-            if !chunk.invalid().is_empty() {
-                f.write_str("\u{FFFD}")?;
+        replacing(f, self.0, |c| matches!(c, '\0' | '\r' | '\n'), " ")
+    }
+}
+
+/// `bytes` as UTF-8 (invalid sequences as U+FFFD), each character that `bad` picks as `with`.
+fn replacing(
+    f: &mut std::fmt::Formatter<'_>,
+    bytes: &[u8],
+    bad: fn(char) -> bool,
+    with: &str,
+) -> std::fmt::Result {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match bad(c) {
+                true => f.write_str(with)?,
+                false => std::fmt::Write::write_char(f, c)?,
             }
         }
-        Ok(())
+        if !chunk.invalid().is_empty() {
+            f.write_str("\u{FFFD}")?;
+        }
     }
+    Ok(())
 }
 
 /// A user as an IRC prefix (`nick!nick@chat-router`): names of other protocols may hold bytes
@@ -709,28 +719,19 @@ struct Prefix<'a>(&'a [u8]);
 
 impl std::fmt::Display for Prefix<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let nick = Nickish(self.0);
+        let nick = Word(self.0);
         write!(f, "{nick}!{nick}@{SERVER}")
     }
 }
 
-/// A name as a nick or channel word: no byte that ends or splits an IRC word.
-struct Nickish<'a>(&'a [u8]);
+/// A name (or a client's bytes) as one word of a line: no byte that ends or splits an IRC
+/// word or a prefix.
+pub struct Word<'a>(pub &'a [u8]);
 
-impl std::fmt::Display for Nickish<'_> {
+impl std::fmt::Display for Word<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    ' ' | '!' | '@' | ',' | '\0' | '\r' | '\n' => f.write_str("_")?,
-                    c => std::fmt::Write::write_char(f, c)?,
-                }
-            }
-            if !chunk.invalid().is_empty() {
-                f.write_str("\u{FFFD}")?;
-            }
-        }
-        Ok(())
+        let bad = |c| matches!(c, ' ' | '!' | '@' | ',' | '\0' | '\r' | '\n');
+        replacing(f, self.0, bad, "_")
     }
 }
 
@@ -743,7 +744,7 @@ impl std::fmt::Display for Names<'_> {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            Nickish(person.name.as_bytes()).fmt(f)?;
+            Word(person.name.as_bytes()).fmt(f)?;
         }
         Ok(())
     }
@@ -754,16 +755,7 @@ struct Chan<'a>(&'a Name);
 
 impl std::fmt::Display for Chan<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        Nickish(self.0.as_bytes()).fmt(f)
-    }
-}
-
-/// A client's bytes in a reply, lossy and clean.
-struct Lossy<'a>(&'a [u8]);
-
-impl std::fmt::Display for Lossy<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        Nickish(self.0).fmt(f)
+        Word(self.0.as_bytes()).fmt(f)
     }
 }
 

@@ -18,7 +18,7 @@ pub use command::{
     AccountOutcome, Command, Decoded, Delivery, DirectEvent, DirectOutcome, Done, Person, Refusal,
     Settings, Token, View,
 };
-pub use irc::{SERVER as IRC_SERVER, UNREGISTERED as IRC_UNREGISTERED};
+pub use irc::{Word as IrcWord, SERVER as IRC_SERVER, UNREGISTERED as IRC_UNREGISTERED};
 
 use super::{Endpoint, Outbox};
 use crate::proto::duckchat::{type_code_order, Endian};
