@@ -175,17 +175,15 @@ impl Engine {
         out: &mut Outbox,
     ) {
         let (key, id) = self.session_of(endpoint, protocol, request);
-        // Who the replies are for, as the session was named when it asked.
-        let me = id.map_or(Nick::from(frontend::IRC_UNREGISTERED), |id| {
-            self.name_of(id)
-        });
         let view = id
             .and_then(|id| self.clients.sessions.get(id))
             .map(|s| View {
                 name: &s.name,
                 channels: &s.channels,
             });
-        let user = view.filter(|_| self.cfg.verbose).map(|v| *v.name);
+        // Who the replies are for, as the session was named when it asked.
+        let me = view.map(|v| *v.name);
+        let user = me.filter(|_| self.cfg.verbose);
         let mut scratch = [0u8; frontend::SCRATCH];
         let decoded = protocol.decode(&self.settings, request, view, &mut scratch);
         let command = match decoded {
@@ -223,6 +221,7 @@ impl Engine {
             );
         }
         let mut scratch = [0u8; frontend::MAX_REPLY];
+        let me = me.unwrap_or_else(|| Nick::from(frontend::IRC_UNREGISTERED));
         let (len, error) = match &outcome {
             Ok(done) => {
                 // The session the request came from (a closed one's id finds nothing), or the
