@@ -6,11 +6,12 @@
 
 use super::command::DirectOutcome;
 use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal};
-use super::json::Json;
+use super::json::{self, text as lossy};
 use super::{Answer, SCRATCH};
 use crate::engine::Endpoint;
 use crate::proto::{text, Name, Nick};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// The longest event this front-end writes: a message of the longest nick and text, every
@@ -178,12 +179,127 @@ fn error<'a>(scratch: &'a mut [u8; SCRATCH], message: &[u8]) -> Decoded<'a> {
     }
 }
 
+/// The events, field by field as docs/websocket.md lists them.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Event<'a> {
+    Error {
+        message: Cow<'a, str>,
+    },
+    Ok(Ok<'a>),
+    /// The id is 16 hex digits (a 64-bit number does not fit a JavaScript number).
+    Message {
+        channel: Cow<'a, str>,
+        from: Cow<'a, str>,
+        text: Cow<'a, str>,
+        origin: Option<&'a str>,
+        id: &'a str,
+        ts: u64,
+    },
+    Dm {
+        from: &'a str,
+        text: &'a str,
+        /// `null` when it was not stored.
+        id: Option<u32>,
+        ts: u64,
+    },
+    Delivered {
+        id: u32,
+    },
+    Presence {
+        channel: Cow<'a, str>,
+        user: Cow<'a, str>,
+        event: &'static str,
+        signed_in: bool,
+    },
+    Channels {
+        channels: Names<'a, Name>,
+        last: bool,
+    },
+    Members {
+        channel: Cow<'a, str>,
+        users: Names<'a, Person>,
+        signed_in: Names<'a, Person>,
+        last: bool,
+    },
+}
+
+/// What an `ok` event confirms: the request, and what it names.
+#[derive(Serialize)]
+struct Ok<'a> {
+    request: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    /// A direct message's id (`null` when it was handed over, not stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Option<u32>>,
+}
+
+impl Ok<'_> {
+    fn request(request: &'static str) -> Self {
+        Ok {
+            request,
+            name: None,
+            channel: None,
+            token: None,
+            to: None,
+            id: None,
+        }
+    }
+}
+
+/// Names as a JSON array of strings; `signed_in` only: those signed in.
+struct Names<'a, T> {
+    names: &'a [T],
+    signed_in_only: bool,
+}
+
+impl<T: Named> Serialize for Names<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let names = self
+            .names
+            .iter()
+            .filter(|n| !self.signed_in_only || n.signed_in());
+        serializer.collect_seq(names.map(|n| lossy(n.name())))
+    }
+}
+
+trait Named {
+    fn name(&self) -> &[u8];
+    fn signed_in(&self) -> bool;
+}
+
+impl Named for Name {
+    fn name(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn signed_in(&self) -> bool {
+        false
+    }
+}
+
+impl Named for Person {
+    fn name(&self) -> &[u8] {
+        self.name.as_bytes()
+    }
+    fn signed_in(&self) -> bool {
+        self.signed_in
+    }
+}
+
 fn write_error(buf: &mut [u8], message: &[u8]) -> Option<usize> {
-    let mut j = Json::new(buf);
-    j.raw(b"{\"type\":\"error\",")?;
-    j.field("message", message)?;
-    j.raw(b"}")?;
-    Some(j.len())
+    json::write(
+        buf,
+        &Event::Error {
+            message: lossy(message),
+        },
+    )
 }
 
 /// A new session's nick: its address and port.
@@ -240,121 +356,86 @@ pub(super) fn encode_refusal(refusal: &Refusal, buf: &mut [u8]) -> Option<usize>
 }
 
 pub(super) fn encode_done(done: &Done, buf: &mut [u8]) -> Option<usize> {
-    let mut j = Json::new(buf);
-    j.raw(b"{\"type\":\"ok\",")?;
-    match done {
-        Done::Named(nick) => {
-            j.field("request", b"nick")?;
-            j.raw(b",")?;
-            j.field("name", nick.as_bytes())?;
-        }
-        Done::Joined(c) => {
-            j.field("request", b"join")?;
-            j.raw(b",")?;
-            j.field("channel", c.as_bytes())?;
-        }
-        Done::Left(c) => {
-            j.field("request", b"leave")?;
-            j.raw(b",")?;
-            j.field("channel", c.as_bytes())?;
-        }
+    let ok = match done {
+        Done::Named(nick) => Ok {
+            name: Some(lossy(nick.as_bytes())),
+            ..Ok::request("nick")
+        },
+        Done::Joined(c) => Ok {
+            channel: Some(lossy(c.as_bytes())),
+            ..Ok::request("join")
+        },
+        Done::Left(c) => Ok {
+            channel: Some(lossy(c.as_bytes())),
+            ..Ok::request("leave")
+        },
         Done::Registered { name, token } | Done::SignedIn { name, token } => {
-            let request: &[u8] = match done {
-                Done::Registered { .. } => b"register",
-                _ => b"login",
+            let request = match done {
+                Done::Registered { .. } => "register",
+                _ => "login",
             };
-            j.field("request", request)?;
-            j.raw(b",")?;
-            j.field("name", name.as_bytes())?;
-            if let Some(token) = token {
-                j.raw(b",")?;
-                j.field("token", token.as_bytes())?;
+            Ok {
+                name: Some(lossy(name.as_bytes())),
+                token: token.as_ref().map(|t| t.as_str()),
+                ..Ok::request(request)
             }
         }
         Done::Nothing | Done::Quit | Done::Confirmed | Done::Code(_) => return None,
-    }
-    j.raw(b"}")?;
-    Some(j.len())
+    };
+    json::write(buf, &Event::Ok(ok))
 }
 
 /// `{"type":"message","channel","from","text","origin","id","ts"}`; the id is 16 hex digits
 /// (a 64-bit number does not fit a JavaScript number).
 pub(super) fn encode_chat(d: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
-    let mut j = Json::new(buf);
-    j.raw(b"{\"type\":\"message\",")?;
-    j.field("channel", d.channel.as_bytes())?;
-    j.raw(b",")?;
-    j.field("from", d.chat.user())?;
-    j.raw(b",")?;
-    j.field("text", d.chat.text())?;
-    j.raw(b",")?;
-    j.key("origin")?;
-    match d.origin {
-        Some(origin) => {
-            let mut s = arrayvec::ArrayString::<64>::new();
-            let _ = write!(s, "{origin}");
-            j.string(s.as_bytes())?;
-        }
-        None => j.raw(b"null")?,
+    let mut origin = arrayvec::ArrayString::<64>::new();
+    if let Some(o) = d.origin {
+        let _ = write!(origin, "{o}"); // an address with its port fits
     }
-    j.raw(b",")?;
     let mut id = arrayvec::ArrayString::<16>::new();
     let _ = write!(id, "{:016x}", d.id);
-    j.field("id", id.as_bytes())?;
-    j.raw(b",")?;
-    j.key("ts")?;
-    j.number(d.unix_ms)?;
-    j.raw(b"}")?;
-    Some(j.len())
+    let event = Event::Message {
+        channel: lossy(d.channel.as_bytes()),
+        from: lossy(d.chat.user()),
+        text: lossy(d.chat.text()),
+        origin: d.origin.map(|_| origin.as_str()),
+        id: &id,
+        ts: d.unix_ms,
+    };
+    json::write(buf, &event)
 }
 
 /// `ok` (`request` `dm`, `to`, and `id` when stored) or `error` for a direct message sent;
 /// `{"type":"dm","from","text","id","ts"}` for one received (`id` null when it was not stored);
 /// `{"type":"delivered","id"}` when one the session sent has been delivered.
 pub(super) fn encode_direct(event: &DirectEvent<'_>, buf: &mut [u8]) -> Option<usize> {
-    let mut j = Json::new(buf);
-    let id = |j: &mut Json<'_>, id: Option<u32>| match id {
-        Some(id) => j.number(u64::from(id)),
-        None => j.raw(b"null"),
-    };
-    match *event {
+    let event = match *event {
         DirectEvent::Sent { to, outcome } => {
             let stored = match outcome {
                 DirectOutcome::Stored(n) => Some(n),
                 DirectOutcome::Delivered => None,
                 refused => return write_error(buf, direct_refused(refused, to).as_bytes()),
             };
-            j.raw(b"{\"type\":\"ok\",\"request\":\"dm\",")?;
-            j.field("to", to.as_bytes())?;
-            j.raw(b",")?;
-            j.key("id")?;
-            id(&mut j, stored)?;
+            Event::Ok(Ok {
+                to: Some(to),
+                id: Some(stored),
+                ..Ok::request("dm")
+            })
         }
         DirectEvent::Message {
             from,
-            id: n,
+            id,
             text,
             unix_ms,
-        } => {
-            j.raw(b"{\"type\":\"dm\",")?;
-            j.field("from", from.as_bytes())?;
-            j.raw(b",")?;
-            j.field("text", text.as_bytes())?;
-            j.raw(b",")?;
-            j.key("id")?;
-            id(&mut j, n)?;
-            j.raw(b",")?;
-            j.key("ts")?;
-            j.number(unix_ms)?;
-        }
-        DirectEvent::Delivered { id: n } => {
-            j.raw(b"{\"type\":\"delivered\",")?;
-            j.key("id")?;
-            j.number(u64::from(n))?;
-        }
-    }
-    j.raw(b"}")?;
-    Some(j.len())
+        } => Event::Dm {
+            from,
+            text,
+            id,
+            ts: unix_ms,
+        },
+        DirectEvent::Delivered { id } => Event::Delivered { id },
+    };
+    json::write(buf, &event)
 }
 
 /// Why a direct message to `to` was not taken, as an `error` event says it.
@@ -380,19 +461,13 @@ pub(super) fn encode_presence(
     joined: bool,
     buf: &mut [u8],
 ) -> Option<usize> {
-    let mut j = Json::new(buf);
-    j.raw(b"{\"type\":\"presence\",")?;
-    j.field("channel", channel.as_bytes())?;
-    j.raw(b",")?;
-    j.field("user", user.name.as_bytes())?;
-    j.raw(b",")?;
-    j.field("event", if joined { b"joined" } else { b"left" })?;
-    j.raw(if user.signed_in {
-        b",\"signed_in\":true}"
-    } else {
-        b",\"signed_in\":false}"
-    })?;
-    Some(j.len())
+    let event = Event::Presence {
+        channel: lossy(channel.as_bytes()),
+        user: lossy(user.name.as_bytes()),
+        event: if joined { "joined" } else { "left" },
+        signed_in: user.signed_in,
+    };
+    json::write(buf, &event)
 }
 
 /// Names per `channels` or `members` event.
@@ -409,37 +484,31 @@ pub(super) fn answer_len(answer: &Answer<'_>) -> usize {
 }
 
 pub(super) fn encode_answer(answer: &Answer<'_>, buf: &mut [u8]) -> Option<usize> {
-    let mut j = Json::new(buf);
-    let last = match *answer {
-        Answer::List { names, last } => {
-            j.raw(b"{\"type\":\"channels\",\"channels\":")?;
-            j.strings(names.iter().map(Name::as_bytes))?;
-            last
-        }
+    let event = match *answer {
+        Answer::List { names, last } => Event::Channels {
+            channels: Names {
+                names,
+                signed_in_only: false,
+            },
+            last,
+        },
         Answer::Who {
             channel,
             names,
             last,
             ..
-        } => {
-            j.raw(b"{\"type\":\"members\",")?;
-            j.field("channel", channel.as_bytes())?;
-            j.raw(b",\"users\":")?;
-            j.strings(names.iter().map(|p| p.name.as_bytes()))?;
-            j.raw(b",\"signed_in\":")?;
-            j.strings(
-                names
-                    .iter()
-                    .filter(|p| p.signed_in)
-                    .map(|p| p.name.as_bytes()),
-            )?;
-            last
-        }
+        } => Event::Members {
+            channel: lossy(channel.as_bytes()),
+            users: Names {
+                names,
+                signed_in_only: false,
+            },
+            signed_in: Names {
+                names,
+                signed_in_only: true,
+            },
+            last,
+        },
     };
-    j.raw(if last {
-        b",\"last\":true}"
-    } else {
-        b",\"last\":false}"
-    })?;
-    Some(j.len())
+    json::write(buf, &event)
 }

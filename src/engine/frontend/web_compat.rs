@@ -5,7 +5,7 @@
 //! connection opens, and is in `Common`, with everyone else there.
 
 use super::command::{Command, Decoded, Delivery};
-use super::json::Json;
+use super::json;
 use crate::engine::{Endpoint, COMMON};
 use crate::proto::{text, Name, Nick};
 use std::fmt::Write as _;
@@ -29,22 +29,26 @@ pub(super) fn default_name(endpoint: Endpoint) -> Nick {
     Nick::from(nick.as_str())
 }
 
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Message<'a> {
+    sender: std::borrow::Cow<'a, str>,
+    origin_server_id: &'a str,
+    content: std::borrow::Cow<'a, str>,
+    timestamp: u64,
+}
+
 pub(super) fn encode_chat(d: &Delivery<'_>, buf: &mut [u8]) -> Option<usize> {
-    let mut j = Json::new(buf);
-    j.raw(b"{")?;
-    j.field("sender", d.chat.user())?;
-    j.raw(b",")?;
     let mut origin = arrayvec::ArrayString::<64>::new();
     match d.origin {
         Some(o) => write!(origin, "{o}").ok()?,
         None => write!(origin, "unknown").ok()?,
     }
-    j.field("originServerId", origin.as_bytes())?;
-    j.raw(b",")?;
-    j.field("content", d.chat.text())?;
-    j.raw(b",")?;
-    j.key("timestamp")?;
-    j.number(d.unix_ms)?;
-    j.raw(b"}")?;
-    Some(j.len())
+    let message = Message {
+        sender: json::text(d.chat.user()),
+        origin_server_id: &origin,
+        content: json::text(d.chat.text()),
+        timestamp: d.unix_ms,
+    };
+    json::write(buf, &message)
 }
