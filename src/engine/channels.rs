@@ -4,7 +4,7 @@
 //! federation keeps about a channel (the tree's links, the cluster's rooms) is the federation's
 //! own, asked for through [`Engine::federation_needs`].
 
-use super::frontend::Person;
+use super::frontend::{Change, Person};
 use super::members::Members;
 use super::sessions::SessionId;
 use super::{Chat, DropReason, Engine, Origin, Outbox, ShardMsg, Stamp, Strategy, COMMON};
@@ -115,10 +115,9 @@ impl Engine {
             return;
         };
         if let Some(known) = channel.members.get_mut(&session) {
-            // A rename: shown as the old name leaving and the new one joining.
-            let old = std::mem::replace(&mut known.person, user);
-            self.announce(name, old, false, out);
-            return self.announce(name, user, true, out);
+            // A rename (or a sign-in under the same name).
+            let from = std::mem::replace(&mut known.person, user);
+            return self.announce(name, user, Change::Renamed { from }, out);
         }
         debug_assert!(session.home < self.shards, "a member's home is a shard");
         channel.members.insert(
@@ -138,14 +137,14 @@ impl Engine {
             channel.per_shard.iter().map(|&n| n as usize).sum::<usize>() == channel.members.len(),
             "per-shard counts add up to the members"
         );
-        self.announce(name, user, true, out);
+        self.announce(name, user, Change::Joined, out);
         if self.tree_wants_subscription(&name) {
             self.subscribe(now, name, out);
         }
     }
 
     /// Presence: to every shard with a member that watches it.
-    fn announce(&mut self, name: Name, user: Person, joined: bool, out: &mut Outbox) {
+    fn announce(&mut self, name: Name, user: Person, change: Change, out: &mut Outbox) {
         let Some(channel) = self.channels.owned.get(&name) else {
             return;
         };
@@ -160,7 +159,7 @@ impl Engine {
             let msg = ShardMsg::Presence {
                 channel: name,
                 user,
-                joined,
+                change,
             };
             self.send_to_shard(shard, msg, out);
         }
@@ -181,7 +180,7 @@ impl Engine {
                 channel.members.get(&session).is_none(),
                 "a member left twice"
             );
-            self.announce(name, member.person, false, out);
+            self.announce(name, member.person, Change::Left, out);
         }
         self.collect(name, out);
     }

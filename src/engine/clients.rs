@@ -12,7 +12,9 @@
 
 use super::answers;
 use super::budget::ReplyBudget;
-use super::frontend::{self, Command, Decoded, Delivery, Done, Person, Protocol, Refusal, View};
+use super::frontend::{
+    self, Change, Command, Decoded, Delivery, Done, Person, Protocol, Refusal, View,
+};
 use super::logins::Claim;
 use super::members::Members;
 use super::sessions::{Key, SessionId, Sessions, Standing};
@@ -946,7 +948,7 @@ impl Engine {
         &mut self,
         channel: Name,
         user: Person,
-        joined: bool,
+        change: Change,
         out: &mut Outbox,
     ) {
         let Some(local) = self.clients.local.get(&channel) else {
@@ -958,14 +960,24 @@ impl Engine {
             if members.is_empty() {
                 continue;
             }
-            let payload = out.payload(frontend::MAX_REPLY, |buf| {
-                protocol
-                    .encode_presence(&channel, &user, joined, buf)
-                    .ok_or(())
-            });
-            if let Some(payload) = payload {
-                for &(_, endpoint) in members.iter() {
-                    out.send_to(endpoint, payload);
+            // A rename, where the protocol has no word for it: the old name left, the new
+            // one joined.
+            let events: SmallVec<[(Person, Change); 2]> = match change {
+                Change::Renamed { from } if !protocol.shows_renames() => {
+                    smallvec::smallvec![(from, Change::Left), (user, Change::Joined)]
+                }
+                change => smallvec::smallvec![(user, change)],
+            };
+            for (user, change) in events {
+                let payload = out.payload(frontend::MAX_REPLY, |buf| {
+                    protocol
+                        .encode_presence(&channel, &user, change, buf)
+                        .ok_or(())
+                });
+                if let Some(payload) = payload {
+                    for &(_, endpoint) in members.iter() {
+                        out.send_to(endpoint, payload);
+                    }
                 }
             }
         }

@@ -351,7 +351,7 @@ pub enum ShardMsg {
     Presence {
         channel: Name,
         user: frontend::Person,
-        joined: bool,
+        change: frontend::Change,
     },
     /// Owner -> every shard: directory updates.
     ChannelAdded(Name),
@@ -821,8 +821,8 @@ impl Engine {
             ShardMsg::Presence {
                 channel,
                 user,
-                joined,
-            } => self.deliver_presence(channel, user, joined, out),
+                change,
+            } => self.deliver_presence(channel, user, change, out),
             ShardMsg::Left { channel, session } => self.member_left(channel, session, out),
             ShardMsg::JoinRefused { channel, session } => {
                 self.join_refused(now, channel, session, out)

@@ -184,6 +184,10 @@ fn irc_users_share_channels_with_duckchat_and_text_users() {
     amy.expect(|l| l == ":bob!bob@chat-router JOIN #Common");
     amy.send("PRIVMSG #Common :hi bob");
     bob.expect(|l| l == ":amy!amy@chat-router PRIVMSG #Common :hi bob");
+    // A rename is one NICK line to the channel's IRC members (browsers see leave and join).
+    bob.send("NICK bobby");
+    bob.expect(|l| l == ":bob!bob@chat-router NICK :bobby");
+    amy.expect(|l| l == ":bob!bob@chat-router NICK :bobby");
     bob.send("WHO #Common");
     let mut who = Vec::new();
     loop {
@@ -194,10 +198,10 @@ fn irc_users_share_channels_with_duckchat_and_text_users() {
         who.push(line.split(' ').nth(7).unwrap_or("").to_string());
     }
     who.sort();
-    assert_eq!(who, ["amy", "bob", "duck"]);
+    assert_eq!(who, ["amy", "bobby", "duck"]);
     bob.send("PART #Common :bye");
-    bob.expect(|l| l == ":bob!bob@chat-router PART #Common");
-    amy.expect(|l| l == ":bob!bob@chat-router PART #Common");
+    bob.expect(|l| l == ":bobby!bobby@chat-router PART #Common");
+    amy.expect(|l| l == ":bobby!bobby@chat-router PART #Common");
     // The channel is still the same for DuckChat: nothing of amy's own came back to her.
     duck.say("Common", "still here");
     amy.expect(|l| l.ends_with("PRIVMSG #Common :still here"));

@@ -190,6 +190,17 @@ pub struct Person {
     pub signed_in: bool,
 }
 
+/// What changed about a member of a channel, for protocols that show presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Joined,
+    Left,
+    /// The member goes by another name now (or was signed in: the same name).
+    Renamed {
+        from: Person,
+    },
+}
+
 /// What the mailbox reports to a session, in a front-end's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectEvent<'a> {

@@ -9,7 +9,9 @@
 //! themselves, so a channel message is not sent back to the IRC user who said it.
 
 use super::command::DirectOutcome;
-use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal, View};
+use super::command::{
+    Change, Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal, View,
+};
 use super::text::account_refusal;
 use super::{Answer, SCRATCH};
 use crate::engine::Endpoint;
@@ -486,10 +488,18 @@ pub(super) fn encode_chat(delivery: &Delivery<'_>, buf: &mut [u8]) -> Option<usi
 pub(super) fn encode_presence(
     channel: &Name,
     user: &Person,
-    joined: bool,
+    change: Change,
     buf: &mut [u8],
 ) -> Option<usize> {
-    let verb = if joined { "JOIN" } else { "PART" };
+    let verb = match change {
+        Change::Joined => "JOIN",
+        Change::Left => "PART",
+        Change::Renamed { from } if from.name == user.name => return None,
+        Change::Renamed { from } => {
+            let (from, to) = (Prefix(from.name.as_bytes()), Word(user.name.as_bytes()));
+            return write(buf, |w| line(w, format_args!(":{from} NICK :{to}")));
+        }
+    };
     write(buf, |w| {
         line(
             w,

@@ -15,8 +15,8 @@ mod web;
 mod web_compat;
 
 pub use command::{
-    AccountOutcome, Command, Decoded, Delivery, DirectEvent, DirectOutcome, Done, Person, Refusal,
-    Settings, Token, View,
+    AccountOutcome, Change, Command, Decoded, Delivery, DirectEvent, DirectOutcome, Done, Person,
+    Refusal, Settings, Token, View,
 };
 pub use irc::{Word as IrcWord, SERVER as IRC_SERVER, UNREGISTERED as IRC_UNREGISTERED};
 
@@ -242,17 +242,24 @@ impl Protocol {
         matches!(self, Protocol::Web | Protocol::Irc)
     }
 
-    /// `user` joined (or left) `channel`, for a protocol that [`Protocol::wants_presence`].
+    /// Whether the protocol shows a member's rename as one event (IRC's NICK); the others see
+    /// the old name leave and the new one join.
+    pub fn shows_renames(self) -> bool {
+        matches!(self, Protocol::Irc)
+    }
+
+    /// What changed about `user` in `channel`, for a protocol that [`Protocol::wants_presence`]
+    /// (a [`Change::Renamed`] only where it [`Protocol::shows_renames`]).
     pub fn encode_presence(
         self,
         channel: &Name,
         user: &Person,
-        joined: bool,
+        change: Change,
         buf: &mut [u8],
     ) -> Option<usize> {
         match self {
-            Protocol::Web => web::encode_presence(channel, user, joined, buf),
-            Protocol::Irc => irc::encode_presence(channel, user, joined, buf),
+            Protocol::Web => web::encode_presence(channel, user, change, buf),
+            Protocol::Irc => irc::encode_presence(channel, user, change, buf),
             Protocol::DuckChat | Protocol::DuckChatBig | Protocol::Text | Protocol::WebCompat => {
                 None
             }

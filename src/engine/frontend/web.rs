@@ -5,7 +5,7 @@
 //! connection; a bad frame gets an `error` event, never a silent disconnect.
 
 use super::command::DirectOutcome;
-use super::command::{Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal};
+use super::command::{Change, Command, Decoded, Delivery, DirectEvent, Done, Person, Refusal};
 use super::json::{self, text as lossy};
 use super::{Answer, SCRATCH};
 use crate::engine::Endpoint;
@@ -458,9 +458,15 @@ fn direct_refused(outcome: DirectOutcome, to: &str) -> arrayvec::ArrayString<128
 pub(super) fn encode_presence(
     channel: &Name,
     user: &Person,
-    joined: bool,
+    change: Change,
     buf: &mut [u8],
 ) -> Option<usize> {
+    let joined = match change {
+        Change::Joined => true,
+        Change::Left => false,
+        // Shown as the old name leaving and the new one joining (Protocol::shows_renames).
+        Change::Renamed { .. } => return None,
+    };
     let event = Event::Presence {
         channel: lossy(channel.as_bytes()),
         user: lossy(user.name.as_bytes()),
