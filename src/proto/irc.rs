@@ -29,6 +29,16 @@ impl<'a> Message<'a> {
         self.command.eq_ignore_ascii_case(name.as_bytes())
     }
 
+    /// The command in capitals, on the stack (commands are case-insensitive; a command
+    /// longer than any IRC has is cut, and matches none).
+    pub fn command_upper(&self) -> ArrayVec<u8, 16> {
+        self.command
+            .iter()
+            .take(16)
+            .map(u8::to_ascii_uppercase)
+            .collect()
+    }
+
     /// Parameter `i`, if there is one.
     pub fn param(&self, i: usize) -> Option<&'a [u8]> {
         self.params.get(i).copied()

@@ -249,7 +249,7 @@ impl Client {
             return; // an empty line, or bytes no IRC line has: nothing to answer
         };
         let me = self.me();
-        match message.command.to_ascii_uppercase().as_slice() {
+        match message.command_upper().as_slice() {
             b"CAP" => self.cap(&message).await,
             b"PING" => {
                 let token = Word(message.param(0).unwrap_or(b""));

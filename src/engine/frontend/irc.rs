@@ -70,7 +70,7 @@ pub(super) fn decode<'a>(
         });
     }
     let command = message.command;
-    let command = match command.to_ascii_uppercase().as_slice() {
+    let command = match message.command_upper().as_slice() {
         b"JOIN" => match message.param(0) {
             Some(b"0") => return Decoded::Nothing, // "part all": not kept
             Some(target) => match channel(target) {
